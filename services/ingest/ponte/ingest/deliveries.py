@@ -1,0 +1,217 @@
+"""Turning an authenticated request body into record events for the raw topic.
+
+A *delivery* is one webhook request. ``parse_delivery`` decodes it (honouring a declared
+charset such as Latin-1 from older ERPs), validates it for its source's kind, and splits it
+into one ``RawEvent`` per record. Nothing is normalised here: the transform owns meaning;
+ingest only guarantees the event is well-formed, attributable and durable.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from ponte.ingest.rejections import Rejection
+from ponte.shared.events import (
+    ErpEnvelope,
+    Operation,
+    RawEvent,
+    SourceKind,
+    delivery_id_for,
+    erp_record_key,
+    resource_of,
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A parsed webhook request: who sent it, its dedup key, and its record events."""
+
+    dedup_key: str
+    delivery_id: str
+    source_event_id: str | None
+    tables: list[str]
+    events: list[RawEvent]
+
+
+def charset_of(content_type: str | None) -> str:
+    """The declared charset, validated; JSON's default is UTF-8."""
+    if content_type:
+        for parameter in content_type.split(";")[1:]:
+            name, _, value = parameter.strip().partition("=")
+            if name.strip().lower() == "charset" and value:
+                charset = value.strip().strip('"').lower()
+                try:
+                    return codecs.lookup(charset).name
+                except LookupError:
+                    raise Rejection(
+                        415, "unknown_charset", f"Content-Type charset {charset!r} is unknown",
+                        field="content-type",
+                    ) from None
+    return "utf-8"
+
+
+def decode_json(body: bytes, content_type: str | None) -> Any:
+    """Decode and parse the body, naming the position of the first error."""
+    charset = charset_of(content_type)
+    try:
+        text = body.decode(charset)
+    except UnicodeDecodeError as error:
+        raise Rejection(
+            400, "bad_encoding",
+            f"body is not valid {charset} at byte {error.start}; declare the charset in "
+            "Content-Type (e.g. application/json; charset=ISO-8859-1)",
+            field="body",
+        ) from None
+    try:
+        return json.loads(text.removeprefix("\ufeff"))
+    except json.JSONDecodeError as error:
+        raise Rejection(
+            400, "invalid_json",
+            f"body is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
+            field="body",
+        ) from None
+    except RecursionError:
+        raise Rejection(400, "invalid_json", "body nests too deeply to parse", field="body") from None
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location) or "body"
+
+
+def _invalid(error: ValidationError, prefix: str = "") -> Rejection:
+    first = error.errors()[0]
+    field = prefix + _field_path(first["loc"])
+    return Rejection(
+        422, "invalid_envelope", f"field {field}: {first['msg']}", field=field
+    )
+
+
+def parse_erp(
+    source_id: str, body: Any, received_at: datetime, key_fields: Mapping[str, list[str]] | None = None
+) -> Delivery:
+    """Ponte's ERP envelope: one table, many rows, each row one record event."""
+    if not isinstance(body, dict):
+        raise Rejection(422, "invalid_envelope", "body must be a JSON object", field="body")
+    try:
+        envelope = ErpEnvelope.model_validate(body)
+    except ValidationError as error:
+        raise _invalid(error) from None
+    for index, row in enumerate(envelope.rows):
+        if not row:
+            raise Rejection(422, "invalid_envelope", f"field rows.{index}: row is empty",
+                            field=f"rows.{index}")
+    delivery_id = delivery_id_for(source_id, envelope.id)
+    count = len(envelope.rows)
+    fields = (key_fields or {}).get(envelope.table)
+    events = [
+        RawEvent(
+            event_id=f"{delivery_id}/{index}",
+            delivery_id=delivery_id,
+            index=index,
+            count=count,
+            source_id=source_id,
+            source_kind=SourceKind.ERP,
+            source_event_id=envelope.id,
+            topic=envelope.table,
+            operation=envelope.operation,
+            record_key=erp_record_key(envelope.table, row, fields),
+            occurred_at=envelope.occurred_at,
+            received_at=received_at,
+            payload=row,
+        )
+        for index, row in enumerate(envelope.rows)
+    ]
+    return Delivery(envelope.id, delivery_id, envelope.id, [envelope.table], events)
+
+
+# Shops: a topic header names what happened; the body is the whole resource.
+SHOP_HEADERS = {
+    SourceKind.SHOPIFY: ("x-shopify-topic", ("x-shopify-webhook-id", "x-shopify-event-id")),
+    SourceKind.WOOCOMMERCE: ("x-wc-webhook-topic", ("x-wc-webhook-delivery-id",)),
+}
+_DELETE_VERBS = ("delete", "deleted", "redact")
+
+
+def _shop_occurred_at(body: Mapping[str, Any]) -> datetime | None:
+    """The resource's own version: Shopify's ``updated_at`` (ISO with offset) or
+    WooCommerce's ``date_modified_gmt`` (naive UTC)."""
+    for name in ("updated_at", "date_modified_gmt", "date_modified"):
+        value = body.get(name)
+        if isinstance(value, str) and value:
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def parse_shop(
+    kind: SourceKind, source_id: str, headers: Mapping[str, str], raw: bytes, body: Any,
+    received_at: datetime,
+) -> Delivery:
+    """A Shopify or WooCommerce webhook: one resource, one record event."""
+    topic_header, id_headers = SHOP_HEADERS[kind]
+    topic = (headers.get(topic_header) or "").strip()
+    if not topic:
+        raise Rejection(400, "missing_topic", f"header {topic_header} is missing", field=topic_header)
+    if not isinstance(body, dict):
+        raise Rejection(422, "invalid_payload", "body must be a JSON object", field="body")
+    record_id = body.get("id")
+    if record_id in (None, "") or isinstance(record_id, dict | list | bool):
+        raise Rejection(422, "invalid_payload", "field id: the resource's id is missing",
+                        field="id")
+    delivery_header_id = next((headers[h] for h in id_headers if headers.get(h)), None)
+    # Without a delivery id, identical bodies count as the same delivery.
+    dedup_key = delivery_header_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+    delivery_id = delivery_id_for(source_id, dedup_key)
+    verb = topic.rsplit("/" if kind is SourceKind.SHOPIFY else ".", 1)[-1].lower()
+    operation = Operation.DELETE if verb in _DELETE_VERBS else Operation.UPSERT
+    event = RawEvent(
+        event_id=f"{delivery_id}/0",
+        delivery_id=delivery_id,
+        index=0,
+        count=1,
+        source_id=source_id,
+        source_kind=kind,
+        source_event_id=delivery_header_id,
+        topic=topic,
+        operation=operation,
+        record_key=str(record_id),
+        occurred_at=_shop_occurred_at(body),
+        received_at=received_at,
+        payload=body,
+    )
+    return Delivery(dedup_key, delivery_id, delivery_header_id, [topic], [event])
+
+
+def is_woocommerce_ping(headers: Mapping[str, str], body: bytes) -> bool:
+    """WooCommerce checks a new webhook's URL by POSTing ``webhook_id=<n>`` (form-encoded,
+    unsigned, no topic header); it only activates the webhook if the answer is 2xx."""
+    return (
+        not headers.get("x-wc-webhook-topic")
+        and body.startswith(b"webhook_id=")
+        and body[len(b"webhook_id="):].strip().isdigit()
+    )
+
+
+def parse_delivery(
+    kind: SourceKind, source_id: str, headers: Mapping[str, str], raw: bytes,
+    received_at: datetime,
+) -> Delivery:
+    body = decode_json(raw, headers.get("content-type"))
+    if kind is SourceKind.ERP:
+        return parse_erp(source_id, body, received_at)
+    return parse_shop(kind, source_id, headers, raw, body, received_at)
+
+
+def resources_of(kind: SourceKind, tables: list[str]) -> list[str]:
+    return [resource_of(kind, table) for table in tables]

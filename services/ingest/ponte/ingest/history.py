@@ -1,0 +1,157 @@
+"""The request history (seed 001's "Histórico"): every request, accepted or rejected.
+
+Rows are queued in memory and written in batches with binary COPY by one background task,
+so recording costs the hot path a ``put_nowait``. If PostgreSQL is slow or down, the batch
+is retried and the queue absorbs the backlog (``history_queue_max`` rows); beyond that,
+rows are dropped and counted (``ponte_history_rows_dropped_total``), never blocking a
+webhook: the events themselves are already safe in Kafka before the 2xx. On shutdown the
+queue is flushed. A crash loses at most the rows of the last flush interval (200 ms by
+default): the history is an audit aid, the raw topic is the record of truth.
+
+Retention: rows older than ``history_retention_days`` are deleted hourly, with the
+ingest receipts of the same age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from ponte.shared.metrics import (
+    HISTORY_DROPPED,
+    HISTORY_QUEUE_DEPTH,
+    HISTORY_WRITE_ERRORS,
+    HISTORY_WRITTEN,
+)
+from ponte.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "received_at", "source_id", "tables", "event_id", "source_event_id", "outcome",
+    "status_code", "reason", "response_body", "latency_ms", "size_bytes", "client_ip",
+    "content_type", "body", "body_sha256",
+)
+PRUNE_EVERY_S = 3600.0
+
+
+@dataclass
+class HistoryEntry:
+    received_at: datetime
+    source_id: str
+    outcome: str
+    status_code: int
+    response_body: dict[str, Any]
+    latency_ms: float
+    size_bytes: int
+    tables: list[str] = field(default_factory=list)
+    event_id: str | None = None
+    source_event_id: str | None = None
+    reason: str | None = None
+    client_ip: str | None = None
+    content_type: str | None = None
+    body: bytes | None = None
+
+    def record(self, keep_body_bytes: int) -> tuple[Any, ...]:
+        digest = hashlib.sha256(self.body).hexdigest() if self.body is not None else None
+        kept = self.body if self.body is not None and len(self.body) <= keep_body_bytes else None
+        return (
+            self.received_at, self.source_id[:200], self.tables, self.event_id,
+            self.source_event_id, self.outcome, self.status_code, self.reason,
+            self.response_body, self.latency_ms, self.size_bytes, self.client_ip,
+            self.content_type, kept, digest,
+        )
+
+
+class HistoryWriter:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._queue: asyncio.Queue[HistoryEntry] = asyncio.Queue(settings.history_queue_max)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def record(self, entry: HistoryEntry) -> None:
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            HISTORY_DROPPED.inc()
+        HISTORY_QUEUE_DEPTH.set(self._queue.qsize())
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="history-writer")
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Flush what is queued (within ``timeout_s``), then stop."""
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout_s)
+            except TimeoutError:
+                log.error("history not flushed before shutdown",
+                          extra={"rows_lost": self._queue.qsize()})
+
+    async def _run(self) -> None:
+        last_prune = 0.0
+        while not (self._stopping.is_set() and self._queue.empty()):
+            batch = await self._take_batch()
+            if batch:
+                await self._write_with_retry(batch)
+            if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                last_prune = time.monotonic()
+                await self.prune()
+
+    async def _take_batch(self) -> list[HistoryEntry]:
+        batch: list[HistoryEntry] = []
+        with contextlib.suppress(TimeoutError):
+            batch.append(await asyncio.wait_for(self._queue.get(),
+                                                self._settings.history_flush_interval_s))
+        while batch and len(batch) < self._settings.history_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        HISTORY_QUEUE_DEPTH.set(self._queue.qsize())
+        return batch
+
+    async def _write_with_retry(self, batch: list[HistoryEntry]) -> None:
+        delay = 0.2
+        records = [entry.record(self._settings.history_keep_body_bytes) for entry in batch]
+        while True:
+            try:
+                await self._pool.copy_records_to_table(
+                    "webhook_requests", records=records, columns=COLUMNS, timeout=30
+                )
+                HISTORY_WRITTEN.inc(len(records))
+                return
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                HISTORY_WRITE_ERRORS.inc()
+                if self._stopping.is_set() and delay > 2:
+                    log.error("history batch lost at shutdown",
+                              extra={"rows": len(records), "error": type(error).__name__})
+                    return
+                log.warning("history write failed; retrying",
+                            extra={"rows": len(records), "error": type(error).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def prune(self) -> int:
+        """Delete history rows and receipts past the retention period."""
+        cutoff = datetime.now(UTC) - timedelta(days=self._settings.history_retention_days)
+        try:
+            status = await self._pool.execute(
+                "DELETE FROM webhook_requests WHERE received_at < $1", cutoff
+            )
+            await self._pool.execute("DELETE FROM ingest_receipts WHERE claimed_at < $1", cutoff)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("history pruning failed", extra={"error": type(error).__name__})
+            return 0
+        return int(status.split()[-1])

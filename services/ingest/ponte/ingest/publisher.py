@@ -1,0 +1,127 @@
+"""Writing record events to the raw topic, and knowing when the broker has them.
+
+``publish`` returns only when the broker has acknowledged every event of a delivery
+(``acks="all"``), or raises ``BrokerUnavailable`` within ``produce_timeout_s``; the route
+turns that into 503 + Retry-After, never a 2xx. If the broker is down when ingest starts,
+the producer keeps trying to connect in the background and ingest answers 503 meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ponte.shared import kafka
+from ponte.shared.events import RawEvent
+from ponte.shared.metrics import KAFKA_PRODUCE_ERRORS, KAFKA_PRODUCE_LATENCY
+from ponte.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(Exception):  # noqa: N818 - reads as a state
+    """The broker did not acknowledge in time; the delivery must not be acknowledged."""
+
+
+def headers_for(event: RawEvent, content_type: str | None) -> list[tuple[str, bytes]]:
+    """Kafka headers, so a consumer or a person with kcat can route without parsing."""
+    headers = [
+        ("ponte-event-id", event.event_id.encode()),
+        ("ponte-source", event.source_id.encode()),
+        ("ponte-kind", event.source_kind.value.encode()),
+        ("ponte-topic", event.topic.encode()),
+        ("ponte-received-at", event.received_at.isoformat().encode()),
+        ("content-type", b"application/json"),
+    ]
+    if content_type:
+        headers.append(("ponte-original-content-type", content_type.encode()))
+    return headers
+
+
+class EventPublisher:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
+
+    async def start(self) -> None:
+        """Connect in the background; ingest serves (503) until the broker answers."""
+        self._connector = asyncio.create_task(self._connect_forever(), name="producer-connect")
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while True:
+            producer = kafka.create_producer(self._settings)
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as error:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("broker not reachable yet", extra={"error": type(error).__name__,
+                                                                "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._producer = producer
+            self.started.set()
+            log.info("producer connected", extra={"bootstrap": self._settings.kafka_bootstrap})
+            return
+
+    async def stop(self) -> None:
+        if self._connector is not None and not self._connector.done():
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        if self._producer is not None:
+            # Flushes what is in flight; anything not acked was not answered 2xx either.
+            await self._producer.stop()
+
+    async def ready(self) -> bool:
+        if self._producer is None:
+            return False
+        return await kafka.broker_reachable(self._producer)
+
+    async def publish(self, events: list[RawEvent], content_type: str | None) -> None:
+        """Write the events and wait for every acknowledgement, or raise BrokerUnavailable."""
+        if self._producer is None:
+            KAFKA_PRODUCE_ERRORS.labels("not_connected").inc()
+            raise BrokerUnavailable("the broker has not been reachable since ingest started")
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._send_all(self._producer, events, content_type),
+                                   self._settings.produce_timeout_s)
+        except TimeoutError:
+            KAFKA_PRODUCE_ERRORS.labels("timeout").inc()
+            raise BrokerUnavailable(
+                f"the broker did not acknowledge within {self._settings.produce_timeout_s}s"
+            ) from None
+        except KafkaError as error:
+            KAFKA_PRODUCE_ERRORS.labels(type(error).__name__).inc()
+            raise BrokerUnavailable(f"the broker refused the write ({type(error).__name__})") from None
+        KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
+
+    async def _send_all(
+        self, producer: AIOKafkaProducer, events: list[RawEvent], content_type: str | None
+    ) -> None:
+        topic = self._settings.raw_topic
+        acks = [
+            await producer.send(
+                topic,
+                value=event.model_dump_json().encode(),
+                key=event.partition_key,
+                headers=headers_for(event, content_type),
+            )
+            for event in events
+        ]
+        # asyncio.wait, not gather: on our timeout the producer's own futures must not be
+        # cancelled under it (it resolves them later, and a late ack is harmless: the event
+        # id is deterministic and the transform drops the duplicate).
+        done, _ = await asyncio.wait(acks)
+        for ack in done:
+            ack.result()  # raises the first KafkaError

@@ -1,0 +1,33 @@
+"""Probes and metrics: ``/healthz`` (process alive), ``/readyz`` (broker and database
+reachable: a pod that cannot acknowledge webhooks takes no traffic), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ponte.ingest.deps import PoolDep, PublisherDep, RegistryDep
+from ponte.shared import db
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The broker and the database are reachable")
+async def readyz(publisher: PublisherDep, pool: PoolDep, registry: RegistryDep) -> JSONResponse:
+    broker, database = await asyncio.gather(publisher.ready(), db.ping(pool))
+    checks = {"broker": broker, "database": database, "sources_loaded": registry.loaded}
+    ready = all(checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

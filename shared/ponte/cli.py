@@ -1,0 +1,168 @@
+"""``ponte``: one command line for every service and for local use.
+
+    ponte dev        everything on this machine, on embedded defaults
+    ponte ingest     the webhook service (production: env vars point at Kafka/PostgreSQL)
+    ponte migrate    bring the database schema up to date
+    ponte topics     create the Kafka topics Ponte uses
+    ponte sources    validate a sources file and store it in PostgreSQL
+    ponte sign       print a signed curl for a test delivery to an ERP source
+
+The transform and deliver services are not built yet (issues #4 and #5): there are no
+``ponte transform`` / ``ponte deliver`` commands until they exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ponte.shared.logs import configure_logging
+from ponte.shared.settings import Settings
+
+app = typer.Typer(
+    help="Ponte keeps a CRM in step with an ERP and an online shop: signed webhooks in, "
+    "Kafka in the middle, a relational CRM model in PostgreSQL, replayable delivery out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def ingest(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (PONTE_HTTP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (PONTE_HTTP_PORT).")] = None,
+) -> None:
+    """Run the ingest service: POST /webhooks/{source_id} into the raw Kafka topic."""
+    import uvicorn
+
+    from ponte.ingest.app import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=host or settings.http_host,
+                port=port or settings.http_port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=20)
+
+
+@app.command()
+def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Bring the PostgreSQL schema up to date (PONTE_DATABASE_URL)."""
+    from ponte.shared.db import migrate as run_migrations
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    run_migrations(settings, revision)
+    typer.echo(f"schema at {revision}")
+
+
+@app.command()
+def topics() -> None:
+    """Create the Kafka topics Ponte uses that do not exist yet (PONTE_KAFKA_BOOTSTRAP)."""
+    from ponte.shared.kafka import ensure_topics, topics as topic_specs
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    asyncio.run(ensure_topics(settings))
+    for spec in topic_specs(settings):
+        typer.echo(f"{spec.name}\tpartitions={spec.partitions}\tretention_ms={spec.retention_ms}")
+
+
+@app.command()
+def sources(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Sources YAML.")],
+    check: Annotated[bool, typer.Option("--check", help="Only validate; store nothing.")] = False,
+) -> None:
+    """Validate a sources file and store it in PostgreSQL (changed entries only)."""
+    from ponte.shared import db
+    from ponte.shared.sources import apply_sources, load_sources_file
+
+    try:
+        configs = load_sources_file(path)
+    except ValueError as error:
+        typer.echo(f"invalid sources file: {error}", err=True)
+        raise typer.Exit(1) from None
+    if check:
+        for config in configs:
+            typer.echo(f"{config.id}\t{config.kind.value}\tactive={config.active}")
+        return
+
+    async def store() -> dict[str, str]:
+        pool = await db.create_pool(Settings())
+        try:
+            return await apply_sources(pool, configs)
+        finally:
+            await pool.close()
+
+    for source_id, outcome in asyncio.run(store()).items():
+        typer.echo(f"{source_id}\t{outcome}")
+
+
+def signed_curl(url: str, secret: str, body: bytes, webhook_id: str | None = None) -> str:
+    """A ready-to-paste curl carrying a Standard Webhooks signature (valid for the
+    signature tolerance, 5 minutes by default)."""
+    from ponte.ingest.signatures import sign_standard
+
+    webhook_id = webhook_id or f"msg_{secrets.token_hex(8)}"
+    timestamp = int(time.time())
+    signature = sign_standard(secret, webhook_id, timestamp, body)
+    quoted = body.decode().replace("'", "'\\''")
+    return (
+        f"curl -sS -X POST '{url}' \\\n"
+        f"  -H 'content-type: application/json' \\\n"
+        f"  -H 'webhook-id: {webhook_id}' \\\n"
+        f"  -H 'webhook-timestamp: {timestamp}' \\\n"
+        f"  -H 'webhook-signature: {signature}' \\\n"
+        f"  --data-binary '{quoted}'"
+    )
+
+
+EXAMPLE_ENVELOPE = {
+    "id": "evt-2024-11-14-000184",
+    "occurred_at": "2024-11-14T12:01:32-03:00",
+    "operation": "upsert",
+    "table": "Pedido",
+    "rows": [{
+        "codigo": "PED-1001", "empresa": "000123", "vendedor": "V07",
+        "emissao": "14/11/2024", "total": "1.234,56",
+        "situacao": {"$code": {"tabela": "SIT_PEDIDO", "chave": "AP"}},
+        "Itens pedido": {"table": "Itens pedido", "rows": [
+            {"seq": 1, "produto": "P-9", "quantidade": "2", "preco": "617,28"}]},
+    }],
+}
+
+
+@app.command()
+def sign(
+    url: Annotated[str, typer.Option(help="The source's webhook URL.")],
+    secret: Annotated[str, typer.Option(envvar="PONTE_SIGN_SECRET", help="The source's secret.")],
+    body_file: Annotated[Path | None, typer.Option("--body", exists=True, dir_okay=False,
+                                                   help="JSON body; default: an example order.")] = None,
+) -> None:
+    """Print a signed curl for an ERP source (Standard Webhooks headers)."""
+    body = body_file.read_bytes() if body_file else json.dumps(EXAMPLE_ENVELOPE,
+                                                               ensure_ascii=False).encode()
+    typer.echo(signed_curl(url, secret, body))
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="Port for the ingest service.")] = 8000,
+    durable: Annotated[bool, typer.Option(help="Keep broker data across broker restarts "
+                                               "(local S3 stand-in).")] = False,
+) -> None:
+    """Run Ponte on this machine: embedded PostgreSQL and Kafka-protocol broker on loopback,
+    schema and topics created, services started. Ctrl-C stops everything it started."""
+    from ponte.dev import run_dev
+
+    run_dev(port=port, durable=durable)
+
+
+if __name__ == "__main__":
+    app()

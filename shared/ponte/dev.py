@@ -1,0 +1,130 @@
+"""``ponte dev``: the whole of Ponte on one machine, on embedded defaults.
+
+Starts a throwaway PostgreSQL and a Tansu broker on loopback (``ponte.shared.embedded``),
+migrates the schema, creates the topics, writes a sources file with demo sources and fresh
+secrets, serves ingest, and prints a signed curl to try. A raw-topic tail prints each
+event as it lands so the flow is visible. Ctrl-C (or SIGTERM) stops the services, the
+broker and the database, and removes their files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import signal
+import socket
+import tempfile
+from pathlib import Path
+
+import uvicorn
+import yaml
+from aiokafka import AIOKafkaConsumer
+
+from ponte.cli import EXAMPLE_ENVELOPE, signed_curl
+from ponte.shared import db
+from ponte.shared.embedded import embedded_stack, free_port
+from ponte.shared.kafka import ensure_topics
+from ponte.shared.logs import configure_logging
+from ponte.shared.settings import Settings
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def write_demo_sources(path: Path) -> dict[str, str]:
+    """One source of each kind, each with a fresh secret; returns the secrets by source."""
+    demo = {
+        "erp-demo": {"kind": "erp", "display_name": "Demo ERP", "erp_name": "Demo ERP",
+                     "erp_version": "1.0"},
+        "shopify-demo": {"kind": "shopify", "display_name": "Demo Shopify shop"},
+        "woo-demo": {"kind": "woocommerce", "display_name": "Demo WooCommerce shop"},
+    }
+    keys = {source_id: "whsec_" + secrets.token_urlsafe(24) if spec["kind"] == "erp"
+            else secrets.token_urlsafe(24) for source_id, spec in demo.items()}
+    document = {"sources": [{"id": source_id, **spec, "secrets": [keys[source_id]]}
+                            for source_id, spec in demo.items()]}
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return keys
+
+
+async def _tail_raw(settings: Settings) -> None:
+    """Print one line per raw event: the local stand-in for the transform until it lands."""
+    consumer = AIOKafkaConsumer(settings.raw_topic, bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=None, auto_offset_reset="latest")
+    await consumer.start()
+    try:
+        async for message in consumer:
+            event = json.loads(message.value)
+            print(f"[raw] partition={message.partition} offset={message.offset} "
+                  f"{event['event_id']} {event['source_id']} {event['topic']} "
+                  f"{event['operation']} key={event['record_key']}", flush=True)
+    finally:
+        await consumer.stop()
+
+
+async def _serve(settings: Settings, port: int, secret: str) -> None:
+    from ponte.ingest.app import create_app
+
+    await ensure_topics(settings)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_config=None, access_log=False))
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
+    if serving.done():
+        await serving
+        return
+    url = f"http://127.0.0.1:{port}/webhooks/erp-demo"
+    body = json.dumps(EXAMPLE_ENVELOPE, ensure_ascii=False).encode()
+    print("\nPonte is running.", flush=True)
+    print(f"  webhooks: {url}   (also /webhooks/shopify-demo, /webhooks/woo-demo)")
+    print(f"  metrics:  http://127.0.0.1:{port}/metrics   ready: http://127.0.0.1:{port}/readyz")
+    print(f"  API docs: http://127.0.0.1:{port}/docs")
+    print(f"  broker:   {settings.kafka_bootstrap}   database: {settings.asyncpg_dsn}")
+    print("\nSend an order (the signature is valid for 5 minutes; `ponte sign --url ... "
+          "--secret ...` makes a fresh one):\n")
+    print(signed_curl(url, secret, body), "\n\nCtrl-C stops everything.\n", flush=True)
+    tail = asyncio.create_task(_tail_raw(settings))
+    try:
+        await serving
+    finally:
+        tail.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await tail
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_dev(*, port: int = 8000, durable: bool = False) -> None:
+    # SIGTERM behaves like Ctrl-C, so the embedded broker and database are always stopped
+    # (uvicorn re-raises the signal it caught once it has shut down).
+    signal.signal(signal.SIGTERM, _interrupt)
+    base = Settings()
+    configure_logging(base.log_level)
+    if not _port_free(port):
+        chosen = free_port()
+        print(f"port {port} is taken; using {chosen}")
+        port = chosen
+    print("starting embedded PostgreSQL and Kafka-protocol broker (Tansu) on loopback...",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="ponte-dev-") as workdir, \
+            embedded_stack(durable=durable) as (broker, database):
+        sources_file = Path(workdir) / "sources.yaml"
+        keys = write_demo_sources(sources_file)
+        settings = base.model_copy(update={
+            "kafka_bootstrap": broker.bootstrap,
+            "database_url": database.url,
+            "kafka_idempotence": False,  # Tansu cannot answer InitProducerId
+            "kafka_replication_factor": 1,
+            "sources_file": sources_file,
+        })
+        db.migrate(settings)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(settings, port, keys["erp-demo"]))
+    print("stopped: services, broker and database are down, their files removed.")

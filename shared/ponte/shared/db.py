@@ -1,0 +1,95 @@
+"""PostgreSQL access: the asyncpg pool the services share, and schema migrations.
+
+Services talk to PostgreSQL through one asyncpg pool each (one round trip per statement,
+binary COPY for batches). The schema is owned by Alembic; ``migrate`` is what
+``ponte migrate``, ``ponte dev`` and the Kubernetes migration Job run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from typing import Any
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from ponte.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def alembic_config(settings: Settings) -> Config:
+    """An Alembic config that needs no alembic.ini: the scripts ship inside the package."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("ponte.shared") / "migrations"))
+    config.set_main_option("sqlalchemy.url", settings.database_url)
+    return config
+
+
+def migrate(settings: Settings, revision: str = "head") -> None:
+    """Bring the schema to ``revision``. Synchronous: call it before an event loop runs,
+    or through ``asyncio.to_thread`` (Alembic's env starts a loop of its own)."""
+    command.upgrade(alembic_config(settings), revision)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    # JSONB columns in and out as Python objects. Binary format (a version byte, then the
+    # text) so that binary COPY, which the history writer uses, can encode them too.
+    await connection.set_type_codec(
+        "jsonb", schema="pg_catalog", format="binary",
+        encoder=lambda value: b"\x01" + json.dumps(value, ensure_ascii=False).encode(),
+        decoder=lambda data: json.loads(data[1:]),
+    )
+
+
+async def create_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 10, wait_s: float = 0.0
+) -> asyncpg.Pool:
+    """An asyncpg pool; with ``wait_s`` it retries while the database is still starting."""
+
+    async def connect() -> asyncpg.Pool:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            settings.asyncpg_dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=30,
+        )
+        return pool
+
+    if wait_s <= 0:
+        return await connect()
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(wait_s),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        retry=retry_if_exception_type((OSError, asyncpg.PostgresError)),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    ):
+        with attempt:
+            return await connect()
+    raise AssertionError("unreachable: tenacity reraises")
+
+
+async def ping(pool: asyncpg.Pool, timeout_s: float = 1.0) -> bool:
+    """True when the database answers a trivial query within ``timeout_s``."""
+    try:
+        async with pool.acquire(timeout=timeout_s) as connection:
+            await connection.fetchval("SELECT 1", timeout=timeout_s)
+        return True
+    except Exception:  # any failure means "not ready"; the reason is logged by the caller
+        return False
+
+
+def as_record(row: asyncpg.Record | None) -> dict[str, Any] | None:
+    return dict(row) if row is not None else None

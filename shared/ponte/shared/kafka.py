@@ -1,0 +1,88 @@
+"""Kafka access shared by the services: producer construction, topic creation, readiness.
+
+The producer always waits for all in-sync replicas (``acks="all"``): a webhook is only
+acknowledged once its event is durable. Idempotence is a setting because the local Tansu
+broker cannot answer InitProducerId; against real Kafka it stays on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from ponte.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic Ponte uses, with what it needs created (the K8s KafkaTopic mirrors this)."""
+
+    name: str
+    partitions: int
+    retention_ms: int
+
+
+def topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic the code uses. ``deploy/k8s`` declares one KafkaTopic for each."""
+    week = 7 * 24 * 3600 * 1000
+    return [TopicSpec(settings.raw_topic, settings.raw_topic_partitions, week)]
+
+
+def create_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.kafka_client_id}-producer",
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        linger_ms=settings.produce_linger_ms,
+        request_timeout_ms=int(settings.produce_timeout_s * 1000),
+        # Ask for fresh metadata soon after a broker comes back.
+        retry_backoff_ms=100,
+        metadata_max_age_ms=30_000,
+        max_request_size=settings.max_body_bytes * 2 + 1024 * 1024,
+    )
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None) -> None:
+    """Create the topics that do not exist yet. Safe to run at every start."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.kafka_client_id}-admin"
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name=spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=settings.kafka_replication_factor,
+                topic_configs={"retention.ms": str(spec.retention_ms)},
+            )
+            for spec in (specs if specs is not None else topics(settings))
+            if spec.name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another replica won the race
+            log.info("created topics", extra={"topics": [t.name for t in missing]})
+    finally:
+        await admin.close()
+
+
+async def broker_reachable(producer: AIOKafkaProducer, timeout_s: float = 1.0) -> bool:
+    """True when the producer can fetch cluster metadata within ``timeout_s``."""
+    try:
+        await asyncio.wait_for(producer.client.force_metadata_update(), timeout_s)
+        return bool(producer.client.cluster.brokers())
+    except (KafkaError, OSError, TimeoutError):
+        return False

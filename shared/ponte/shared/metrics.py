@@ -1,0 +1,75 @@
+"""Prometheus metrics, one definition per measured thing, named ``ponte_<service>_...``.
+
+Defined at module level (the prometheus-client idiom: collectors are process-wide).
+Labels hold only bounded values: configured source ids, status codes, outcome names.
+Requests for unknown sources are counted under ``source="unknown"`` so a scanner cannot
+grow the label set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+INGEST_REQUESTS = Counter(
+    "ponte_ingest_requests_total",
+    "Webhook requests answered, by source, HTTP status and outcome.",
+    ["source", "status", "outcome"],
+)
+INGEST_LATENCY = Histogram(
+    "ponte_ingest_request_seconds",
+    "Time from request received to response, by source.",
+    ["source"],
+    buckets=LATENCY_BUCKETS,
+)
+INGEST_BODY_BYTES = Histogram(
+    "ponte_ingest_body_bytes",
+    "Size of webhook bodies received.",
+    ["source"],
+    buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 5242880),
+)
+INGEST_DUPLICATES = Counter(
+    "ponte_ingest_duplicates_total",
+    "Re-deliveries recognised and answered without a second event.",
+    ["source"],
+)
+INGEST_LAST_ACCEPTED = Gauge(
+    "ponte_ingest_last_accepted_timestamp_seconds",
+    "Unix time of the last event accepted from each source.",
+    ["source"],
+)
+INGEST_EVENTS = Counter(
+    "ponte_ingest_events_total",
+    "Record events written to the raw topic, by source.",
+    ["source"],
+)
+INGEST_DEDUP_UNAVAILABLE = Counter(
+    "ponte_ingest_dedup_unavailable_total",
+    "Deliveries accepted without the duplicate check because PostgreSQL did not answer "
+    "(the transform still drops the duplicate by event id).",
+)
+
+KAFKA_PRODUCE_LATENCY = Histogram(
+    "ponte_kafka_produce_seconds",
+    "Time from handing a batch of record events to the producer to the broker's ack.",
+    buckets=LATENCY_BUCKETS,
+)
+KAFKA_PRODUCE_ERRORS = Counter(
+    "ponte_kafka_produce_errors_total",
+    "Produce attempts that failed or timed out, by reason.",
+    ["reason"],
+)
+
+HISTORY_QUEUE_DEPTH = Gauge(
+    "ponte_history_queue_depth", "Request-history rows waiting to be written."
+)
+HISTORY_WRITTEN = Counter("ponte_history_rows_written_total", "Request-history rows written.")
+HISTORY_DROPPED = Counter(
+    "ponte_history_rows_dropped_total",
+    "Request-history rows dropped because the queue was full (the events themselves are "
+    "unaffected: they are already in Kafka).",
+)
+HISTORY_WRITE_ERRORS = Counter(
+    "ponte_history_write_errors_total", "Failed attempts to write a batch of history rows."
+)

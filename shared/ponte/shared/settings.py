@@ -1,0 +1,86 @@
+"""Ponte's settings, read from the environment (prefix ``PONTE_``) or a ``.env`` file.
+
+Pointing Ponte at an external Kafka cluster and PostgreSQL takes two variables:
+``PONTE_KAFKA_BOOTSTRAP`` and ``PONTE_DATABASE_URL``. Everything else has a default that
+suits production; ``ponte dev`` and the tests override the few that differ for the local
+broker (idempotence) and speed (short timeouts). Every field is listed in ``.env.example``.
+
+Settings are built in ``main()``/lifespan and injected, never at import time, so tests can
+build their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything Ponte reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PONTE_", env_file=".env", extra="ignore")
+
+    # --- the two variables that point Ponte at real infrastructure -----------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    """Comma-separated Kafka bootstrap servers."""
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/ponte"
+    """SQLAlchemy URL; ``postgresql://`` is rewritten to the asyncpg driver."""
+
+    # --- Kafka ----------------------------------------------------------------------------
+    kafka_idempotence: bool = True
+    """Idempotent producer. On for real Kafka; off for the local Tansu broker, which
+    cannot answer InitProducerId (see docs/local-infra.md)."""
+    kafka_client_id: str = "ponte"
+    kafka_replication_factor: int = 3
+    """Replicas of each topic Ponte creates itself (1 for the single local broker)."""
+    raw_topic: str = "ponte.raw"
+    """Webhook events as received, one message per record, keyed by record."""
+    raw_topic_partitions: int = 6
+    produce_timeout_s: float = 5.0
+    """How long a webhook waits for the broker's acknowledgement before answering 503."""
+    produce_linger_ms: int = 2
+    """Small linger: concurrent webhooks share a produce request without adding latency."""
+
+    # --- ingest ---------------------------------------------------------------------------
+    sources_file: Path | None = None
+    """YAML file of sources loaded at start (see sources.example.yaml)."""
+    sources_refresh_s: float = 5.0
+    """How often ingest re-reads source settings from PostgreSQL (ops API changes)."""
+    max_body_bytes: int = 5 * 1024 * 1024
+    signature_tolerance_s: int = 300
+    """Standard Webhooks timestamp window, either side of now; older deliveries are replays."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Default CIDRs whose X-Forwarded-For is believed, for sources that set none."""
+    retry_after_s: int = 5
+    """Retry-After sent with a 503 when the broker cannot take an event."""
+    dedup_pending_timeout_s: float = 30.0
+    """A claimed delivery that never reached the broker (crash) may be retried after this."""
+
+    # --- request history ------------------------------------------------------------------
+    history_retention_days: int = 30
+    history_flush_interval_s: float = 0.2
+    history_batch_size: int = 500
+    history_queue_max: int = 100_000
+    history_keep_body_bytes: int = 5 * 1024 * 1024
+    """Bodies up to this size are kept in the history; larger ones keep their digest only."""
+
+    # --- process --------------------------------------------------------------------------
+    log_level: str = "INFO"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, url: str) -> str:
+        """Accept the plain ``postgresql://`` form a platform team already has."""
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The URL in the form asyncpg itself takes (no SQLAlchemy driver suffix)."""
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)

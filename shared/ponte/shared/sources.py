@@ -1,0 +1,163 @@
+"""Sources: the systems that send webhooks, configured in YAML and kept in PostgreSQL.
+
+The YAML file is loaded at start. A source missing from the database is created; one whose
+YAML entry changed since it was last applied is updated; otherwise the database row wins,
+so a change made through the ops API survives a restart until the file itself changes.
+Secrets may be written as ``${ENV_VAR}`` so the file can live in git and the secrets in a
+Kubernetes Secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ponte.shared.events import SourceKind
+
+log = logging.getLogger(__name__)
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class SourceConfig(BaseModel):
+    """One source's settings, as written in the YAML file and stored in ``sources``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    kind: SourceKind
+    active: bool = True
+    display_name: str = ""
+    erp_name: str | None = None
+    erp_version: str | None = None
+    secrets: list[str] = Field(
+        min_length=1, max_length=2, repr=False,
+        description="Signing secrets; two are valid at once during a rotation.",
+    )
+    allowed_cidrs: list[str] = Field(default_factory=list, description="Empty: any address.")
+    trusted_proxies: list[str] | None = Field(
+        default=None, description="Proxies whose X-Forwarded-For is believed; None: the global default."
+    )
+    tables: list[str] = Field(
+        default_factory=list,
+        description="Tables (ERP) or topics/resources (shops) this source may send; empty: all.",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_not_empty(cls, secrets: list[str]) -> list[str]:
+        if any(not secret.strip() for secret in secrets):
+            raise ValueError("a secret is empty (is its ${ENV_VAR} set?)")
+        return secrets
+
+    @field_validator("allowed_cidrs", "trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, cidrs: list[str] | None) -> list[str] | None:
+        for cidr in cidrs or []:
+            ipaddress.ip_network(cidr, strict=False)  # raises ValueError naming the bad value
+        return cidrs
+
+    def digest(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def networks(self) -> list[IpNetwork]:
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in self.allowed_cidrs]
+
+    def allows_table(self, table: str) -> bool:
+        """A filter entry matches the exact table/topic or, for shops, its resource
+        (``orders`` allows ``orders/create`` and ``orders/updated``)."""
+        if not self.tables:
+            return True
+        wanted = table.strip().lower()
+        for allowed in self.tables:
+            entry = allowed.strip().lower()
+            if wanted == entry or wanted.startswith(entry + "/") or wanted.startswith(entry + "."):
+                return True
+        return False
+
+
+def _expand_env(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ValueError(f"{where}: environment variable {name} is not set")
+            return os.environ[name]
+        return _ENV_REFERENCE.sub(replace, value)
+    if isinstance(value, list):
+        return [_expand_env(item, where) for item in value]
+    if isinstance(value, dict):
+        return {key: _expand_env(item, f"{where}.{key}") for key, item in value.items()}
+    return value
+
+
+def load_sources_file(path: Path) -> list[SourceConfig]:
+    """Parse and validate the sources YAML; errors name the source and the field."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = document.get("sources", []) if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a top-level 'sources:' list")
+    configs = [
+        SourceConfig.model_validate(_expand_env(entry, f"sources[{index}]"))
+        for index, entry in enumerate(entries)
+    ]
+    ids = [config.id for config in configs]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"{path}: a source id appears twice")
+    return configs
+
+
+_COLUMNS = ("id", "kind", "active", "display_name", "erp_name", "erp_version", "secrets",
+            "allowed_cidrs", "trusted_proxies", "tables")
+
+
+async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict[str, str]:
+    """Store the file's sources; returns what happened to each (created/updated/kept)."""
+    outcome: dict[str, str] = {}
+    now = datetime.now(UTC)
+    async with pool.acquire() as connection, connection.transaction():
+        for config in configs:
+            digest = config.digest()
+            stored = await connection.fetchval(
+                "SELECT config_digest FROM sources WHERE id = $1 FOR UPDATE", config.id
+            )
+            values = config.model_dump(mode="json")
+            if stored is None and not await connection.fetchval(
+                "SELECT 1 FROM sources WHERE id = $1", config.id
+            ):
+                await connection.execute(
+                    f"INSERT INTO sources ({', '.join(_COLUMNS)}, config_digest, created_at, "  # noqa: S608 - fixed column names
+                    "updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$12)",
+                    *(values[column] for column in _COLUMNS), digest, now,
+                )
+                outcome[config.id] = "created"
+            elif stored != digest:
+                assignments = ", ".join(f"{column} = ${i + 2}" for i, column in enumerate(_COLUMNS[1:]))
+                await connection.execute(
+                    f"UPDATE sources SET {assignments}, config_digest = $11, updated_at = $12 "  # noqa: S608
+                    "WHERE id = $1",
+                    *(values[column] for column in _COLUMNS), digest, now,
+                )
+                outcome[config.id] = "updated"
+            else:
+                outcome[config.id] = "kept"
+    log.info("sources applied", extra={"sources": outcome})
+    return outcome
+
+
+async def fetch_sources(pool: asyncpg.Pool) -> dict[str, SourceConfig]:
+    rows = await pool.fetch(f"SELECT {', '.join(_COLUMNS)} FROM sources")  # noqa: S608
+    return {row["id"]: SourceConfig.model_validate(dict(row)) for row in rows}

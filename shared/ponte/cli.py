@@ -36,19 +36,23 @@ app = typer.Typer(
 
 @app.command()
 def ingest(
-    host: Annotated[str | None, typer.Option(help="Address to listen on (PONTE_HTTP_HOST).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (PONTE_HTTP_HOST).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (PONTE_HTTP_PORT).")] = None,
 ) -> None:
     """Run the ingest service: POST /webhooks/{source_id} into the raw Kafka topic."""
     import uvicorn
 
-    from ponte.ingest.app import create_app
+    from ponte.ingest.app import create_app, server_config
 
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=host or settings.http_host,
-                port=port or settings.http_port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=20)
+    uvicorn.Server(
+        server_config(
+            create_app(settings), host=host or settings.http_host, port=port or settings.http_port
+        )
+    ).run()
 
 
 @app.command()
@@ -65,7 +69,8 @@ def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = 
 @app.command()
 def topics() -> None:
     """Create the Kafka topics Ponte uses that do not exist yet (PONTE_KAFKA_BOOTSTRAP)."""
-    from ponte.shared.kafka import ensure_topics, topics as topic_specs
+    from ponte.shared.kafka import ensure_topics
+    from ponte.shared.kafka import topics as topic_specs
 
     settings = Settings()
     configure_logging(settings.log_level)
@@ -128,13 +133,20 @@ EXAMPLE_ENVELOPE = {
     "occurred_at": "2024-11-14T12:01:32-03:00",
     "operation": "upsert",
     "table": "Pedido",
-    "rows": [{
-        "codigo": "PED-1001", "empresa": "000123", "vendedor": "V07",
-        "emissao": "14/11/2024", "total": "1.234,56",
-        "situacao": {"$code": {"tabela": "SIT_PEDIDO", "chave": "AP"}},
-        "Itens pedido": {"table": "Itens pedido", "rows": [
-            {"seq": 1, "produto": "P-9", "quantidade": "2", "preco": "617,28"}]},
-    }],
+    "rows": [
+        {
+            "codigo": "PED-1001",
+            "empresa": "000123",
+            "vendedor": "V07",
+            "emissao": "14/11/2024",
+            "total": "1.234,56",
+            "situacao": {"$code": {"tabela": "SIT_PEDIDO", "chave": "AP"}},
+            "Itens pedido": {
+                "table": "Itens pedido",
+                "rows": [{"seq": 1, "produto": "P-9", "quantidade": "2", "preco": "617,28"}],
+            },
+        }
+    ],
 }
 
 
@@ -142,23 +154,33 @@ EXAMPLE_ENVELOPE = {
 def sign(
     url: Annotated[str, typer.Option(help="The source's webhook URL.")],
     secret: Annotated[str, typer.Option(envvar="PONTE_SIGN_SECRET", help="The source's secret.")],
-    body_file: Annotated[Path | None, typer.Option("--body", exists=True, dir_okay=False,
-                                                   help="JSON body; default: an example order.")] = None,
+    body_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--body", exists=True, dir_okay=False, help="JSON body; default: an example order."
+        ),
+    ] = None,
 ) -> None:
     """Print a signed curl for an ERP source (Standard Webhooks headers)."""
-    body = body_file.read_bytes() if body_file else json.dumps(EXAMPLE_ENVELOPE,
-                                                               ensure_ascii=False).encode()
+    body = (
+        body_file.read_bytes()
+        if body_file
+        else json.dumps(EXAMPLE_ENVELOPE, ensure_ascii=False).encode()
+    )
     typer.echo(signed_curl(url, secret, body))
 
 
 @app.command()
 def dev(
     port: Annotated[int, typer.Option(help="Port for the ingest service.")] = 8000,
-    durable: Annotated[bool, typer.Option(help="Keep broker data across broker restarts "
-                                               "(local S3 stand-in).")] = False,
+    durable: Annotated[
+        bool, typer.Option(help="Keep broker data across broker restarts (local S3 stand-in).")
+    ] = False,
 ) -> None:
-    """Run Ponte on this machine: embedded PostgreSQL and Kafka-protocol broker on loopback,
-    schema and topics created, services started. Ctrl-C stops everything it started."""
+    """Run Ponte on this machine, on embedded PostgreSQL and broker. Ctrl-C stops all.
+
+    Starts PostgreSQL and a Kafka-protocol broker (Tansu) on loopback, creates the schema
+    and topics, starts the services and prints a signed curl to try."""
     from ponte.dev import run_dev
 
     run_dev(port=port, durable=durable)

@@ -38,42 +38,60 @@ def _port_free(port: int) -> bool:
 def write_demo_sources(path: Path) -> dict[str, str]:
     """One source of each kind, each with a fresh secret; returns the secrets by source."""
     demo = {
-        "erp-demo": {"kind": "erp", "display_name": "Demo ERP", "erp_name": "Demo ERP",
-                     "erp_version": "1.0"},
+        "erp-demo": {
+            "kind": "erp",
+            "display_name": "Demo ERP",
+            "erp_name": "Demo ERP",
+            "erp_version": "1.0",
+        },
         "shopify-demo": {"kind": "shopify", "display_name": "Demo Shopify shop"},
         "woo-demo": {"kind": "woocommerce", "display_name": "Demo WooCommerce shop"},
     }
-    keys = {source_id: "whsec_" + secrets.token_urlsafe(24) if spec["kind"] == "erp"
-            else secrets.token_urlsafe(24) for source_id, spec in demo.items()}
-    document = {"sources": [{"id": source_id, **spec, "secrets": [keys[source_id]]}
-                            for source_id, spec in demo.items()]}
+    keys = {
+        source_id: "whsec_" + secrets.token_urlsafe(24)
+        if spec["kind"] == "erp"
+        else secrets.token_urlsafe(24)
+        for source_id, spec in demo.items()
+    }
+    document = {
+        "sources": [
+            {"id": source_id, **spec, "secrets": [keys[source_id]]}
+            for source_id, spec in demo.items()
+        ]
+    }
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return keys
 
 
 async def _tail_raw(settings: Settings) -> None:
     """Print one line per raw event: the local stand-in for the transform until it lands."""
-    consumer = AIOKafkaConsumer(settings.raw_topic, bootstrap_servers=settings.kafka_bootstrap,
-                                group_id=None, auto_offset_reset="latest")
+    consumer = AIOKafkaConsumer(
+        settings.raw_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="latest",
+    )
     await consumer.start()
     try:
         async for message in consumer:
             event = json.loads(message.value)
-            print(f"[raw] partition={message.partition} offset={message.offset} "
-                  f"{event['event_id']} {event['source_id']} {event['topic']} "
-                  f"{event['operation']} key={event['record_key']}", flush=True)
+            print(
+                f"[raw] partition={message.partition} offset={message.offset} "
+                f"{event['event_id']} {event['source_id']} {event['topic']} "
+                f"{event['operation']} key={event['record_key']}",
+                flush=True,
+            )
     finally:
         await consumer.stop()
 
 
 async def _serve(settings: Settings, port: int, secret: str) -> None:
-    from ponte.ingest.app import create_app
+    from ponte.ingest.app import create_app, server_config
 
     await ensure_topics(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_config=None, access_log=False))
+    server = uvicorn.Server(server_config(create_app(settings), host="127.0.0.1", port=port))
     serving = asyncio.create_task(server.serve())
-    while not server.started and not serving.done():
+    while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no event
         await asyncio.sleep(0.05)
     if serving.done():
         await serving
@@ -85,8 +103,10 @@ async def _serve(settings: Settings, port: int, secret: str) -> None:
     print(f"  metrics:  http://127.0.0.1:{port}/metrics   ready: http://127.0.0.1:{port}/readyz")
     print(f"  API docs: http://127.0.0.1:{port}/docs")
     print(f"  broker:   {settings.kafka_bootstrap}   database: {settings.asyncpg_dsn}")
-    print("\nSend an order (the signature is valid for 5 minutes; `ponte sign --url ... "
-          "--secret ...` makes a fresh one):\n")
+    print(
+        "\nSend an order (the signature is valid for 5 minutes; `ponte sign --url ... "
+        "--secret ...` makes a fresh one):\n"
+    )
     print(signed_curl(url, secret, body), "\n\nCtrl-C stops everything.\n", flush=True)
     tail = asyncio.create_task(_tail_raw(settings))
     try:
@@ -111,19 +131,24 @@ def run_dev(*, port: int = 8000, durable: bool = False) -> None:
         chosen = free_port()
         print(f"port {port} is taken; using {chosen}")
         port = chosen
-    print("starting embedded PostgreSQL and Kafka-protocol broker (Tansu) on loopback...",
-          flush=True)
-    with tempfile.TemporaryDirectory(prefix="ponte-dev-") as workdir, \
-            embedded_stack(durable=durable) as (broker, database):
+    print(
+        "starting embedded PostgreSQL and Kafka-protocol broker (Tansu) on loopback...", flush=True
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="ponte-dev-") as workdir,
+        embedded_stack(durable=durable) as (broker, database),
+    ):
         sources_file = Path(workdir) / "sources.yaml"
         keys = write_demo_sources(sources_file)
-        settings = base.model_copy(update={
-            "kafka_bootstrap": broker.bootstrap,
-            "database_url": database.url,
-            "kafka_idempotence": False,  # Tansu cannot answer InitProducerId
-            "kafka_replication_factor": 1,
-            "sources_file": sources_file,
-        })
+        settings = base.model_copy(
+            update={
+                "kafka_bootstrap": broker.bootstrap,
+                "database_url": database.url,
+                "kafka_idempotence": False,  # Tansu cannot answer InitProducerId
+                "kafka_replication_factor": 1,
+                "sources_file": sources_file,
+            }
+        )
         db.migrate(settings)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(settings, port, keys["erp-demo"]))

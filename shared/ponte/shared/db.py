@@ -46,7 +46,9 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     # JSONB columns in and out as Python objects. Binary format (a version byte, then the
     # text) so that binary COPY, which the history writer uses, can encode them too.
     await connection.set_type_codec(
-        "jsonb", schema="pg_catalog", format="binary",
+        "jsonb",
+        schema="pg_catalog",
+        format="binary",
         encoder=lambda value: b"\x01" + json.dumps(value, ensure_ascii=False).encode(),
         decoder=lambda data: json.loads(data[1:]),
     )

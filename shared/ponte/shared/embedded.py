@@ -40,11 +40,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise EmbeddedError(f"process exited with {process.returncode} before port {port} opened")
+            raise EmbeddedError(
+                f"process exited with {process.returncode} before port {port} opened"
+            )
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.02)
@@ -89,17 +93,25 @@ class EmbeddedBroker:
                 AWS_ENDPOINT=f"http://127.0.0.1:{self._bucket_port}",
                 AWS_ALLOW_HTTP="true",
                 AWS_ACCESS_KEY_ID="local",
-                AWS_SECRET_ACCESS_KEY="local",  # noqa: S105 - a local S3 stand-in, not a secret
+                AWS_SECRET_ACCESS_KEY="local",  # noqa: S106 - local S3 stand-in, not a secret
                 AWS_DEFAULT_REGION="us-east-1",
             )
         log_file = (self.workdir / "tansu.log").open("ab")
         self._broker = subprocess.Popen(  # noqa: S603 - fixed binary, fixed arguments
             [
-                str(tansu_binary()), "broker",
-                "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", storage,
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                storage,
             ],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         wait_for_port(self.port, 15, self._broker)
 
@@ -115,7 +127,9 @@ class EmbeddedBroker:
         log_file = (self.workdir / "localbucket.log").open("ab")
         self._bucket = subprocess.Popen(  # noqa: S603
             [localbucket, "--port", str(self._bucket_port), str(data)],
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for_port(self._bucket_port, 15, self._bucket)
 
@@ -132,8 +146,10 @@ class EmbeddedBroker:
 
 def postgres_bindir() -> Path:
     explicit = os.environ.get("PONTE_PG_BINDIR")
-    candidates = [Path(explicit)] if explicit else sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+    candidates = (
+        [Path(explicit)]
+        if explicit
+        else sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
     )
     for candidate in reversed(candidates):
         if (candidate / "initdb").exists():
@@ -161,7 +177,9 @@ class EmbeddedPostgres:
             command = ["runuser", "-u", "postgres", "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
-            raise EmbeddedError(f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+            raise EmbeddedError(
+                f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
 
     @property
     def _data(self) -> Path:
@@ -175,18 +193,46 @@ class EmbeddedPostgres:
             if os.geteuid() == 0:
                 self.workdir.chmod(0o755)
                 shutil.chown(pg_dir, "postgres", "postgres")
-            self._run(str(bindir / "initdb"), "-D", str(self._data), "-U", "postgres",
-                      "-A", "trust", "-E", "UTF8", "--no-sync")
-        options = (f"-p {self.port} -k {pg_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c max_connections=200")
-        self._run(str(bindir / "pg_ctl"), "-D", str(self._data), "-l", str(pg_dir / "log"),
-                  "-w", "-o", options, "start")
+            self._run(
+                str(bindir / "initdb"),
+                "-D",
+                str(self._data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+        options = (
+            f"-p {self.port} -k {pg_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c max_connections=200"
+        )
+        self._run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(self._data),
+            "-l",
+            str(pg_dir / "log"),
+            "-w",
+            "-o",
+            options,
+            "start",
+        )
 
     def stop(self, *, mode: str = "fast") -> None:
         if self._data.exists():
             with contextlib.suppress(EmbeddedError):
-                self._run(str(postgres_bindir() / "pg_ctl"), "-D", str(self._data), "-m", mode,
-                          "-w", "stop")
+                self._run(
+                    str(postgres_bindir() / "pg_ctl"),
+                    "-D",
+                    str(self._data),
+                    "-m",
+                    mode,
+                    "-w",
+                    "stop",
+                )
 
 
 def _terminate(process: subprocess.Popen[bytes] | None, *, kill: bool = False) -> None:
@@ -202,8 +248,9 @@ def _terminate(process: subprocess.Popen[bytes] | None, *, kill: bool = False) -
 
 
 @contextlib.contextmanager
-def embedded_stack(*, durable: bool = False, keep_dir: Path | None = None
-                   ) -> Iterator[tuple[EmbeddedBroker, EmbeddedPostgres]]:
+def embedded_stack(
+    *, durable: bool = False, keep_dir: Path | None = None
+) -> Iterator[tuple[EmbeddedBroker, EmbeddedPostgres]]:
     """Start a broker and a database; on exit stop both and remove what they wrote."""
     workdir = keep_dir or Path(tempfile.mkdtemp(prefix="ponte-"))
     workdir.mkdir(parents=True, exist_ok=True)

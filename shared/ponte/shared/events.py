@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -27,6 +28,9 @@ KEY_FIELD_CANDIDATES = ("codigo", "id", "chave", "cnpj", "cpf", "numero")
 
 CODE_TABLE_NAMES = frozenset({"tabela de tabelas", "tabela_de_tabelas", "tabelas", "codigos"})
 """Names under which ERPs send the generic code table ("tabela de tabelas")."""
+
+
+_BR_DATETIME = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?")
 
 
 class SourceKind(StrEnum):
@@ -45,11 +49,31 @@ class ErpEnvelope(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    id: str = Field(min_length=1, max_length=200, description="The source's event id; re-sent deliveries repeat it.")
-    occurred_at: datetime = Field(description="When the change happened at the source (ISO 8601; no offset means America/Sao_Paulo).")
+    id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The source's event id; re-sent deliveries repeat it.",
+    )
+    occurred_at: datetime = Field(
+        description="When the change happened at the source: ISO 8601 or "
+        "dd/mm/yyyy[ HH:MM[:SS]]; without an offset it is America/Sao_Paulo time."
+    )
     operation: Operation = Operation.UPSERT
-    table: str = Field(min_length=1, max_length=120, description="The ERP's table name, as it writes it.")
+    table: str = Field(
+        min_length=1, max_length=120, description="The ERP's table name, as it writes it."
+    )
     rows: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _brazilian_date(cls, value: Any) -> Any:
+        """ERPs in Brazil write ``dd/mm/yyyy[ HH:MM[:SS]]``; accept it beside ISO 8601."""
+        if isinstance(value, str):
+            match = _BR_DATETIME.fullmatch(value.strip())
+            if match:
+                day, month, year, hour, minute, second = (int(g or 0) for g in match.groups())
+                return datetime(year, month, day, hour, minute, second)
+        return value
 
     @field_validator("occurred_at")
     @classmethod

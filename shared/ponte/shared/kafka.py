@@ -82,7 +82,9 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = 
 async def broker_reachable(producer: AIOKafkaProducer, timeout_s: float = 1.0) -> bool:
     """True when the producer can fetch cluster metadata within ``timeout_s``."""
     try:
-        await asyncio.wait_for(producer.client.force_metadata_update(), timeout_s)
-        return bool(producer.client.cluster.brokers())
+        # Resolves to whether a broker answered the metadata request just now (the cached
+        # cluster view would still list a broker that has gone away).
+        answered = await asyncio.wait_for(producer.client.force_metadata_update(), timeout_s)
+        return bool(answered)
     except (KafkaError, OSError, TimeoutError):
         return False

@@ -22,4 +22,6 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aiokafka logs every failed reconnect at ERROR; ours already say what matters.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG)
+    logging.getLogger("aiokafka").setLevel(
+        logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG
+    )

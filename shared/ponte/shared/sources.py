@@ -43,12 +43,15 @@ class SourceConfig(BaseModel):
     erp_name: str | None = None
     erp_version: str | None = None
     secrets: list[str] = Field(
-        min_length=1, max_length=2, repr=False,
+        min_length=1,
+        max_length=2,
+        repr=False,
         description="Signing secrets; two are valid at once during a rotation.",
     )
     allowed_cidrs: list[str] = Field(default_factory=list, description="Empty: any address.")
     trusted_proxies: list[str] | None = Field(
-        default=None, description="Proxies whose X-Forwarded-For is believed; None: the global default."
+        default=None,
+        description="Proxies whose X-Forwarded-For is believed; None: the global default.",
     )
     tables: list[str] = Field(
         default_factory=list,
@@ -91,11 +94,13 @@ class SourceConfig(BaseModel):
 
 def _expand_env(value: Any, where: str) -> Any:
     if isinstance(value, str):
+
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
                 raise ValueError(f"{where}: environment variable {name} is not set")
             return os.environ[name]
+
         return _ENV_REFERENCE.sub(replace, value)
     if isinstance(value, list):
         return [_expand_env(item, where) for item in value]
@@ -120,8 +125,18 @@ def load_sources_file(path: Path) -> list[SourceConfig]:
     return configs
 
 
-_COLUMNS = ("id", "kind", "active", "display_name", "erp_name", "erp_version", "secrets",
-            "allowed_cidrs", "trusted_proxies", "tables")
+_COLUMNS = (
+    "id",
+    "kind",
+    "active",
+    "display_name",
+    "erp_name",
+    "erp_version",
+    "secrets",
+    "allowed_cidrs",
+    "trusted_proxies",
+    "tables",
+)
 
 
 async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict[str, str]:
@@ -141,15 +156,21 @@ async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict
                 await connection.execute(
                     f"INSERT INTO sources ({', '.join(_COLUMNS)}, config_digest, created_at, "  # noqa: S608 - fixed column names
                     "updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$12)",
-                    *(values[column] for column in _COLUMNS), digest, now,
+                    *(values[column] for column in _COLUMNS),
+                    digest,
+                    now,
                 )
                 outcome[config.id] = "created"
             elif stored != digest:
-                assignments = ", ".join(f"{column} = ${i + 2}" for i, column in enumerate(_COLUMNS[1:]))
+                assignments = ", ".join(
+                    f"{column} = ${i + 2}" for i, column in enumerate(_COLUMNS[1:])
+                )
                 await connection.execute(
                     f"UPDATE sources SET {assignments}, config_digest = $11, updated_at = $12 "  # noqa: S608
                     "WHERE id = $1",
-                    *(values[column] for column in _COLUMNS), digest, now,
+                    *(values[column] for column in _COLUMNS),
+                    digest,
+                    now,
                 )
                 outcome[config.id] = "updated"
             else:

@@ -58,7 +58,8 @@ def check_allowed(address: str | None, allowed: Sequence[IpNetwork], source_id: 
     parsed = _parse(address) if address else None
     if parsed is None or not _within(parsed, allowed):
         raise Rejection(
-            403, "ip_not_allowed",
+            403,
+            "ip_not_allowed",
             f"address {address} is not allowed for source {source_id}",
             field="client_address",
         )

@@ -52,7 +52,9 @@ def charset_of(content_type: str | None) -> str:
                     return codecs.lookup(charset).name
                 except LookupError:
                     raise Rejection(
-                        415, "unknown_charset", f"Content-Type charset {charset!r} is unknown",
+                        415,
+                        "unknown_charset",
+                        f"Content-Type charset {charset!r} is unknown",
                         field="content-type",
                     ) from None
     return "utf-8"
@@ -65,7 +67,8 @@ def decode_json(body: bytes, content_type: str | None) -> Any:
         text = body.decode(charset)
     except UnicodeDecodeError as error:
         raise Rejection(
-            400, "bad_encoding",
+            400,
+            "bad_encoding",
             f"body is not valid {charset} at byte {error.start}; declare the charset in "
             "Content-Type (e.g. application/json; charset=ISO-8859-1)",
             field="body",
@@ -74,12 +77,15 @@ def decode_json(body: bytes, content_type: str | None) -> Any:
         return json.loads(text.removeprefix("\ufeff"))
     except json.JSONDecodeError as error:
         raise Rejection(
-            400, "invalid_json",
+            400,
+            "invalid_json",
             f"body is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
             field="body",
         ) from None
     except RecursionError:
-        raise Rejection(400, "invalid_json", "body nests too deeply to parse", field="body") from None
+        raise Rejection(
+            400, "invalid_json", "body nests too deeply to parse", field="body"
+        ) from None
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:
@@ -89,13 +95,14 @@ def _field_path(location: tuple[int | str, ...]) -> str:
 def _invalid(error: ValidationError, prefix: str = "") -> Rejection:
     first = error.errors()[0]
     field = prefix + _field_path(first["loc"])
-    return Rejection(
-        422, "invalid_envelope", f"field {field}: {first['msg']}", field=field
-    )
+    return Rejection(422, "invalid_envelope", f"field {field}: {first['msg']}", field=field)
 
 
 def parse_erp(
-    source_id: str, body: Any, received_at: datetime, key_fields: Mapping[str, list[str]] | None = None
+    source_id: str,
+    body: Any,
+    received_at: datetime,
+    key_fields: Mapping[str, list[str]] | None = None,
 ) -> Delivery:
     """Ponte's ERP envelope: one table, many rows, each row one record event."""
     if not isinstance(body, dict):
@@ -106,8 +113,9 @@ def parse_erp(
         raise _invalid(error) from None
     for index, row in enumerate(envelope.rows):
         if not row:
-            raise Rejection(422, "invalid_envelope", f"field rows.{index}: row is empty",
-                            field=f"rows.{index}")
+            raise Rejection(
+                422, "invalid_envelope", f"field rows.{index}: row is empty", field=f"rows.{index}"
+            )
     delivery_id = delivery_id_for(source_id, envelope.id)
     count = len(envelope.rows)
     fields = (key_fields or {}).get(envelope.table)
@@ -155,20 +163,27 @@ def _shop_occurred_at(body: Mapping[str, Any]) -> datetime | None:
 
 
 def parse_shop(
-    kind: SourceKind, source_id: str, headers: Mapping[str, str], raw: bytes, body: Any,
+    kind: SourceKind,
+    source_id: str,
+    headers: Mapping[str, str],
+    raw: bytes,
+    body: Any,
     received_at: datetime,
 ) -> Delivery:
     """A Shopify or WooCommerce webhook: one resource, one record event."""
     topic_header, id_headers = SHOP_HEADERS[kind]
     topic = (headers.get(topic_header) or "").strip()
     if not topic:
-        raise Rejection(400, "missing_topic", f"header {topic_header} is missing", field=topic_header)
+        raise Rejection(
+            400, "missing_topic", f"header {topic_header} is missing", field=topic_header
+        )
     if not isinstance(body, dict):
         raise Rejection(422, "invalid_payload", "body must be a JSON object", field="body")
     record_id = body.get("id")
     if record_id in (None, "") or isinstance(record_id, dict | list | bool):
-        raise Rejection(422, "invalid_payload", "field id: the resource's id is missing",
-                        field="id")
+        raise Rejection(
+            422, "invalid_payload", "field id: the resource's id is missing", field="id"
+        )
     delivery_header_id = next((headers[h] for h in id_headers if headers.get(h)), None)
     # Without a delivery id, identical bodies count as the same delivery.
     dedup_key = delivery_header_id or "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -199,12 +214,15 @@ def is_woocommerce_ping(headers: Mapping[str, str], body: bytes) -> bool:
     return (
         not headers.get("x-wc-webhook-topic")
         and body.startswith(b"webhook_id=")
-        and body[len(b"webhook_id="):].strip().isdigit()
+        and body[len(b"webhook_id=") :].strip().isdigit()
     )
 
 
 def parse_delivery(
-    kind: SourceKind, source_id: str, headers: Mapping[str, str], raw: bytes,
+    kind: SourceKind,
+    source_id: str,
+    headers: Mapping[str, str],
+    raw: bytes,
     received_at: datetime,
 ) -> Delivery:
     body = decode_json(raw, headers.get("content-type"))

@@ -36,9 +36,21 @@ from ponte.shared.settings import Settings
 log = logging.getLogger(__name__)
 
 COLUMNS = (
-    "received_at", "source_id", "tables", "event_id", "source_event_id", "outcome",
-    "status_code", "reason", "response_body", "latency_ms", "size_bytes", "client_ip",
-    "content_type", "body", "body_sha256",
+    "received_at",
+    "source_id",
+    "tables",
+    "event_id",
+    "source_event_id",
+    "outcome",
+    "status_code",
+    "reason",
+    "response_body",
+    "latency_ms",
+    "size_bytes",
+    "client_ip",
+    "content_type",
+    "body",
+    "body_sha256",
 )
 PRUNE_EVERY_S = 3600.0
 
@@ -64,10 +76,21 @@ class HistoryEntry:
         digest = hashlib.sha256(self.body).hexdigest() if self.body is not None else None
         kept = self.body if self.body is not None and len(self.body) <= keep_body_bytes else None
         return (
-            self.received_at, self.source_id[:200], self.tables, self.event_id,
-            self.source_event_id, self.outcome, self.status_code, self.reason,
-            self.response_body, self.latency_ms, self.size_bytes, self.client_ip,
-            self.content_type, kept, digest,
+            self.received_at,
+            self.source_id[:200],
+            self.tables,
+            self.event_id,
+            self.source_event_id,
+            self.outcome,
+            self.status_code,
+            self.reason,
+            self.response_body,
+            self.latency_ms,
+            self.size_bytes,
+            self.client_ip,
+            self.content_type,
+            kept,
+            digest,
         )
 
 
@@ -96,8 +119,9 @@ class HistoryWriter:
             try:
                 await asyncio.wait_for(self._task, timeout_s)
             except TimeoutError:
-                log.error("history not flushed before shutdown",
-                          extra={"rows_lost": self._queue.qsize()})
+                log.error(
+                    "history not flushed before shutdown", extra={"rows_lost": self._queue.qsize()}
+                )
 
     async def _run(self) -> None:
         last_prune = 0.0
@@ -112,8 +136,9 @@ class HistoryWriter:
     async def _take_batch(self) -> list[HistoryEntry]:
         batch: list[HistoryEntry] = []
         with contextlib.suppress(TimeoutError):
-            batch.append(await asyncio.wait_for(self._queue.get(),
-                                                self._settings.history_flush_interval_s))
+            batch.append(
+                await asyncio.wait_for(self._queue.get(), self._settings.history_flush_interval_s)
+            )
         while batch and len(batch) < self._settings.history_batch_size:
             try:
                 batch.append(self._queue.get_nowait())
@@ -135,11 +160,15 @@ class HistoryWriter:
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 HISTORY_WRITE_ERRORS.inc()
                 if self._stopping.is_set() and delay > 2:
-                    log.error("history batch lost at shutdown",
-                              extra={"rows": len(records), "error": type(error).__name__})
+                    log.error(
+                        "history batch lost at shutdown",
+                        extra={"rows": len(records), "error": type(error).__name__},
+                    )
                     return
-                log.warning("history write failed; retrying",
-                            extra={"rows": len(records), "error": type(error).__name__})
+                log.warning(
+                    "history write failed; retrying",
+                    extra={"rows": len(records), "error": type(error).__name__},
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 

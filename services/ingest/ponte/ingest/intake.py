@@ -72,8 +72,12 @@ class _Trace:
 
 class Intake:
     def __init__(
-        self, settings: Settings, registry: SourceRegistry, publisher: EventPublisher,
-        receipts: Receipts, history: HistoryWriter,
+        self,
+        settings: Settings,
+        registry: SourceRegistry,
+        publisher: EventPublisher,
+        receipts: Receipts,
+        history: HistoryWriter,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -101,33 +105,44 @@ class Intake:
         source = self._registry.get(request.source_id)
         if source is None or not source.config.active:
             state = "inactive" if source else "unknown"
-            raise Rejection(404, "unknown_source",
-                            f"source {request.source_id!r} is {state}", field="source_id")
+            raise Rejection(
+                404, "unknown_source", f"source {request.source_id!r} is {state}", field="source_id"
+            )
         trace.source = source
         config = source.config
         headers = request.headers
-        trace.client_ip = client_address(request.peer, headers.get("x-forwarded-for"),
-                                         source.trusted_proxies)
+        trace.client_ip = client_address(
+            request.peer, headers.get("x-forwarded-for"), source.trusted_proxies
+        )
         check_allowed(trace.client_ip, source.allowed, config.id)
         trace.body = await self._read_body(request, trace)
         if config.kind is SourceKind.WOOCOMMERCE and is_woocommerce_ping(headers, trace.body):
             return Answer(200, {"ping": True, "source": config.id}), "ping"
-        signatures.verify(config.kind, headers, trace.body, config.secrets,
-                          tolerance_s=self._settings.signature_tolerance_s)
+        signatures.verify(
+            config.kind,
+            headers,
+            trace.body,
+            config.secrets,
+            tolerance_s=self._settings.signature_tolerance_s,
+        )
         delivery = parse_delivery(config.kind, config.id, headers, trace.body, trace.received_at)
         trace.delivery = delivery
         for table in delivery.tables:
             if not config.allows_table(table):
-                raise Rejection(403, "table_not_allowed",
-                                f"table {table!r} is not allowed for source {config.id}",
-                                field="table")
+                raise Rejection(
+                    403,
+                    "table_not_allowed",
+                    f"table {table!r} is not allowed for source {config.id}",
+                    field="table",
+                )
         return await self._publish_once(config.id, delivery, headers.get("content-type"))
 
     async def _read_body(self, request: IncomingRequest, trace: _Trace) -> bytes:
         limit = self._settings.max_body_bytes
         declared = request.headers.get("content-length")
-        too_large = Rejection(413, "body_too_large", f"body is over the limit of {limit} bytes",
-                              field="body")
+        too_large = Rejection(
+            413, "body_too_large", f"body is over the limit of {limit} bytes", field="body"
+        )
         if declared and declared.isdigit() and int(declared) > limit:
             trace.size = int(declared)
             raise too_large
@@ -148,9 +163,11 @@ class Intake:
             return Answer(200, {"event_id": claim.event_id, "duplicate": True}), "duplicate"
         if claim.claim is Claim.IN_FLIGHT:
             raise Rejection(
-                409, "delivery_in_flight",
+                409,
+                "delivery_in_flight",
                 f"delivery {delivery.dedup_key!r} is being accepted by another request; "
-                "retry shortly", headers={"Retry-After": "1"},
+                "retry shortly",
+                headers={"Retry-After": "1"},
             )
         if claim.claim is Claim.UNCHECKED:
             INGEST_DEDUP_UNAVAILABLE.inc()
@@ -159,24 +176,35 @@ class Intake:
         except BrokerUnavailable as error:
             if claim.claim is Claim.NEW:
                 await self._receipts.release(source_id, delivery.dedup_key)
-            log.warning("broker unavailable; answered 503",
-                        extra={"event_id": delivery.delivery_id, "source": source_id,
-                               "error": str(error)})
+            log.warning(
+                "broker unavailable; answered 503",
+                extra={"event_id": delivery.delivery_id, "source": source_id, "error": str(error)},
+            )
             raise Rejection(
-                503, "broker_unavailable", f"event not accepted: {error}; retry later",
+                503,
+                "broker_unavailable",
+                f"event not accepted: {error}; retry later",
                 headers={"Retry-After": str(self._settings.retry_after_s)},
             ) from None
         if claim.claim is Claim.NEW:
             await self._receipts.accept(source_id, delivery.dedup_key)
         INGEST_EVENTS.labels(source_id).inc(len(delivery.events))
         INGEST_LAST_ACCEPTED.labels(source_id).set(time.time())
-        body = {"event_id": delivery.delivery_id, "records": len(delivery.events),
-                "duplicate": False}
+        body = {
+            "event_id": delivery.delivery_id,
+            "records": len(delivery.events),
+            "duplicate": False,
+        }
         return Answer(202, body), "accepted"
 
     def _observe(
-        self, request: IncomingRequest, trace: _Trace, answer: Answer, outcome: str,
-        reason: str | None, tables: list[str],
+        self,
+        request: IncomingRequest,
+        trace: _Trace,
+        answer: Answer,
+        outcome: str,
+        reason: str | None,
+        tables: list[str],
     ) -> None:
         latency = time.perf_counter() - trace.started
         label = trace.source.config.id if trace.source else "unknown"
@@ -184,22 +212,26 @@ class Intake:
         INGEST_LATENCY.labels(label).observe(latency)
         INGEST_BODY_BYTES.labels(label).observe(trace.size)
         delivery = trace.delivery
-        self._history.record(HistoryEntry(
-            received_at=trace.received_at,
-            source_id=request.source_id,
-            outcome=outcome,
-            status_code=answer.status_code,
-            response_body=answer.body,
-            latency_ms=latency * 1000,
-            size_bytes=trace.size,
-            tables=tables,
-            event_id=delivery.delivery_id if delivery else None,
-            source_event_id=delivery.source_event_id if delivery else None,
-            reason=reason,
-            client_ip=trace.client_ip or request.peer,
-            content_type=request.headers.get("content-type"),
-            body=trace.body,
-        ))
+        self._history.record(
+            HistoryEntry(
+                received_at=trace.received_at,
+                source_id=request.source_id,
+                outcome=outcome,
+                status_code=answer.status_code,
+                response_body=answer.body,
+                latency_ms=latency * 1000,
+                size_bytes=trace.size,
+                tables=tables,
+                event_id=delivery.delivery_id if delivery else None,
+                source_event_id=delivery.source_event_id if delivery else None,
+                reason=reason,
+                client_ip=trace.client_ip or request.peer,
+                content_type=request.headers.get("content-type"),
+                body=trace.body,
+            )
+        )
         if answer.status_code >= 400:
-            log.info("webhook rejected", extra={"source": label, "status": answer.status_code,
-                                                "reason": reason})
+            log.info(
+                "webhook rejected",
+                extra={"source": label, "status": answer.status_code, "reason": reason},
+            )

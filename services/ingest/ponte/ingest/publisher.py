@@ -24,7 +24,7 @@ from ponte.shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class BrokerUnavailable(Exception):  # noqa: N818 - reads as a state
+class BrokerUnavailable(Exception):
     """The broker did not acknowledge in time; the delivery must not be acknowledged."""
 
 
@@ -63,8 +63,10 @@ class EventPublisher:
             except (KafkaError, OSError) as error:
                 with contextlib.suppress(Exception):
                     await producer.stop()
-                log.warning("broker not reachable yet", extra={"error": type(error).__name__,
-                                                                "retry_in_s": delay})
+                log.warning(
+                    "broker not reachable yet",
+                    extra={"error": type(error).__name__, "retry_in_s": delay},
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -94,8 +96,10 @@ class EventPublisher:
             raise BrokerUnavailable("the broker has not been reachable since ingest started")
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(self._send_all(self._producer, events, content_type),
-                                   self._settings.produce_timeout_s)
+            await asyncio.wait_for(
+                self._send_all(self._producer, events, content_type),
+                self._settings.produce_timeout_s,
+            )
         except TimeoutError:
             KAFKA_PRODUCE_ERRORS.labels("timeout").inc()
             raise BrokerUnavailable(
@@ -103,7 +107,9 @@ class EventPublisher:
             ) from None
         except KafkaError as error:
             KAFKA_PRODUCE_ERRORS.labels(type(error).__name__).inc()
-            raise BrokerUnavailable(f"the broker refused the write ({type(error).__name__})") from None
+            raise BrokerUnavailable(
+                f"the broker refused the write ({type(error).__name__})"
+            ) from None
         KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
 
     async def _send_all(

@@ -68,7 +68,12 @@ class Receipts:
             async with self._pool.acquire(timeout=self._timeout_s) as connection:
                 # A stale pending claim (its owner crashed before the ack) is taken over.
                 won = await connection.fetchval(
-                    _CLAIM, source_id, dedup_key, event_id, now, now - self._pending_timeout,
+                    _CLAIM,
+                    source_id,
+                    dedup_key,
+                    event_id,
+                    now,
+                    now - self._pending_timeout,
                     timeout=self._timeout_s,
                 )
                 if won:
@@ -76,7 +81,9 @@ class Receipts:
                 row = await connection.fetchrow(
                     "SELECT event_id, state FROM ingest_receipts "
                     "WHERE source_id = $1 AND dedup_key = $2",
-                    source_id, dedup_key, timeout=self._timeout_s,
+                    source_id,
+                    dedup_key,
+                    timeout=self._timeout_s,
                 )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             log.warning("dedup check unavailable", extra={"error": type(error).__name__})
@@ -94,7 +101,10 @@ class Receipts:
             await self._pool.execute(
                 "UPDATE ingest_receipts SET state = 'accepted', accepted_at = $3 "
                 "WHERE source_id = $1 AND dedup_key = $2",
-                source_id, dedup_key, datetime.now(UTC), timeout=self._timeout_s,
+                source_id,
+                dedup_key,
+                datetime.now(UTC),
+                timeout=self._timeout_s,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             log.warning("could not mark delivery accepted", extra={"error": type(error).__name__})
@@ -105,7 +115,9 @@ class Receipts:
             await self._pool.execute(
                 "DELETE FROM ingest_receipts WHERE source_id = $1 AND dedup_key = $2 "
                 "AND state = 'pending'",
-                source_id, dedup_key, timeout=self._timeout_s,
+                source_id,
+                dedup_key,
+                timeout=self._timeout_s,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             log.warning("could not release claim", extra={"error": type(error).__name__})

@@ -48,8 +48,11 @@ class SourceRegistry:
             source_id: KnownSource(
                 config,
                 networks(config.allowed_cidrs),
-                networks(config.trusted_proxies if config.trusted_proxies is not None
-                         else self._default_proxies),
+                networks(
+                    config.trusted_proxies
+                    if config.trusted_proxies is not None
+                    else self._default_proxies
+                ),
             )
             for source_id, config in configs.items()
         }
@@ -72,5 +75,7 @@ class SourceRegistry:
             try:
                 await self.refresh()
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                log.warning("could not refresh sources; keeping the last copy",
-                            extra={"error": type(error).__name__})
+                log.warning(
+                    "could not refresh sources; keeping the last copy",
+                    extra={"error": type(error).__name__},
+                )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-class Rejection(Exception):  # noqa: N818 - it is a rejection, not an error in Ponte
+class Rejection(Exception):
     """A request Ponte refuses; becomes a JSON error body and a history row.
 
     ``code`` is stable and machine-readable (``bad_signature``, ``ip_not_allowed``...);

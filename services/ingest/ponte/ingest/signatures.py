@@ -68,15 +68,22 @@ def _matches(expected: bytes, presented: str) -> bool:
 
 
 def verify_standard(
-    headers: Mapping[str, str], body: bytes, secrets: Sequence[str], *, tolerance_s: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Sequence[str],
+    *,
+    tolerance_s: int,
     now: float | None = None,
 ) -> str:
     """Check a Standard Webhooks signature; returns the ``webhook-id``."""
     webhook_id = headers.get(STANDARD_ID)
     timestamp_text = headers.get(STANDARD_TIMESTAMP)
     signature_header = headers.get(STANDARD_SIGNATURE)
-    for name, value in ((STANDARD_ID, webhook_id), (STANDARD_TIMESTAMP, timestamp_text),
-                        (STANDARD_SIGNATURE, signature_header)):
+    for name, value in (
+        (STANDARD_ID, webhook_id),
+        (STANDARD_TIMESTAMP, timestamp_text),
+        (STANDARD_SIGNATURE, signature_header),
+    ):
         if not value:
             raise _unauthorized(f"header {name} is missing", name)
     assert webhook_id and timestamp_text and signature_header  # narrowed above
@@ -90,21 +97,24 @@ def verify_standard(
     if skew > tolerance_s:
         raise _unauthorized(
             f"header {STANDARD_TIMESTAMP} is {int(skew)}s away from now (tolerance "
-            f"{tolerance_s}s): a replay or a wrong clock", STANDARD_TIMESTAMP,
+            f"{tolerance_s}s): a replay or a wrong clock",
+            STANDARD_TIMESTAMP,
         )
     content = f"{webhook_id}.{timestamp_text}.".encode() + body
     presented = [
-        entry.split(",", 1)[1] for entry in signature_header.split()
-        if entry.startswith("v1,")
+        entry.split(",", 1)[1] for entry in signature_header.split() if entry.startswith("v1,")
     ]
     if not presented:
         raise _unauthorized(f"header {STANDARD_SIGNATURE} has no v1 signature", STANDARD_SIGNATURE)
     # Every (secret, signature) pair is compared, so timing does not tell which matched.
-    results = [_matches(_digest(secret, content), value) for secret in secrets for value in presented]
+    results = [
+        _matches(_digest(secret, content), value) for secret in secrets for value in presented
+    ]
     if not any(results):
         raise _unauthorized(
             f"header {STANDARD_SIGNATURE} does not match the body under any of the source's "
-            "secrets", STANDARD_SIGNATURE,
+            "secrets",
+            STANDARD_SIGNATURE,
         )
     return webhook_id
 
@@ -124,8 +134,12 @@ def verify_body_hmac(
 
 
 def verify(
-    kind: SourceKind, headers: Mapping[str, str], body: bytes, secrets: Sequence[str],
-    *, tolerance_s: int,
+    kind: SourceKind,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: Sequence[str],
+    *,
+    tolerance_s: int,
 ) -> None:
     """Verify the request under the scheme of its source's kind, or raise 401."""
     if kind is SourceKind.ERP:

@@ -31,6 +31,8 @@ async def _run_online(url: str) -> None:
 
 
 url = context.config.get_main_option("sqlalchemy.url")
+if not url:
+    raise RuntimeError("sqlalchemy.url is not set: run migrations through ponte.shared.db.migrate")
 if context.is_offline_mode():
     context.configure(url=url, target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():

@@ -15,7 +15,9 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
 class Accepted(BaseModel):
-    event_id: str = Field(description="Ponte's id of the delivery (deterministic: a re-sent delivery gets the same id).")
+    event_id: str = Field(
+        description="Ponte's id of the delivery; a re-sent delivery gets the same id."
+    )
     records: int | None = Field(default=None, description="Record events written to Kafka.")
     duplicate: bool = Field(description="True when this delivery was already accepted earlier.")
 
@@ -29,15 +31,15 @@ class Problem(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "description": description}
     for status, description in {
-        400: "Body is not JSON, is not valid in its declared charset, or a shop topic header is missing.",
+        400: "Body not JSON, not valid in its declared charset, or a shop topic header missing.",
         401: "Signature missing, wrong, or its timestamp outside the tolerance (replay).",
-        403: "Client address not in the source's allowlist, or table not allowed for the source.",
+        403: "Client address not in the source's allowlist, or table not allowed.",
         404: "Unknown or inactive source.",
-        409: "The same delivery is being accepted by a concurrent request; retry after Retry-After.",
+        409: "The same delivery is being accepted by a concurrent request; retry later.",
         413: "Body over the configured limit.",
         415: "Unknown charset declared in Content-Type.",
         422: "Not a valid envelope; the message names the field.",
-        503: "The broker did not acknowledge in time; nothing was accepted. Retry after Retry-After.",
+        503: "The broker did not acknowledge in time; nothing was accepted. Retry later.",
     }.items()
 }
 
@@ -46,11 +48,24 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     "/{source_id}",
     status_code=202,
     response_model=Accepted,
-    responses={200: {"model": Accepted, "description": "A duplicate (or a WooCommerce ping)."},
-               **_ERRORS},
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "description": "Ponte's ERP envelope, or a Shopify / "
-                   "WooCommerce webhook payload, signed per the source's kind."}}}}},
+    responses={
+        200: {"model": Accepted, "description": "A duplicate (or a WooCommerce ping)."},
+        **_ERRORS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "description": "Ponte's ERP envelope, or a Shopify / "
+                        "WooCommerce webhook payload, signed per the source's kind.",
+                    }
+                }
+            },
+        }
+    },
     summary="Receive one signed webhook delivery",
 )
 async def receive_webhook(source_id: str, request: Request, intake: IntakeDep) -> JSONResponse:
@@ -58,10 +73,12 @@ async def receive_webhook(source_id: str, request: Request, intake: IntakeDep) -
     delivery. Authentication depends on the source's kind: Standard Webhooks headers for
     ERPs, ``X-Shopify-Hmac-Sha256`` for Shopify, ``X-WC-Webhook-Signature`` for
     WooCommerce."""
-    answer = await intake.handle(IncomingRequest(
-        source_id=source_id,
-        headers=request.headers,
-        peer=request.client.host if request.client else None,
-        body_chunks=request.stream(),
-    ))
+    answer = await intake.handle(
+        IncomingRequest(
+            source_id=source_id,
+            headers=request.headers,
+            peer=request.client.host if request.client else None,
+            body_chunks=request.stream(),
+        )
+    )
     return JSONResponse(answer.body, status_code=answer.status_code, headers=answer.headers)

@@ -1,0 +1,29 @@
+# Ponte's two set-up commands: `make dev` runs Ponte locally, `make test` runs the suite.
+# Both install what is missing first (a virtualenv with Ponte and, when run as root on
+# Debian/Ubuntu, the PostgreSQL server package).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: dev test lint bench-ingest clean
+
+$(BIN)/.installed: pyproject.toml scripts/bootstrap.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) sh scripts/bootstrap.sh
+	touch $@
+
+dev: $(BIN)/.installed
+	$(BIN)/ponte dev
+
+test: $(BIN)/.installed
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy shared services/ingest
+
+bench-ingest: $(BIN)/.installed
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""Session-wide real infrastructure: one Tansu broker and one PostgreSQL on free loopback
+ports, started once for the whole run and stopped after it (``ponte.shared.embedded``).
+Tests that need an outage start their own broker so the shared one stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import uvicorn
+import yaml
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+from ponte.shared import db
+from ponte.shared.embedded import EmbeddedBroker, EmbeddedPostgres, embedded_stack, free_port
+from ponte.shared.kafka import ensure_topics
+from ponte.shared.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[tuple[EmbeddedBroker, EmbeddedPostgres]]:
+    with embedded_stack() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def base_settings(stack: tuple[EmbeddedBroker, EmbeddedPostgres]) -> Settings:
+    """Settings pointing at the session's broker and database, schema migrated."""
+    broker, database = stack
+    settings = Settings(
+        _env_file=None,
+        kafka_bootstrap=broker.bootstrap,
+        database_url=database.url,
+        kafka_idempotence=False,
+        kafka_replication_factor=1,
+        raw_topic_partitions=3,
+        produce_timeout_s=3.0,
+        history_flush_interval_s=0.05,
+        sources_refresh_s=0.5,
+    )
+    db.migrate(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def pool(base_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(base_settings)
+    yield pool
+    await pool.close()
+
+
+@dataclass
+class RunningIngest:
+    url: str
+    settings: Settings
+
+    def webhook(self, source_id: str) -> str:
+        return f"{self.url}/webhooks/{source_id}"
+
+
+def write_sources(path: Path, sources: list[dict[str, Any]]) -> Path:
+    path.write_text(yaml.safe_dump({"sources": sources}), encoding="utf-8")
+    return path
+
+
+async def serve_ingest(
+    settings: Settings, *, create_topics: bool = True
+) -> AsyncIterator[RunningIngest]:
+    """Run the real ingest app over real HTTP (uvicorn) inside the test's event loop."""
+    from ponte.ingest.app import create_app, server_config
+
+    if create_topics:
+        await ensure_topics(settings)
+    port = free_port()
+    server = uvicorn.Server(server_config(create_app(settings), host="127.0.0.1", port=port))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield RunningIngest(f"http://127.0.0.1:{port}", settings)
+    finally:
+        server.should_exit = True
+        await task
+
+
+def unique_topic(prefix: str = "ponte.raw") -> str:
+    return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout_s: float = 10.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every message of ``topic`` from the start, waiting until ``expect`` have arrived
+    (and briefly after, so an unexpected extra message is seen too)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    messages: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        settle_until: float | None = None
+        while True:
+            now = asyncio.get_running_loop().time()
+            if now > deadline or (settle_until is not None and now > settle_until):
+                break
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                messages.extend(records)
+            if len(messages) >= expect and settle_until is None:
+                settle_until = now + 0.5
+    finally:
+        await consumer.stop()
+    return messages
+
+
+def event_of(message: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    assert message.value is not None
+    value: dict[str, Any] = json.loads(message.value)
+    return value

@@ -1,0 +1,31 @@
+"""The Alembic migrations and the SQLModel classes describe the same schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel import SQLModel
+
+from ponte.shared import models as _models  # noqa: F401  (registers the tables)
+from ponte.shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_models_match_migrations(base_settings: Settings) -> None:
+    engine = create_async_engine(base_settings.database_url)
+    try:
+        async with engine.connect() as connection:
+
+            def diff(sync_connection: Any) -> list[Any]:
+                context = MigrationContext.configure(sync_connection)
+                return list(compare_metadata(context, SQLModel.metadata))
+
+            differences = await connection.run_sync(diff)
+    finally:
+        await engine.dispose()
+    assert differences == []

@@ -1,0 +1,57 @@
+"""Delivery claims in ``ingest_receipts`` (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from ponte.ingest.receipts import Claim, Receipts
+
+pytestmark = pytest.mark.integration
+
+
+async def test_claim_lifecycle(pool: asyncpg.Pool) -> None:
+    receipts = Receipts(pool, pending_timeout_s=30)
+    key = f"delivery-{uuid.uuid4().hex}"
+
+    assert (await receipts.claim("rc", key, "evt_1")).claim is Claim.NEW
+    assert (await receipts.claim("rc", key, "evt_1")).claim is Claim.IN_FLIGHT
+    await receipts.accept("rc", key)
+    duplicate = await receipts.claim("rc", key, "evt_other")
+    assert duplicate.claim is Claim.DUPLICATE and duplicate.event_id == "evt_1"
+    await receipts.release("rc", key)  # releasing an accepted delivery changes nothing
+    assert (await receipts.claim("rc", key, "evt_1")).claim is Claim.DUPLICATE
+
+
+async def test_released_claim_can_be_retried(pool: asyncpg.Pool) -> None:
+    receipts = Receipts(pool, pending_timeout_s=30)
+    key = f"delivery-{uuid.uuid4().hex}"
+    assert (await receipts.claim("rc", key, "evt_2")).claim is Claim.NEW
+    await receipts.release("rc", key)
+    assert (await receipts.claim("rc", key, "evt_2")).claim is Claim.NEW
+
+
+async def test_stale_pending_claim_is_taken_over(pool: asyncpg.Pool) -> None:
+    """A claim whose owner died before the broker's ack must not block the retry forever."""
+    receipts = Receipts(pool, pending_timeout_s=30)
+    key = f"delivery-{uuid.uuid4().hex}"
+    assert (await receipts.claim("rc", key, "evt_3")).claim is Claim.NEW
+    await pool.execute(
+        "UPDATE ingest_receipts SET claimed_at = $3 WHERE source_id = $1 AND dedup_key = $2",
+        "rc",
+        key,
+        datetime.now(UTC) - timedelta(seconds=31),
+    )
+    assert (await receipts.claim("rc", key, "evt_3")).claim is Claim.NEW
+
+
+async def test_database_down_means_unchecked_not_refused() -> None:
+    pool = await asyncpg.create_pool("postgresql://postgres@127.0.0.1:9/none", min_size=0)
+    try:
+        result = await Receipts(pool, pending_timeout_s=30, timeout_s=0.5).claim("rc", "k", "e")
+    finally:
+        await pool.close()
+    assert result.claim is Claim.UNCHECKED

@@ -9,7 +9,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
-from ponte.shared import models as _shared_models  # noqa: F401  (registers the tables)
+from ponte.shared import crm as _crm_tables  # noqa: F401  (registers the tables)
+from ponte.shared import models as _shared_tables  # noqa: F401
 
 target_metadata = SQLModel.metadata
 

@@ -1,0 +1,192 @@
+"""Mapping files: which source table and field goes to which CRM entity and column.
+
+A new ERP is a new mapping file, not code. Each source kind ships a default
+(``mappings/erp.yaml`` for the tables seed 001 lists, ``shopify.yaml``,
+``woocommerce.yaml``); ``PONTE_MAPPINGS_DIR`` (settings.mappings_dir) points at a
+directory of overrides named ``<kind>.yaml`` or ``<source_id>.yaml`` (a source's own file
+wins).
+
+A field is written one of these ways::
+
+    razao_social: legal_name                              # text column
+    cnpj: {column: document, type: document}              # typed column (parsers.PARSERS)
+    empresa: {reference: company, column: company_id}     # the ERP key of another entity
+    produto: {reference: product, column: product_id, on_missing: stub}
+    situacao: {code: SIT_PEDIDO, column: status_id}       # a code in a code list
+    observacao: {ignore: true}                            # known, deliberately not stored
+
+A ``$code`` object (``{"$code": {"tabela": ..., "chave": ...}}``) is accepted for any
+field declared as a code. A reference whose target has not arrived is parked
+(``on_missing: park``, the default) or creates a placeholder row (``stub``).
+
+Mappings are validated at load against the CRM model: unknown entities or columns, and
+references to entities that do not exist, are errors naming the table and field.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ponte.shared.crm import BOOKKEEPING_COLUMNS, ENTITIES
+from ponte.transform.parsers import PARSERS
+
+ValueType = Literal[
+    "text", "integer", "decimal", "date", "datetime", "boolean", "cnpj", "cpf", "document", "email"
+]
+
+
+class FieldMapping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    column: str | None = None
+    type: ValueType = "text"
+    reference: str | None = None
+    """Target entity: the value is that entity's ERP key."""
+    code: str | None = None
+    """Code list: the value is a code in it (or a ``$code`` object naming the list)."""
+    on_missing: Literal["park", "stub"] = "park"
+    ignore: bool = False
+
+    @property
+    def is_code(self) -> bool:
+        return self.code is not None
+
+
+class ParentMapping(BaseModel):
+    """How a child table hangs from its parent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entity: str
+    column: str
+    field: str | None = None
+    """The field holding the parent's ERP key when the child arrives as its own event."""
+
+
+class CodeTableFields(BaseModel):
+    """Field names of a generic code table ("tabela de tabelas")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    list: str = "tabela"
+    key: str = "chave"
+    description: str = "descricao"
+    parent_key: str = "chave_pai"
+    parent_list: str = "tabela_pai"
+
+
+class TableMapping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entity: str
+    key: list[str] = Field(min_length=1)
+    fields: dict[str, str | FieldMapping] = Field(default_factory=dict)
+    parent: ParentMapping | None = None
+    code_table: CodeTableFields | None = None
+    """Set for the generic code table: its rows become ``codes``."""
+
+    def columns(self) -> set[str]:
+        """Every column this table writes (its fields, and its parent link)."""
+        written = {
+            spec.column
+            for name in self.fields
+            if (spec := self.field(name)) is not None and spec.column and not spec.ignore
+        }
+        if self.parent is not None:
+            written.add(self.parent.column)
+        return written
+
+    def field(self, name: str) -> FieldMapping | None:
+        spec = self.fields.get(name)
+        if isinstance(spec, str):
+            return FieldMapping(column=spec)
+        return spec
+
+
+class Mapping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    tables: dict[str, TableMapping]
+
+    @model_validator(mode="after")
+    def _matches_crm_model(self) -> Mapping:
+        for table_name, table in self.tables.items():
+            where = f"table {table_name!r}"
+            model = ENTITIES.get(table.entity)
+            if model is None:
+                raise ValueError(f"{where}: unknown entity {table.entity!r}")
+            columns = set(model.model_fields) - BOOKKEEPING_COLUMNS
+            if table.parent is not None:
+                _check_column(f"{where} parent", table.parent.column, columns)
+                if table.parent.entity not in ENTITIES:
+                    raise ValueError(f"{where} parent: unknown entity {table.parent.entity!r}")
+                order = list(ENTITIES)
+                if order.index(table.parent.entity) >= order.index(table.entity):
+                    raise ValueError(
+                        f"{where}: a parent entity must come before its child in "
+                        "ponte.shared.crm.ENTITIES (rows are applied in that order)"
+                    )
+            for field_name in table.fields:
+                spec = table.field(field_name)
+                assert spec is not None
+                if spec.ignore:
+                    continue
+                field_where = f"{where} field {field_name!r}"
+                if spec.column is None:
+                    raise ValueError(f"{field_where}: no column")
+                _check_column(field_where, spec.column, columns)
+                if spec.reference is not None and spec.reference not in ENTITIES:
+                    raise ValueError(f"{field_where}: unknown entity {spec.reference!r}")
+        return self
+
+    def table(self, name: str) -> TableMapping | None:
+        found = self.tables.get(name)
+        if found is not None:
+            return found
+        folded = name.strip().casefold()
+        for table_name, table in self.tables.items():
+            if table_name.casefold() == folded:
+                return table
+        return None
+
+
+def _check_column(where: str, column: str, columns: set[str]) -> None:
+    if column not in columns:
+        raise ValueError(
+            f"{where}: column {column!r} is not in the entity (known: {', '.join(sorted(columns))})"
+        )
+
+
+def load_mapping(path: Path) -> Mapping:
+    document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        return Mapping.model_validate(document)
+    except ValidationError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+@cache
+def default_mapping(kind: str) -> Mapping:
+    text = (resources.files("ponte.transform") / "mappings" / f"{kind}.yaml").read_text(
+        encoding="utf-8"
+    )
+    return Mapping.model_validate(yaml.safe_load(text))
+
+
+def mapping_for(kind: str, source_id: str, overrides_dir: Path | None = None) -> Mapping:
+    """The source's own mapping file, else its kind's override, else the shipped default."""
+    if overrides_dir is not None:
+        for name in (f"{source_id}.yaml", f"{kind}.yaml"):
+            if (overrides_dir / name).exists():
+                return load_mapping(overrides_dir / name)
+    return default_mapping(kind)
+
+
+assert set(PARSERS) == set(get_args(ValueType)), "ValueType and PARSERS must list the same types"

@@ -1,0 +1,422 @@
+"""Nested source rows into flat, typed CRM rows with stable keys (pure: no IO).
+
+The ERP's "table of tables with recursion" arrives as one record per raw event: a row
+whose values may be child tables (``{"table": ..., "rows": [...]}`` or a list of objects),
+nested to any depth, and ``$code`` objects pointing into the generic code table.
+``normalize_record`` turns it into a ``NormalizedRecord``: the root row first, each
+descendant after its parent, every value parsed to its column's type, every reference
+(parent, other entity by ERP key, code) left for the repository to resolve by key.
+
+Keys are never random: a child's key is its parent's key plus its own (``PED-1001/1``),
+so a repeated event reaches the same rows (dlt's deterministic child keys, without
+hashing, so a person can read them). Any value that cannot be read rejects the record
+with the field's path (``Itens pedido[0].preco``) and the reason; fields the mapping does
+not know are kept in ``extra`` and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from dataclasses import field as dataclass_field
+from datetime import datetime
+from typing import Any
+
+from ponte.shared.crm import ENTITIES
+from ponte.shared.events import Operation, RawEvent
+from ponte.transform.mapping import FieldMapping, Mapping, TableMapping
+from ponte.transform.parsers import PARSERS, ParseError
+
+MAX_DEPTH = 8
+"""Child tables nested deeper than this reject the record instead of recursing on."""
+
+
+class RecordRejected(Exception):
+    """The record cannot be stored; ``field`` is the path of the value at fault."""
+
+    def __init__(
+        self,
+        code: str,
+        reason: str,
+        field: str | None = None,
+        unmapped: set[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.field = field
+        self.unmapped = unmapped or set()
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """Which of two versions of a row wins: later ``at``, then the larger event id.
+    A row without a version (a placeholder) loses to any event."""
+
+    at: datetime | None
+    event_id: str
+
+    def sort_key(self) -> tuple[float, str]:
+        return (self.at.timestamp() if self.at else float("-inf"), self.event_id)
+
+    def newer_than(self, other: Version | None) -> bool:
+        return other is None or self.sort_key() > other.sort_key()
+
+
+@dataclass
+class Reference:
+    """A column that holds another row's id, found by that row's key."""
+
+    column: str
+    field: str
+    target_entity: str
+    target_key: str
+    on_missing: str = "park"
+    stub_values: dict[str, Any] = dataclass_field(default_factory=dict)
+
+
+@dataclass
+class ChildSet:
+    """The children of one table a parent row carries now; the others are removed."""
+
+    entity: str
+    parent_column: str
+    keys: set[str]
+
+
+@dataclass
+class NormalizedRow:
+    entity: str
+    source_table: str
+    source_key: str
+    values: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    references: list[Reference] = field(default_factory=list)
+    child_sets: list[ChildSet] = field(default_factory=list)
+    depth: int = 0
+
+
+@dataclass
+class NormalizedRecord:
+    """One root row and its descendants, applied (or not) as one unit."""
+
+    source_id: str
+    event_id: str
+    operation: Operation
+    version: Version
+    rows: list[NormalizedRow]
+    unmapped: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def root(self) -> NormalizedRow:
+        return self.rows[0]
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """One event can carry several records (a shop order: customer, company, order)."""
+        return (self.event_id, self.root.entity, self.root.source_key)
+
+
+def _is_child_table(value: Any) -> bool:
+    if isinstance(value, dict):
+        return isinstance(value.get("rows"), list) and set(value) <= {"table", "rows"}
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _child_rows(name: str, value: Any) -> tuple[str, list[Any]]:
+    if isinstance(value, dict):
+        return str(value.get("table") or name), value["rows"]
+    return name, value
+
+
+def _code_object(value: Any) -> tuple[str, str] | None:
+    if isinstance(value, dict) and set(value) == {"$code"} and isinstance(value["$code"], dict):
+        inner = value["$code"]
+        table, key = inner.get("tabela"), inner.get("chave")
+        if table not in (None, "") and key not in (None, ""):
+            return str(table).strip(), str(key).strip()
+        raise ParseError("a $code needs 'tabela' and 'chave'")
+    return None
+
+
+def _key_part(value: Any) -> str:
+    if (
+        value is None
+        or isinstance(value, dict | list)
+        or (isinstance(value, str) and not value.strip())
+    ):
+        raise ParseError("is missing or empty")
+    return str(value).strip()
+
+
+class _Normalizer:
+    """Walks one record; collects rows and unmapped fields."""
+
+    def __init__(self, mapping: Mapping, source_id: str) -> None:
+        self.mapping = mapping
+        self.source_id = source_id
+        self.rows: list[NormalizedRow] = []
+        self.unmapped: set[tuple[str, str]] = set()
+
+    def reject(self, code: str, reason: str, path: str | None) -> RecordRejected:
+        return RecordRejected(code, reason, path, self.unmapped)
+
+    def row(
+        self,
+        table_name: str,
+        table: TableMapping,
+        data: Any,
+        *,
+        path: str,
+        parent: tuple[str, str] | None,
+        depth: int,
+        key_only: bool = False,
+    ) -> str:
+        """Normalise one row (and, recursively, its children); returns its source key."""
+        if depth > MAX_DEPTH:
+            raise self.reject("too_deep", f"child tables nest deeper than {MAX_DEPTH}", path)
+        if not isinstance(data, dict):
+            raise self.reject("invalid_row", "a row must be a JSON object", path)
+        row = NormalizedRow(table.entity, table_name, "", depth=depth)
+        own_key = self._key(table, data, path)
+        parent_key = self._parent(table, data, row, path, parent)
+        row.source_key = own_key if parent_key is None else f"{parent_key}/{own_key}"
+        self.rows.append(row)
+        if key_only:
+            return row.source_key
+        if table.code_table is not None:
+            self._code_row(table, data, row, path)
+            return row.source_key
+        for name, value in data.items():
+            self._value(table_name, table, row, name, value, f"{path}.{name}", depth)
+        # The newest version is the whole row: a mapped column it does not carry is empty,
+        # so the result does not depend on the order versions arrive in.
+        referenced = {reference.column for reference in row.references}
+        for column in table.columns():
+            if column not in referenced:
+                row.values.setdefault(column, None)
+        return row.source_key
+
+    def _key(self, table: TableMapping, data: dict[str, Any], path: str) -> str:
+        parts = []
+        for name in table.key:
+            try:
+                parts.append(_key_part(data.get(name)))
+            except ParseError as error:
+                raise self.reject(
+                    "missing_key", f"key field {name} {error}", f"{path}.{name}"
+                ) from None
+        return ":".join(parts)
+
+    def _parent(
+        self,
+        table: TableMapping,
+        data: dict[str, Any],
+        row: NormalizedRow,
+        path: str,
+        parent: tuple[str, str] | None,
+    ) -> str | None:
+        """Link a child to its parent: the enclosing row when nested, else the parent's
+        ERP key in ``parent.field`` when the child arrives as its own event."""
+        if table.parent is None:
+            if parent is not None:
+                raise self.reject(
+                    "unmapped_child",
+                    f"table {row.source_table!r} has no parent in the mapping",
+                    path,
+                )
+            return None
+        if parent is not None:
+            parent_entity, parent_key = parent
+        else:
+            field_name = table.parent.field
+            if field_name is None:
+                raise self.reject(
+                    "missing_parent",
+                    "child row sent alone and the mapping names no parent field",
+                    path,
+                )
+            try:
+                parent_key = _key_part(data.get(field_name))
+            except ParseError as error:
+                raise self.reject(
+                    "missing_parent", f"parent field {field_name} {error}", f"{path}.{field_name}"
+                ) from None
+            parent_entity = table.parent.entity
+        row.references.append(Reference(table.parent.column, path, parent_entity, parent_key))
+        return parent_key
+
+    def _code_row(
+        self, table: TableMapping, data: dict[str, Any], row: NormalizedRow, path: str
+    ) -> None:
+        fields = table.code_table
+        assert fields is not None
+        list_name = _key_part(data.get(fields.list))
+        code = _key_part(data.get(fields.key))
+        row.source_key = f"{list_name}:{code}"
+        row.values = {
+            "list_name": list_name,
+            "code": code,
+            "description": PARSERS["text"](data.get(fields.description)),
+        }
+        parent_code = data.get(fields.parent_key)
+        if parent_code not in (None, ""):
+            parent_list = str(data.get(fields.parent_list) or list_name).strip()
+            parent_key = str(parent_code).strip()
+            row.references.append(
+                Reference(
+                    "parent_id",
+                    f"{path}.{fields.parent_key}",
+                    "code",
+                    f"{parent_list}:{parent_key}",
+                    on_missing="stub",
+                    stub_values={"list_name": parent_list, "code": parent_key},
+                )
+            )
+        else:
+            row.values["parent_id"] = None
+        known = {fields.list, fields.key, fields.description, fields.parent_key, fields.parent_list}
+        for name, value in data.items():
+            if name not in known:
+                row.extra[name] = value
+                self.unmapped.add((row.source_table, name))
+
+    def _value(
+        self,
+        table_name: str,
+        table: TableMapping,
+        row: NormalizedRow,
+        name: str,
+        value: Any,
+        path: str,
+        depth: int,
+    ) -> None:
+        spec = table.field(name)
+        if spec is None and _is_child_table(value):
+            self._children(row, name, value, path, depth)
+            return
+        if spec is None:
+            if name not in table.key and (table.parent is None or name != table.parent.field):
+                self.unmapped.add((table_name, name))
+                row.extra[name] = value
+            return
+        if spec.ignore:
+            return
+        assert spec.column is not None
+        try:
+            self._mapped_value(row, spec, spec.column, value, path)
+        except ParseError as error:
+            raise self.reject("invalid_value", f"field {path}: {error}", path) from None
+
+    def _mapped_value(
+        self, row: NormalizedRow, spec: FieldMapping, column: str, value: Any, path: str
+    ) -> None:
+        code = _code_object(value)
+        if spec.is_code or code is not None:
+            if code is None and (value is None or (isinstance(value, str) and not value.strip())):
+                row.values[column] = None
+                return
+            list_name, key = code if code is not None else (str(spec.code), _key_part(value))
+            if not spec.is_code and spec.reference != "code":
+                raise ParseError("a $code was sent for a field that is not a code")
+            row.references.append(
+                Reference(
+                    column,
+                    path,
+                    "code",
+                    f"{list_name}:{key}",
+                    on_missing="stub",
+                    stub_values={"list_name": list_name, "code": key},
+                )
+            )
+            return
+        if spec.reference is not None:
+            if value is None or (isinstance(value, str) and not value.strip()):
+                row.values[column] = None
+                return
+            row.references.append(
+                Reference(
+                    column,
+                    path,
+                    spec.reference,
+                    _key_part(value),
+                    on_missing=spec.on_missing,
+                    stub_values=_stub_values(spec.reference, value),
+                )
+            )
+            return
+        row.values[column] = PARSERS[spec.type](value)
+
+    def _children(self, row: NormalizedRow, name: str, value: Any, path: str, depth: int) -> None:
+        child_name, child_rows = _child_rows(name, value)
+        child_table = self.mapping.table(child_name)
+        if child_table is None:
+            self.unmapped.add((child_name, "*"))
+            row.extra[name] = value
+            return
+        if child_table.parent is None:
+            raise self.reject(
+                "unmapped_child", f"table {child_name!r} has no parent in the mapping", path
+            )
+        keys = {
+            self.row(
+                child_name,
+                child_table,
+                child,
+                path=f"{path}[{index}]",
+                parent=(row.entity, row.source_key),
+                depth=depth + 1,
+            )
+            for index, child in enumerate(child_rows)
+        }
+        row.child_sets.append(ChildSet(child_table.entity, child_table.parent.column, keys))
+
+
+def _stub_values(entity: str, value: Any) -> dict[str, Any]:
+    """What a placeholder row knows about itself: its code, when the entity has one."""
+    return {"code": str(value).strip()} if "code" in ENTITIES[entity].model_fields else {}
+
+
+def normalize_record(
+    event: RawEvent,
+    mapping: Mapping,
+    *,
+    table: str | None = None,
+    payload: dict[str, Any] | None = None,
+    version_at: datetime | None = None,
+) -> NormalizedRecord:
+    """Normalise one record event (or, for shops, one adapted row of it)."""
+    table_name = table or event.topic
+    data = event.payload if payload is None else payload
+    walker = _Normalizer(mapping, event.source_id)
+    table_mapping = mapping.table(table_name)
+    if table_mapping is None:
+        raise RecordRejected(
+            "unknown_table",
+            f"table {table_name!r} is not in the {mapping.kind} mapping",
+            None,
+            {(table_name, "*")},
+        )
+    try:
+        walker.row(
+            table_name,
+            table_mapping,
+            data,
+            path=table_name,
+            parent=None,
+            depth=0,
+            key_only=event.operation is Operation.DELETE,
+        )
+    except ParseError as error:  # code-table key fields
+        raise RecordRejected(
+            "invalid_value", f"{table_name}: {error}", table_name, walker.unmapped
+        ) from None
+    version = Version(version_at or event.occurred_at or event.received_at, event.event_id)
+    return NormalizedRecord(
+        event.source_id, event.event_id, event.operation, version, walker.rows, walker.unmapped
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """Values for JSONB (extra, change events): dates and decimals as strings."""
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,574 @@
+"""Applying normalised records to PostgreSQL: versioned upserts, references, tombstones.
+
+One call applies a whole batch inside the caller's transaction, entity by entity in the
+order of ``ponte.shared.crm.ENTITIES`` (parents before children), with one round trip per
+kind of statement and entity rather than per row. The rules, in the order they apply:
+
+1. **Latest version wins.** Within the batch only the newest version of each record is
+   kept; against the database a record applies only if its version (occurred_at, then
+   event id) is newer than the stored one. A repeated or older event changes nothing, and
+   a record that loses at its root loses as a whole (its children are not touched).
+2. **The newest version is the whole row** (normalize fills unmapped-but-known columns
+   with NULL), so the final state does not depend on arrival order.
+3. **Deletes are tombstones** (``deleted_at`` + version), so an older upsert arriving later
+   still loses; deleting a parent deletes its children.
+4. **Children are a set.** A child missing from the newest version of its parent is
+   tombstoned.
+5. **References are resolved by key.** Missing targets are either created as placeholders
+   (``stub``: codes, brands, products) or *parked* (the column stays NULL and a row in
+   ``parked_references`` waits); parked references are resolved as soon as their target
+   arrives, in this batch or a later one.
+
+Every row that changes produces a change event, returned to the caller, who puts it in the
+outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlmodel import SQLModel
+
+from ponte.shared.crm import CHILDREN, ENTITIES
+from ponte.shared.events import Operation
+from ponte.transform.normalize import NormalizedRecord, NormalizedRow, Reference, Version
+
+RowKey = tuple[str, str]
+"""(source_id, source_key)"""
+
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def table_of(entity: str) -> sa.Table:
+    table_name = str(ENTITIES[entity].__tablename__)
+    return SQLModel.metadata.tables[table_name]
+
+
+def _array_type(column: sa.Column[Any]) -> str:
+    return f"{column.type.compile(dialect=_DIALECT)}[]"
+
+
+@dataclass
+class ChangeEvent:
+    """One committed change to one row, for the changes topic."""
+
+    entity: str
+    source_id: str
+    source_key: str
+    row_id: int
+    operation: str
+    version: Version | None
+    changed: list[str]
+    row: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.entity}/{self.source_id}/{self.source_key}"
+
+
+@dataclass
+class BatchResult:
+    changes: list[ChangeEvent] = field(default_factory=list)
+    applied_records: int = 0
+    stale_records: int = 0
+    parked: int = 0
+    resolved: int = 0
+
+
+@dataclass
+class _Pending:
+    record: NormalizedRecord
+    row: NormalizedRow
+
+
+def coalesce(records: list[NormalizedRecord]) -> list[NormalizedRecord]:
+    """Keep the newest version of each record in the batch (superseded ones would lose
+    against it anyway), in first-seen order."""
+    latest: dict[tuple[str, str, str], NormalizedRecord] = {}
+    for record in records:
+        key = (record.source_id, record.root.entity, record.root.source_key)
+        current = latest.get(key)
+        if current is None or record.version.newer_than(current.version):
+            latest[key] = record
+    return list(latest.values())
+
+
+class BatchApplier:
+    """Applies one batch on one connection (inside the caller's transaction)."""
+
+    def __init__(self, connection: asyncpg.Connection, now: datetime | None = None) -> None:
+        self.connection = connection
+        self.now = now or datetime.now(UTC)
+        self.ids: dict[tuple[str, str, str], int] = {}
+        """(entity, source_id, source_key) -> row id, for rows seen in this batch."""
+        self.stale: set[tuple[str, str, str]] = set()
+        """Records that lost at their root."""
+        self.result = BatchResult()
+        self.arrived: dict[str, set[RowKey]] = defaultdict(set)
+        """Rows created in this batch, by entity: parked references may now resolve."""
+
+    async def apply(self, records: list[NormalizedRecord]) -> BatchResult:
+        records = coalesce(records)
+        for entity in ENTITIES:
+            pending = [
+                _Pending(record, row)
+                for record in records
+                for row in record.rows
+                if row.entity == entity
+            ]
+            if pending:
+                await self._apply_entity(entity, pending)
+        await self._resolve_parked()
+        self.result.stale_records = len(self.stale)
+        self.result.applied_records = len(records) - len(self.stale)
+        return self.result
+
+    async def sweep_parked(self) -> BatchResult:
+        await self._resolve_parked(sweep=True)
+        return self.result
+
+    # --- one entity -------------------------------------------------------------------
+
+    async def _apply_entity(self, entity: str, pending: list[_Pending]) -> None:
+        table = table_of(entity)
+        keys = [(p.record.source_id, p.row.source_key) for p in pending]
+        existing = await self._fetch_existing(table, keys)
+        upserts: list[tuple[_Pending, asyncpg.Record | None]] = []
+        deletes: list[tuple[_Pending, asyncpg.Record | None]] = []
+        for item in pending:
+            if item.record.identity in self.stale:
+                continue
+            stored = existing.get((item.record.source_id, item.row.source_key))
+            stored_version = _version_of(stored)
+            if not item.record.version.newer_than(stored_version):
+                if item.row.depth == 0:
+                    self.stale.add(item.record.identity)
+                elif stored is not None:
+                    self._remember(entity, item.record.source_id, item.row.source_key, stored["id"])
+                continue
+            if item.record.operation is Operation.DELETE and item.row.depth == 0:
+                deletes.append((item, stored))
+            else:
+                upserts.append((item, stored))
+        if upserts:
+            await self._upsert(entity, table, upserts)
+        if deletes:
+            await self._tombstone(entity, table, deletes)
+
+    async def _fetch_existing(
+        self, table: sa.Table, keys: list[RowKey]
+    ) -> dict[RowKey, asyncpg.Record]:
+        rows = await self.connection.fetch(
+            f"SELECT * FROM {table.name} WHERE (source_id, source_key) IN "  # noqa: S608 - table names come from the model
+            "(SELECT * FROM unnest($1::text[], $2::text[])) FOR UPDATE",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+        return {(row["source_id"], row["source_key"]): row for row in rows}
+
+    def _remember(self, entity: str, source_id: str, source_key: str, row_id: int) -> None:
+        self.ids[(entity, source_id, source_key)] = row_id
+
+    # --- upserts ----------------------------------------------------------------------
+
+    async def _upsert(
+        self, entity: str, table: sa.Table, items: list[tuple[_Pending, asyncpg.Record | None]]
+    ) -> None:
+        resolved = await self._resolve_references(
+            [(item.record.source_id, ref) for item, _ in items for ref in item.row.references]
+        )
+        inserts: list[dict[str, Any]] = []
+        updates: list[tuple[dict[str, Any], asyncpg.Record]] = []
+        parks: list[tuple[_Pending, Reference]] = []
+        for item, stored in items:
+            values = dict(item.row.values)
+            for ref in item.row.references:
+                target = resolved.get((ref.target_entity, item.record.source_id, ref.target_key))
+                values[ref.column] = target
+                if target is None:
+                    parks.append((item, ref))
+            values.update(
+                source_id=item.record.source_id,
+                source_table=item.row.source_table,
+                source_key=item.row.source_key,
+                version_at=item.record.version.at,
+                version_event_id=item.record.version.event_id,
+                deleted_at=None,
+                extra=item.row.extra,
+                updated_at=self.now,
+            )
+            if stored is None:
+                inserts.append(values)
+            else:
+                updates.append((values, stored))
+        written = await self._insert_rows(table, inserts)
+        written += await self._update_rows(table, updates)
+        by_key = {(row["source_id"], row["source_key"]): row for row in written}
+        for item, stored in items:
+            row = by_key[(item.record.source_id, item.row.source_key)]
+            self._remember(entity, row["source_id"], row["source_key"], row["id"])
+            if stored is None:
+                self.arrived[entity].add((row["source_id"], row["source_key"]))
+            changed = _changed_columns(row, stored)
+            if changed:
+                self.result.changes.append(
+                    ChangeEvent(
+                        entity,
+                        row["source_id"],
+                        row["source_key"],
+                        row["id"],
+                        "upsert",
+                        item.record.version,
+                        changed,
+                        dict(row),
+                    )
+                )
+        await self._park(
+            entity,
+            [(by_key[(i.record.source_id, i.row.source_key)]["id"], i, ref) for i, ref in parks],
+            [by_key[(i.record.source_id, i.row.source_key)]["id"] for i, _ in items],
+        )
+        await self._replace_children(items, by_key)
+
+    async def _insert_rows(
+        self, table: sa.Table, rows: list[dict[str, Any]]
+    ) -> list[asyncpg.Record]:
+        if not rows:
+            return []
+        columns = sorted({column for row in rows for column in row})
+        arrays = [[row.get(column) for row in rows] for column in columns]
+        casts = ", ".join(
+            f"${i + 1}::{_array_type(table.c[column])}" for i, column in enumerate(columns)
+        )
+        names = ", ".join(columns)
+        return await self.connection.fetch(
+            f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({casts}) "  # noqa: S608
+            "RETURNING *",
+            *arrays,
+        )
+
+    async def _update_rows(
+        self, table: sa.Table, rows: list[tuple[dict[str, Any], asyncpg.Record]]
+    ) -> list[asyncpg.Record]:
+        # Rows from different source tables may write different columns: one statement per
+        # column set.
+        groups: dict[tuple[str, ...], list[tuple[dict[str, Any], asyncpg.Record]]] = defaultdict(
+            list
+        )
+        for values, stored in rows:
+            groups[tuple(sorted(values))].append((values, stored))
+        written: list[asyncpg.Record] = []
+        for columns, members in groups.items():
+            arrays = [[stored["id"] for _, stored in members]]
+            arrays += [[values[column] for values, _ in members] for column in columns]
+            casts = ", ".join(
+                [f"$1::{_array_type(table.c.id)}"]
+                + [f"${i + 2}::{_array_type(table.c[column])}" for i, column in enumerate(columns)]
+            )
+            assignments = ", ".join(f"{column} = u.{column}" for column in columns)
+            names = ", ".join(("id", *columns))
+            written += await self.connection.fetch(
+                f"UPDATE {table.name} AS t SET {assignments} FROM unnest({casts}) "  # noqa: S608
+                f"AS u({names}) WHERE t.id = u.id RETURNING t.*",
+                *arrays,
+            )
+        return written
+
+    # --- references -------------------------------------------------------------------
+
+    async def _resolve_references(
+        self, references: list[tuple[str, Reference]]
+    ) -> dict[tuple[str, str, str], int]:
+        """Ids of referenced rows: from this batch, from the database, or a new stub."""
+        found: dict[tuple[str, str, str], int] = {}
+        wanted: dict[str, dict[RowKey, Reference]] = defaultdict(dict)
+        for source_id, ref in references:
+            key = (ref.target_entity, source_id, ref.target_key)
+            if key in self.ids:
+                found[key] = self.ids[key]
+            else:
+                wanted[ref.target_entity][(source_id, ref.target_key)] = ref
+        for entity, refs in wanted.items():
+            table = table_of(entity)
+            rows = await self.connection.fetch(
+                f"SELECT id, source_id, source_key FROM {table.name} WHERE (source_id, "  # noqa: S608
+                "source_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                [k[0] for k in refs],
+                [k[1] for k in refs],
+            )
+            for row in rows:
+                found[(entity, row["source_id"], row["source_key"])] = row["id"]
+            stubs = [
+                (key, ref)
+                for key, ref in refs.items()
+                if ref.on_missing == "stub" and (entity, *key) not in found
+            ]
+            for row in await self._insert_stubs(entity, table, stubs):
+                found[(entity, row["source_id"], row["source_key"])] = row["id"]
+                self.arrived[entity].add((row["source_id"], row["source_key"]))
+        for (target_entity, source_id, target_key), row_id in found.items():
+            self._remember(target_entity, source_id, target_key, row_id)
+        return found
+
+    async def _insert_stubs(
+        self, entity: str, table: sa.Table, stubs: list[tuple[RowKey, Reference]]
+    ) -> list[asyncpg.Record]:
+        """Placeholder rows (no version: any real event overwrites them)."""
+        if not stubs:
+            return []
+        rows = [
+            {
+                "source_id": source_id,
+                "source_table": f"({entity} placeholder)",
+                "source_key": key,
+                "extra": {},
+                "updated_at": self.now,
+                **ref.stub_values,
+            }
+            for (source_id, key), ref in stubs
+        ]
+        columns = sorted({column for row in rows for column in row})
+        arrays = [[row.get(column) for row in rows] for column in columns]
+        casts = ", ".join(
+            f"${i + 1}::{_array_type(table.c[column])}" for i, column in enumerate(columns)
+        )
+        inserted = await self.connection.fetch(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({casts}) "  # noqa: S608
+            "ON CONFLICT (source_id, source_key) DO NOTHING RETURNING *",
+            *arrays,
+        )
+        for row in inserted:
+            self.result.changes.append(
+                ChangeEvent(
+                    entity,
+                    row["source_id"],
+                    row["source_key"],
+                    row["id"],
+                    "upsert",
+                    None,
+                    _changed_columns(row, None),
+                    dict(row),
+                )
+            )
+        return list(inserted)
+
+    async def _park(
+        self, entity: str, parks: list[tuple[int, _Pending, Reference]], applied_ids: list[int]
+    ) -> None:
+        """Forget what the previous versions of these rows were waiting for; record what
+        the new versions wait for."""
+        await self.connection.execute(
+            "DELETE FROM parked_references WHERE entity = $1 AND row_id = ANY($2::int4[])",
+            entity,
+            applied_ids,
+        )
+        if not parks:
+            return
+        await self.connection.executemany(
+            "INSERT INTO parked_references (source_id, entity, row_id, column_name, field, "
+            "target_entity, target_key, event_id, parked_at) VALUES "
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [
+                (
+                    item.record.source_id,
+                    entity,
+                    row_id,
+                    ref.column,
+                    ref.field,
+                    ref.target_entity,
+                    ref.target_key,
+                    item.record.event_id,
+                    self.now,
+                )
+                for row_id, item, ref in parks
+            ],
+        )
+        self.result.parked += len(parks)
+
+    async def _resolve_parked(self, *, sweep: bool = False) -> None:
+        """Point waiting rows at targets that arrived in this batch (or, with ``sweep``,
+        at any target that exists now: catches a target committed by another replica
+        while this one was parking a reference to it)."""
+        entities = list(ENTITIES) if sweep else list(self.arrived)
+        for target_entity in entities:
+            target = table_of(target_entity)
+            keys = self.arrived.get(target_entity, set())
+            waiting = await self.connection.fetch(
+                f"DELETE FROM parked_references p USING {target.name} t "  # noqa: S608
+                "WHERE p.target_entity = $1 AND t.source_id = p.source_id "
+                "AND t.source_key = p.target_key AND ($4 OR (p.source_id, p.target_key) IN "
+                "(SELECT * FROM unnest($2::text[], $3::text[]))) "
+                "RETURNING p.entity, p.row_id, p.column_name, t.id AS target_id",
+                target_entity,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                sweep,
+            )
+            groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
+            for row in waiting:
+                groups[(row["entity"], row["column_name"])].append(row)
+            for (entity, column), rows in groups.items():
+                table = table_of(entity)
+                updated = await self.connection.fetch(
+                    f"UPDATE {table.name} AS t SET {column} = u.target, updated_at = $3 "  # noqa: S608
+                    "FROM unnest($1::int4[], $2::int4[]) AS u(id, target) WHERE t.id = u.id "
+                    "RETURNING t.*",
+                    [r["row_id"] for r in rows],
+                    [r["target_id"] for r in rows],
+                    self.now,
+                )
+                for row in updated:
+                    self.result.changes.append(
+                        ChangeEvent(
+                            entity,
+                            row["source_id"],
+                            row["source_key"],
+                            row["id"],
+                            "upsert",
+                            _version_of(row),
+                            [column],
+                            dict(row),
+                        )
+                    )
+                self.result.resolved += len(updated)
+
+    # --- deletes ----------------------------------------------------------------------
+
+    async def _tombstone(
+        self, entity: str, table: sa.Table, items: list[tuple[_Pending, asyncpg.Record | None]]
+    ) -> None:
+        rows: list[dict[str, Any]] = [
+            {
+                "source_id": item.record.source_id,
+                "source_table": item.row.source_table,
+                "source_key": item.row.source_key,
+                "version_at": item.record.version.at,
+                "version_event_id": item.record.version.event_id,
+                "deleted_at": self.now,
+                "extra": {},
+                "updated_at": self.now,
+            }
+            for item, _ in items
+        ]
+        # A delete for a row never seen still leaves a tombstone, so an older upsert that
+        # arrives later cannot bring it to life.
+        new = [row for row, (_, stored) in zip(rows, items, strict=True) if stored is None]
+        old = [
+            (row, stored)
+            for row, (_, stored) in zip(rows, items, strict=True)
+            if stored is not None
+        ]
+        await self._insert_rows(table, new)
+        written = await self._update_rows(
+            table,
+            [
+                (
+                    {
+                        k: row[k]
+                        for k in ("version_at", "version_event_id", "deleted_at", "updated_at")
+                    },
+                    stored,
+                )
+                for row, stored in old
+            ],
+        )
+        written_by_key = {(row["source_id"], row["source_key"]): row for row in written}
+        for item, stored in items:
+            if stored is None:
+                continue
+            row = written_by_key[(item.record.source_id, item.row.source_key)]
+            self._remember(entity, row["source_id"], row["source_key"], row["id"])
+            if stored["deleted_at"] is None:
+                self.result.changes.append(
+                    ChangeEvent(
+                        entity,
+                        row["source_id"],
+                        row["source_key"],
+                        row["id"],
+                        "delete",
+                        item.record.version,
+                        ["deleted_at"],
+                        dict(row),
+                    )
+                )
+        parent_ids = [row["id"] for row in written]
+        for child_entity, column in CHILDREN.get(entity, ()):
+            await self._tombstone_children(
+                child_entity, column, parent_ids, keep=None, version=None
+            )
+
+    async def _replace_children(
+        self,
+        items: list[tuple[_Pending, asyncpg.Record | None]],
+        by_key: dict[RowKey, asyncpg.Record],
+    ) -> None:
+        for item, _ in items:
+            parent_id = by_key[(item.record.source_id, item.row.source_key)]["id"]
+            for child_set in item.row.child_sets:
+                await self._tombstone_children(
+                    child_set.entity,
+                    child_set.parent_column,
+                    [parent_id],
+                    keep=child_set.keys,
+                    version=item.record.version,
+                )
+
+    async def _tombstone_children(
+        self,
+        entity: str,
+        column: str,
+        parent_ids: list[int],
+        *,
+        keep: set[str] | None,
+        version: Version | None,
+    ) -> None:
+        if not parent_ids:
+            return
+        table = table_of(entity)
+        rows = await self.connection.fetch(
+            f"UPDATE {table.name} SET deleted_at = $3, updated_at = $3, "  # noqa: S608
+            "version_at = COALESCE($4, version_at), "
+            "version_event_id = COALESCE($5, version_event_id) "
+            f"WHERE {column} = ANY($1::int4[]) AND deleted_at IS NULL "
+            "AND NOT (source_key = ANY($2::text[])) RETURNING *",
+            parent_ids,
+            sorted(keep or ()),
+            self.now,
+            version.at if version else None,
+            version.event_id if version else None,
+        )
+        for row in rows:
+            self.result.changes.append(
+                ChangeEvent(
+                    entity,
+                    row["source_id"],
+                    row["source_key"],
+                    row["id"],
+                    "delete",
+                    _version_of(row),
+                    ["deleted_at"],
+                    dict(row),
+                )
+            )
+
+
+def _version_of(row: asyncpg.Record | None) -> Version | None:
+    if row is None or row["version_event_id"] is None:
+        return None
+    return Version(row["version_at"], row["version_event_id"])
+
+
+_NOT_CONTENT = frozenset({"id", "version_at", "version_event_id", "updated_at"})
+
+
+def _changed_columns(row: asyncpg.Record, stored: asyncpg.Record | None) -> list[str]:
+    """Columns whose value differs from what was stored (all of them for a new row)."""
+    if stored is None:
+        return sorted(k for k in row.keys() if k not in _NOT_CONTENT and row[k] is not None)
+    return sorted(k for k in row.keys() if k not in _NOT_CONTENT and row[k] != stored[k])

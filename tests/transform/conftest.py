@@ -1,0 +1,47 @@
+"""Helpers for transform tests: raw events as ingest would write them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ponte.shared.events import Operation, RawEvent, SourceKind
+
+BASE_TIME = datetime(2024, 11, 14, 15, 0, tzinfo=UTC)
+
+
+def raw_event(
+    table: str,
+    row: dict[str, Any],
+    *,
+    source_id: str,
+    minute: int = 0,
+    operation: str = "upsert",
+    event_id: str | None = None,
+    kind: SourceKind = SourceKind.ERP,
+) -> RawEvent:
+    event_id = event_id or f"evt_{uuid.uuid4().hex[:12]}/0"
+    return RawEvent(
+        event_id=event_id,
+        delivery_id=event_id.split("/")[0],
+        index=0,
+        count=1,
+        source_id=source_id,
+        source_kind=kind,
+        source_event_id=event_id,
+        topic=table,
+        operation=Operation(operation),
+        record_key=str(row.get("codigo", "k")),
+        occurred_at=BASE_TIME + timedelta(minutes=minute),
+        received_at=BASE_TIME,
+        payload=row,
+    )
+
+
+@pytest.fixture
+def source_id() -> str:
+    """A fresh source per test: tests share one database but never each other's rows."""
+    return f"t-{uuid.uuid4().hex[:10]}"

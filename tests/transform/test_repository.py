@@ -1,0 +1,186 @@
+"""Applying normalised records to the real PostgreSQL."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ponte.shared.events import RawEvent
+from ponte.transform.mapping import default_mapping
+from ponte.transform.normalize import normalize_record
+from ponte.transform.repository import BatchApplier, BatchResult
+from tests.transform.conftest import raw_event
+
+pytestmark = pytest.mark.integration
+ERP = default_mapping("erp")
+
+
+async def apply(pool: asyncpg.Pool, *events: RawEvent) -> BatchResult:
+    async with pool.acquire() as connection, connection.transaction():
+        return await BatchApplier(connection).apply(
+            [normalize_record(event, ERP) for event in events]
+        )
+
+
+async def row(pool: asyncpg.Pool, table: str, source_id: str, key: str) -> dict[str, Any]:
+    found = await pool.fetchrow(
+        f"SELECT * FROM {table} WHERE source_id = $1 AND source_key = $2", source_id, key
+    )
+    assert found is not None, f"no {table} row {key}"
+    return dict(found)
+
+
+def order(
+    code: str = "PED-1", items: list[dict[str, Any]] | None = None, **fields: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "codigo": code,
+        "empresa": "000123",
+        "vendedor": "V07",
+        "emissao": "14/11/2024",
+        "total": "1.234,56",
+        "situacao": {"$code": {"tabela": "SIT_PEDIDO", "chave": "AP"}},
+    }
+    if items is not None:
+        body["Itens pedido"] = {"table": "Itens pedido", "rows": items}
+    return {**body, **fields}
+
+
+async def test_order_with_items_codes_and_forward_references(
+    pool: asyncpg.Pool, source_id: str
+) -> None:
+    result = await apply(
+        pool,
+        raw_event(
+            "Pedido",
+            order(
+                items=[
+                    {"seq": 1, "produto": "P-9", "quantidade": "2", "preco": "617,28"},
+                    {"seq": 2, "produto": "P-7", "quantidade": "1", "preco": "0,00"},
+                ]
+            ),
+            source_id=source_id,
+        ),
+    )
+
+    stored = await row(pool, "orders", source_id, "PED-1")
+    assert stored["total"] == Decimal("1234.56")
+    assert stored["company_id"] is None and stored["salesperson_id"] is None  # parked
+    assert result.parked == 2
+    status = await row(pool, "codes", source_id, "SIT_PEDIDO:AP")
+    assert stored["status_id"] == status["id"] and status["description"] is None  # a stub
+    item = await row(pool, "order_items", source_id, "PED-1/1")
+    assert item["order_id"] == stored["id"] and item["unit_price"] == Decimal("617.28")
+    product = await row(pool, "products", source_id, "P-9")
+    assert item["product_id"] == product["id"] and product["code"] == "P-9"
+
+    # The company arrives later: the parked reference resolves, with a change event.
+    result = await apply(
+        pool,
+        raw_event(
+            "Empresa",
+            {"codigo": "000123", "cnpj": "11.222.333/0001-81", "razao_social": "ACME"},
+            source_id=source_id,
+            minute=1,
+        ),
+    )
+    company = await row(pool, "companies", source_id, "000123")
+    assert company["document"] == "11222333000181"
+    assert (await row(pool, "orders", source_id, "PED-1"))["company_id"] == company["id"]
+    assert result.resolved == 1
+    assert any(c.entity == "order" and c.changed == ["company_id"] for c in result.changes)
+    parked = await pool.fetchval(
+        "SELECT count(*) FROM parked_references WHERE source_id = $1", source_id
+    )
+    assert parked == 1  # the salesperson is still missing
+
+
+async def test_repeated_and_older_events_change_nothing(pool: asyncpg.Pool, source_id: str) -> None:
+    newer = raw_event("Pedido", order(total="10,00"), source_id=source_id, minute=5)
+    older = raw_event("Pedido", order(total="99,00"), source_id=source_id, minute=1)
+    assert (await apply(pool, newer)).changes
+    again = await apply(pool, newer)
+    assert again.changes == [] and again.stale_records == 1
+    late = await apply(pool, older)
+    assert late.changes == []
+    assert (await row(pool, "orders", source_id, "PED-1"))["total"] == Decimal("10.00")
+
+
+async def test_children_are_replaced_as_a_set(pool: asyncpg.Pool, source_id: str) -> None:
+    items = [{"seq": n, "produto": "P", "quantidade": "1", "preco": "1"} for n in (1, 2, 3)]
+    await apply(pool, raw_event("Pedido", order(items=items), source_id=source_id, minute=1))
+    result = await apply(
+        pool, raw_event("Pedido", order(items=items[:2]), source_id=source_id, minute=2)
+    )
+    assert (await row(pool, "order_items", source_id, "PED-1/3"))["deleted_at"] is not None
+    assert (await row(pool, "order_items", source_id, "PED-1/2"))["deleted_at"] is None
+    assert [(c.entity, c.operation) for c in result.changes] == [("order_item", "delete")]
+    # An older version carrying item 3 again is ignored as a whole.
+    await apply(pool, raw_event("Pedido", order(items=items), source_id=source_id, minute=0))
+    assert (await row(pool, "order_items", source_id, "PED-1/3"))["deleted_at"] is not None
+
+
+async def test_delete_is_a_tombstone_that_beats_older_upserts(
+    pool: asyncpg.Pool, source_id: str
+) -> None:
+    items = [{"seq": 1, "produto": "P", "quantidade": "1", "preco": "1"}]
+    await apply(pool, raw_event("Pedido", order(items=items), source_id=source_id, minute=1))
+    deleted = await apply(
+        pool,
+        raw_event("Pedido", {"codigo": "PED-1"}, source_id=source_id, minute=3, operation="delete"),
+    )
+    assert sorted((c.entity, c.operation) for c in deleted.changes) == [
+        ("order", "delete"),
+        ("order_item", "delete"),
+    ]
+    await apply(pool, raw_event("Pedido", order(), source_id=source_id, minute=2))
+    assert (await row(pool, "orders", source_id, "PED-1"))["deleted_at"] is not None
+    # A delete for a record never seen leaves a tombstone too.
+    await apply(
+        pool,
+        raw_event("Pedido", {"codigo": "PED-9"}, source_id=source_id, minute=5, operation="delete"),
+    )
+    await apply(pool, raw_event("Pedido", order("PED-9"), source_id=source_id, minute=4))
+    assert (await row(pool, "orders", source_id, "PED-9"))["deleted_at"] is not None
+
+
+async def test_spouse_reference_in_either_order(pool: asyncpg.Pool, source_id: str) -> None:
+    ana = raw_event(
+        "Contato", {"codigo": "C1", "nome": "Ana", "conjuge": "C2"}, source_id=source_id
+    )
+    bruno = raw_event(
+        "Contato", {"codigo": "C2", "nome": "Bruno", "conjuge": "C1"}, source_id=source_id
+    )
+    await apply(pool, ana)
+    await apply(pool, bruno)
+    a = await row(pool, "contacts", source_id, "C1")
+    b = await row(pool, "contacts", source_id, "C2")
+    assert a["spouse_id"] == b["id"] and b["spouse_id"] == a["id"]
+
+
+async def test_code_table_hierarchy(pool: asyncpg.Pool, source_id: str) -> None:
+    city = raw_event(
+        "Tabela de tabelas",
+        {
+            "tabela": "CIDADE",
+            "chave": "CWB",
+            "descricao": "Curitiba",
+            "chave_pai": "PR",
+            "tabela_pai": "UF",
+        },
+        source_id=source_id,
+    )
+    state = raw_event(
+        "Tabela de tabelas",
+        {"tabela": "UF", "chave": "PR", "descricao": "Paraná"},
+        source_id=source_id,
+        minute=1,
+    )
+    await apply(pool, city)
+    await apply(pool, state)
+    pr = await row(pool, "codes", source_id, "UF:PR")
+    cwb = await row(pool, "codes", source_id, "CIDADE:CWB")
+    assert cwb["parent_id"] == pr["id"] and pr["description"] == "Paraná"

@@ -20,7 +20,7 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared services/ingest
+	$(BIN)/mypy shared services
 
 bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py

@@ -75,7 +75,8 @@ async def serve_ingest(
     settings: Settings, *, create_topics: bool = True
 ) -> AsyncIterator[RunningIngest]:
     """Run the real ingest app over real HTTP (uvicorn) inside the test's event loop."""
-    from ponte.ingest.app import create_app, server_config
+    from ponte.ingest.app import create_app
+    from ponte.shared.http import server_config
 
     if create_topics:
         await ensure_topics(settings)

@@ -2,13 +2,14 @@
 
     ponte dev        everything on this machine, on embedded defaults
     ponte ingest     the webhook service (production: env vars point at Kafka/PostgreSQL)
+    ponte transform  raw events into the CRM model in PostgreSQL, change events out
     ponte migrate    bring the database schema up to date
     ponte topics     create the Kafka topics Ponte uses
     ponte sources    validate a sources file and store it in PostgreSQL
     ponte sign       print a signed curl for a test delivery to an ERP source
 
-The transform and deliver services are not built yet (issues #4 and #5): there are no
-``ponte transform`` / ``ponte deliver`` commands until they exist.
+The deliver service is not built yet (issue #5): there is no ``ponte deliver`` command
+until it exists.
 """
 
 from __future__ import annotations
@@ -34,25 +35,40 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def ingest(
-    host: Annotated[
-        str | None, typer.Option(help="Address to listen on (PONTE_HTTP_HOST).")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (PONTE_HTTP_PORT).")] = None,
-) -> None:
-    """Run the ingest service: POST /webhooks/{source_id} into the raw Kafka topic."""
+Host = Annotated[str | None, typer.Option(help="Address to listen on (PONTE_HTTP_HOST).")]
+Port = Annotated[int | None, typer.Option(help="Port to listen on (PONTE_HTTP_PORT).")]
+
+
+def _serve(service: str, host: str | None, port: int | None) -> None:
     import uvicorn
 
-    from ponte.ingest.app import create_app, server_config
+    from ponte.shared.http import server_config
 
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.Server(
-        server_config(
-            create_app(settings), host=host or settings.http_host, port=port or settings.http_port
-        )
-    ).run()
+    if service == "ingest":
+        from ponte.ingest.app import create_app
+    else:
+        from ponte.transform.app import create_app
+    config = server_config(
+        create_app(settings), host=host or settings.http_host, port=port or settings.http_port
+    )
+    uvicorn.Server(config).run()
+
+
+@app.command()
+def ingest(host: Host = None, port: Port = None) -> None:
+    """Run the ingest service: POST /webhooks/{source_id} into the raw Kafka topic."""
+    _serve("ingest", host, port)
+
+
+@app.command()
+def transform(host: Host = None, port: Port = None) -> None:
+    """Run the transform service: raw topic into the CRM model, change events out.
+
+    Serves /healthz, /readyz, /metrics, /parked-references, /rejections and
+    /unmapped-fields on the given port."""
+    _serve("transform", host, port)
 
 
 @app.command()

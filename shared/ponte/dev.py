@@ -16,6 +16,7 @@ import secrets
 import signal
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -63,10 +64,11 @@ def write_demo_sources(path: Path) -> dict[str, str]:
     return keys
 
 
-async def _tail_raw(settings: Settings) -> None:
-    """Print one line per raw event: the local stand-in for the transform until it lands."""
+async def _tail(settings: Settings) -> None:
+    """Print one line per raw event and per change event, so the flow is visible."""
     consumer = AIOKafkaConsumer(
         settings.raw_topic,
+        settings.changes_topic,
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="latest",
@@ -75,46 +77,81 @@ async def _tail_raw(settings: Settings) -> None:
     try:
         async for message in consumer:
             event = json.loads(message.value)
-            print(
-                f"[raw] partition={message.partition} offset={message.offset} "
-                f"{event['event_id']} {event['source_id']} {event['topic']} "
-                f"{event['operation']} key={event['record_key']}",
-                flush=True,
-            )
+            if message.topic == settings.raw_topic:
+                print(
+                    f"[raw]    {event['event_id']} {event['source_id']} {event['topic']} "
+                    f"{event['operation']} key={event['record_key']}",
+                    flush=True,
+                )
+            else:
+                print(
+                    f"[change] {event['entity']} {event['source_id']}/{event['source_key']} "
+                    f"{event['operation']} changed={','.join(event['changed'])}",
+                    flush=True,
+                )
     finally:
         await consumer.stop()
 
 
+class _QuietServer(uvicorn.Server):
+    """Two servers share this process, so neither installs signal handlers: ``_serve``
+    owns SIGINT/SIGTERM and stops both."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _serve(settings: Settings, port: int, secret: str) -> None:
-    from ponte.ingest.app import create_app, server_config
+    from ponte.ingest.app import create_app as create_ingest
+    from ponte.shared.http import server_config
+    from ponte.transform.app import create_app as create_transform
 
     await ensure_topics(settings)
-    server = uvicorn.Server(server_config(create_app(settings), host="127.0.0.1", port=port))
+    transform_port = free_port() if not _port_free(port + 1) else port + 1
+    transform = _QuietServer(
+        server_config(create_transform(settings), host="127.0.0.1", port=transform_port)
+    )
+    transforming = asyncio.create_task(transform.serve())
+    server = _QuietServer(server_config(create_ingest(settings), host="127.0.0.1", port=port))
     serving = asyncio.create_task(server.serve())
-    while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no event
+
+    def stop_both() -> None:
+        server.should_exit = transform.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop_both)
+    while not (server.started and transform.started):
+        if serving.done() or transforming.done():
+            transform.should_exit = server.should_exit = True
+            await asyncio.gather(serving, transforming)
+            return
         await asyncio.sleep(0.05)
-    if serving.done():
-        await serving
-        return
     url = f"http://127.0.0.1:{port}/webhooks/erp-demo"
     body = json.dumps(EXAMPLE_ENVELOPE, ensure_ascii=False).encode()
     print("\nPonte is running.", flush=True)
-    print(f"  webhooks: {url}   (also /webhooks/shopify-demo, /webhooks/woo-demo)")
-    print(f"  metrics:  http://127.0.0.1:{port}/metrics   ready: http://127.0.0.1:{port}/readyz")
-    print(f"  API docs: http://127.0.0.1:{port}/docs")
-    print(f"  broker:   {settings.kafka_bootstrap}   database: {settings.asyncpg_dsn}")
+    print(f"  webhooks:  {url}   (also /webhooks/shopify-demo, /webhooks/woo-demo)")
+    print(f"  ingest:    http://127.0.0.1:{port}/docs  /metrics  /readyz")
+    print(
+        f"  transform: http://127.0.0.1:{transform_port}/docs  /parked-references  "
+        "/rejections  /unmapped-fields  /metrics"
+    )
+    print(f"  broker:    {settings.kafka_bootstrap}   database: {settings.asyncpg_dsn}")
     print(
         "\nSend an order (the signature is valid for 5 minutes; `ponte sign --url ... "
         "--secret ...` makes a fresh one):\n"
     )
     print(signed_curl(url, secret, body), "\n\nCtrl-C stops everything.\n", flush=True)
-    tail = asyncio.create_task(_tail_raw(settings))
+    tail = asyncio.create_task(_tail(settings))
     try:
         await serving
     finally:
         tail.cancel()
+        transform.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await tail
+        await transforming
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -122,8 +159,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run_dev(*, port: int = 8000, durable: bool = False) -> None:
-    # SIGTERM behaves like Ctrl-C, so the embedded broker and database are always stopped
-    # (uvicorn re-raises the signal it caught once it has shut down).
+    # Until the services run (they install their own handlers), SIGTERM behaves like
+    # Ctrl-C, so the embedded broker and database are always stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     base = Settings()
     configure_logging(base.log_level)

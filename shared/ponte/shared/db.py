@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+import asyncpg.pool
 from alembic import command
 from alembic.config import Config
 from tenacity import (
@@ -26,6 +27,9 @@ from tenacity import (
 from ponte.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+DbConnection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+"""A connection, bare or borrowed from a pool: what repositories take."""
 
 
 def alembic_config(settings: Settings) -> Config:

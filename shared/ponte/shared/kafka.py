@@ -32,8 +32,14 @@ class TopicSpec:
 
 def topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the code uses. ``deploy/k8s`` declares one KafkaTopic for each."""
-    week = 7 * 24 * 3600 * 1000
-    return [TopicSpec(settings.raw_topic, settings.raw_topic_partitions, week)]
+    day = 24 * 3600 * 1000
+    return [
+        TopicSpec(settings.raw_topic, settings.raw_topic_partitions, 7 * day),
+        TopicSpec(settings.changes_topic, settings.changes_topic_partitions, 7 * day),
+        TopicSpec(
+            settings.transform_dead_letter_topic, 1, settings.dead_letter_retention_days * day
+        ),
+    ]
 
 
 def create_producer(settings: Settings) -> AIOKafkaProducer:

@@ -73,3 +73,38 @@ HISTORY_DROPPED = Counter(
 HISTORY_WRITE_ERRORS = Counter(
     "ponte_history_write_errors_total", "Failed attempts to write a batch of history rows."
 )
+
+TRANSFORM_EVENTS = Counter(
+    "ponte_transform_events_total",
+    "Raw events processed, by source and outcome (applied, stale, rejected).",
+    ["source", "outcome"],
+)
+TRANSFORM_REJECTIONS = Counter(
+    "ponte_transform_rejections_total",
+    "Record events sent to the dead-letter topic, by source and reason code.",
+    ["source", "code"],
+)
+TRANSFORM_UNMAPPED = Counter(
+    "ponte_transform_unmapped_fields_total",
+    "Fields (or whole tables, field '*') a source sent that its mapping does not place.",
+    ["source"],
+)
+TRANSFORM_CHANGES = Counter(
+    "ponte_transform_changes_total", "Change events written to the outbox, by entity.", ["entity"]
+)
+TRANSFORM_PARKED = Gauge(
+    "ponte_transform_parked_references", "References waiting for their target row."
+)
+TRANSFORM_BATCH_SECONDS = Histogram(
+    "ponte_transform_batch_seconds",
+    "Time to apply one batch of raw events (decode, database transaction, outbox).",
+    buckets=LATENCY_BUCKETS,
+)
+TRANSFORM_LAST_APPLIED = Gauge(
+    "ponte_transform_last_applied_timestamp_seconds",
+    "Unix time of the last event from each source applied to the CRM model.",
+    ["source"],
+)
+TRANSFORM_OUTBOX_PUBLISHED = Counter(
+    "ponte_transform_outbox_published_total", "Outbox messages published to Kafka."
+)

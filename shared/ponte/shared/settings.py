@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     raw_topic: str = "ponte.raw"
     """Webhook events as received, one message per record, keyed by record."""
     raw_topic_partitions: int = 6
+    changes_topic: str = "ponte.changes"
+    """Committed CRM changes for the deliver service, keyed by entity/source/key."""
+    changes_topic_partitions: int = 6
+    transform_dead_letter_topic: str = "ponte.transform.deadletter"
+    """Record events the transform could not store, with the reason in headers."""
+    dead_letter_retention_days: int = 30
     produce_timeout_s: float = 5.0
     """How long a webhook waits for the broker's acknowledgement before answering 503."""
     produce_linger_ms: int = 2
@@ -57,6 +63,19 @@ class Settings(BaseSettings):
     """Retry-After sent with a 503 when the broker cannot take an event."""
     dedup_pending_timeout_s: float = 30.0
     """A claimed delivery that never reached the broker (crash) may be retried after this."""
+
+    # --- transform ------------------------------------------------------------------------
+    transform_group_id: str = "ponte-transform"
+    transform_batch_size: int = 500
+    """Raw events per database transaction (and per offset commit)."""
+    transform_batch_wait_ms: int = 50
+    """How long to wait for a batch to fill before processing what has arrived."""
+    mappings_dir: Path | None = None
+    """Directory of mapping overrides (<source_id>.yaml or <kind>.yaml); default: shipped."""
+    outbox_relay_interval_s: float = 0.5
+    """How often pending change events and dead letters are published if no batch ran."""
+    parked_sweep_interval_s: float = 30.0
+    """How often every parked reference is re-checked against rows other replicas wrote."""
 
     # --- request history ------------------------------------------------------------------
     history_retention_days: int = 30

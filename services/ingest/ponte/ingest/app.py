@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI
 
 from ponte.ingest.history import HistoryWriter
@@ -66,23 +65,3 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(health.router)
     return app
-
-
-def server_config(app: FastAPI, *, host: str, port: int) -> uvicorn.Config:
-    """How ingest is served, the same in production, ``ponte dev``, tests and benchmarks.
-
-    ``proxy_headers=False``: uvicorn would otherwise replace the peer address with
-    X-Forwarded-For whenever the peer is 127.0.0.1, which would let a forged header past a
-    source's allowlist. Ponte reads X-Forwarded-For itself, per source's trusted proxies
-    (``ponte.ingest.addresses``).
-    """
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        proxy_headers=False,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=20,
-        lifespan="on",
-    )

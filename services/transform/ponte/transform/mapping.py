@@ -37,7 +37,17 @@ from ponte.shared.crm import BOOKKEEPING_COLUMNS, ENTITIES
 from ponte.transform.parsers import PARSERS
 
 ValueType = Literal[
-    "text", "integer", "decimal", "date", "datetime", "boolean", "cnpj", "cpf", "document", "email"
+    "text",
+    "integer",
+    "decimal",
+    "number",
+    "date",
+    "datetime",
+    "boolean",
+    "cnpj",
+    "cpf",
+    "document",
+    "email",
 ]
 
 

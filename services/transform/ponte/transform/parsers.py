@@ -76,6 +76,23 @@ def parse_decimal(value: Any) -> Decimal | None:
     return number
 
 
+def parse_number(value: Any) -> Decimal | None:
+    """A decimal with a point and no thousands separators (``1500.00``), as shops write
+    them: no Brazilian reading, so ``1.500`` is one and a half."""
+    if _blank(value):
+        return None
+    value = _scalar(value, "a number")
+    if isinstance(value, bool):
+        raise ParseError("expected a number, got a boolean")
+    try:
+        number = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+    except InvalidOperation:
+        raise ParseError(f"{value!r} is not a number") from None
+    if not number.is_finite():
+        raise ParseError(f"{value!r} is not a finite number")
+    return number
+
+
 def parse_integer(value: Any) -> int | None:
     number = parse_decimal(value)
     if number is None:
@@ -182,6 +199,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "text": parse_text,
     "integer": parse_integer,
     "decimal": parse_decimal,
+    "number": parse_number,
     "date": parse_date,
     "datetime": parse_datetime,
     "boolean": parse_boolean,

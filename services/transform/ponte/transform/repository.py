@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql
 from sqlmodel import SQLModel
 
 from ponte.shared.crm import CHILDREN, ENTITIES
+from ponte.shared.db import DbConnection
 from ponte.shared.events import Operation
 from ponte.transform.normalize import NormalizedRecord, NormalizedRow, Reference, Version
 
@@ -102,7 +103,7 @@ def coalesce(records: list[NormalizedRecord]) -> list[NormalizedRecord]:
 class BatchApplier:
     """Applies one batch on one connection (inside the caller's transaction)."""
 
-    def __init__(self, connection: asyncpg.Connection, now: datetime | None = None) -> None:
+    def __init__(self, connection: DbConnection, now: datetime | None = None) -> None:
         self.connection = connection
         self.now = now or datetime.now(UTC)
         self.ids: dict[tuple[str, str, str], int] = {}
@@ -564,11 +565,23 @@ def _version_of(row: asyncpg.Record | None) -> Version | None:
     return Version(row["version_at"], row["version_event_id"])
 
 
-_NOT_CONTENT = frozenset({"id", "version_at", "version_event_id", "updated_at"})
+_NOT_CONTENT = frozenset(
+    {
+        "id",
+        "source_id",
+        "source_table",
+        "source_key",
+        "version_at",
+        "version_event_id",
+        "updated_at",
+    }
+)
 
 
 def _changed_columns(row: asyncpg.Record, stored: asyncpg.Record | None) -> list[str]:
-    """Columns whose value differs from what was stored (all of them for a new row)."""
+    """Columns whose value differs from what was stored (the filled ones, for a new row)."""
     if stored is None:
-        return sorted(k for k in row.keys() if k not in _NOT_CONTENT and row[k] is not None)
+        return sorted(
+            k for k in row.keys() if k not in _NOT_CONTENT and row[k] is not None and row[k] != {}
+        )
     return sorted(k for k in row.keys() if k not in _NOT_CONTENT and row[k] != stored[k])

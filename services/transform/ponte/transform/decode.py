@@ -1,0 +1,77 @@
+"""From a raw-topic message to normalised records, or to the reason it cannot be stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ponte.shared.events import RawEvent, SourceKind
+from ponte.transform.mapping import Mapping, mapping_for
+from ponte.transform.normalize import NormalizedRecord, RecordRejected, normalize_record
+from ponte.transform.shops import shop_records
+
+
+@dataclass
+class Decoded:
+    """What one message became: records to apply, or a rejection; plus what the mapping
+    did not know (reported either way)."""
+
+    event: RawEvent | None
+    records: list[NormalizedRecord] = field(default_factory=list)
+    rejection: RecordRejected | None = None
+    unmapped: set[tuple[str, str]] = field(default_factory=set)
+
+
+class Decoder:
+    """Caches each source's mapping (files are read once per process)."""
+
+    def __init__(self, overrides_dir: Path | None = None) -> None:
+        self._overrides_dir = overrides_dir
+        self._mappings: dict[tuple[SourceKind, str], Mapping] = {}
+
+    def mapping(self, kind: SourceKind, source_id: str) -> Mapping:
+        key = (kind, source_id)
+        if key not in self._mappings:
+            self._mappings[key] = mapping_for(kind.value, source_id, self._overrides_dir)
+        return self._mappings[key]
+
+    def decode(self, value: bytes | None) -> Decoded:
+        try:
+            event = RawEvent.model_validate_json(value or b"")
+        except ValidationError as error:
+            first = error.errors()[0]
+            path = ".".join(str(part) for part in first["loc"]) or "value"
+            return Decoded(
+                None,
+                rejection=RecordRejected(
+                    "undecodable", f"not a Ponte raw event: {path}: {first['msg']}", path
+                ),
+            )
+        mapping = self.mapping(event.source_kind, event.source_id)
+        try:
+            if event.source_kind is SourceKind.ERP:
+                record = normalize_record(event, mapping)
+                return Decoded(event, [record], unmapped=record.unmapped)
+            return self._decode_shop(event, mapping)
+        except RecordRejected as rejection:
+            return Decoded(event, rejection=rejection, unmapped=rejection.unmapped)
+
+    def _decode_shop(self, event: RawEvent, mapping: Mapping) -> Decoded:
+        decoded = Decoded(event)
+        for shop_record in shop_records(event):
+            scoped: Any = event.model_copy(update={"operation": shop_record.operation})
+            record = normalize_record(
+                scoped,
+                mapping,
+                table=shop_record.table,
+                payload=shop_record.row,
+                version_at=shop_record.version_at,
+            )
+            decoded.records.append(record)
+            decoded.unmapped |= record.unmapped
+        if not decoded.records:
+            decoded.unmapped.add((event.topic, "*"))
+        return decoded

@@ -1,0 +1,88 @@
+"""The transactional outbox: change events and dead letters are written in the same
+transaction as the rows they describe, and published after it commits.
+
+``OutboxRelay.publish_pending`` reads the oldest messages, produces them (acks=all), and
+deletes them only once the broker has every one. A crash between produce and delete
+re-publishes them: consumers of the changes topic must tolerate a repeat, which the
+version in every change event makes easy (deliver keeps the newest version it has sent).
+Only one relay publishes at a time across replicas (a PostgreSQL advisory lock), and it
+publishes in id order, so one key's changes keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from ponte.shared.db import DbConnection
+from ponte.shared.metrics import TRANSFORM_OUTBOX_PUBLISHED
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = 0x706F6E7465  # "ponte": the advisory lock id of the outbox relay
+RELAY_BATCH = 1000
+
+
+async def add_messages(
+    connection: DbConnection, messages: list[tuple[str, str, dict[str, Any], dict[str, str]]]
+) -> None:
+    """Queue (topic, key, value, headers) for publication, inside the caller's transaction."""
+    if not messages:
+        return
+    now = datetime.now(UTC)
+    await connection.execute(
+        "INSERT INTO outbox (topic, key, value, headers, created_at) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])",
+        [m[0] for m in messages],
+        [m[1] for m in messages],
+        [m[2] for m in messages],
+        [m[3] for m in messages],
+        [now] * len(messages),
+    )
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._lock = asyncio.Lock()
+
+    async def publish_pending(self) -> int:
+        """Publish everything pending; returns how many messages went out."""
+        published = 0
+        async with self._lock, self._pool.acquire() as connection:
+            if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                return 0  # another replica is relaying
+            try:
+                while True:
+                    rows = await connection.fetch(
+                        "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1",
+                        RELAY_BATCH,
+                    )
+                    if not rows:
+                        return published
+                    acks = [
+                        await self._producer.send(
+                            row["topic"],
+                            key=row["key"].encode(),
+                            value=json.dumps(row["value"], ensure_ascii=False).encode(),
+                            headers=[
+                                (name, value.encode()) for name, value in row["headers"].items()
+                            ],
+                        )
+                        for row in rows
+                    ]
+                    await asyncio.gather(*acks)
+                    await connection.execute(
+                        "DELETE FROM outbox WHERE id = ANY($1::int8[])", [row["id"] for row in rows]
+                    )
+                    published += len(rows)
+                    TRANSFORM_OUTBOX_PUBLISHED.inc(len(rows))
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)

@@ -1,0 +1,274 @@
+"""One batch of raw-topic messages, applied in one transaction, poison isolated.
+
+``BatchProcessor.process`` decodes every message, applies all the records in a single
+transaction together with their change events, dead letters, rejection rows and unmapped
+report (so either all of that is committed or none of it), and returns. The consumer
+commits offsets only after it returns.
+
+When the transaction fails on the *data* (a constraint, a value PostgreSQL refuses, a bug
+triggered by one payload), the batch is split in halves and each half retried, down to the
+single message, which then goes to the dead-letter topic with the error: one poison
+message costs a few extra transactions and never blocks the partition. When it fails on
+the *database being unavailable*, nothing is split or dead-lettered: the error goes up and
+the consumer retries the same batch once PostgreSQL is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+
+from ponte.shared.db import DbConnection
+from ponte.shared.metrics import (
+    TRANSFORM_BATCH_SECONDS,
+    TRANSFORM_CHANGES,
+    TRANSFORM_EVENTS,
+    TRANSFORM_LAST_APPLIED,
+    TRANSFORM_REJECTIONS,
+    TRANSFORM_UNMAPPED,
+)
+from ponte.shared.settings import Settings
+from ponte.transform.decode import Decoded, Decoder
+from ponte.transform.normalize import RecordRejected, json_safe
+from ponte.transform.outbox import add_messages
+from ponte.transform.repository import BatchApplier, ChangeEvent
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+)
+"""Errors that say the database cannot work right now, not that the data is bad."""
+
+
+class Message(Protocol):
+    """The parts of a Kafka record the processor reads (aiokafka's ConsumerRecord)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class _Item:
+    message: Message
+    decoded: Decoded
+
+    @property
+    def event_id(self) -> str:
+        event = self.decoded.event
+        return (
+            event.event_id
+            if event
+            else (f"{self.message.topic}/{self.message.partition}/{self.message.offset}")
+        )
+
+
+@dataclass
+class BatchSummary:
+    applied: int = 0
+    stale: int = 0
+    rejected: int = 0
+    changes: int = 0
+    splits: int = 0
+    rejected_codes: list[str] = field(default_factory=list)
+
+
+class BatchProcessor:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, decoder: Decoder | None = None
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._decoder = decoder or Decoder(settings.mappings_dir)
+
+    async def process(self, messages: list[Message]) -> BatchSummary:
+        started = time.perf_counter()
+        items = [_Item(message, self._decoder.decode(message.value)) for message in messages]
+        summary = BatchSummary()
+        await self._apply_splitting(items, summary)
+        TRANSFORM_BATCH_SECONDS.observe(time.perf_counter() - started)
+        return summary
+
+    async def sweep_parked(self) -> int:
+        """Resolve every parked reference whose target now exists (written by another
+        replica, or before this process started); returns how many were resolved."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            result = await BatchApplier(connection).sweep_parked()
+            await add_messages(connection, [self._change_message(c) for c in result.changes])
+        return result.resolved
+
+    async def _apply_splitting(self, items: list[_Item], summary: BatchSummary) -> None:
+        try:
+            await self._apply(items, summary)
+        except UNAVAILABLE:
+            raise
+        except Exception as error:  # the data (or a bug one payload triggers): isolate it
+            if len(items) == 1:
+                item = items[0]
+                log.warning(
+                    "record rejected by the database",
+                    extra={"event_id": item.event_id, "error": type(error).__name__},
+                )
+                item.decoded.records = []
+                item.decoded.rejection = RecordRejected(
+                    "database_error", f"{type(error).__name__}: {error}"[:1000]
+                )
+                await self._apply(items, summary)
+                return
+            summary.splits += 1
+            middle = len(items) // 2
+            await self._apply_splitting(items[:middle], summary)
+            await self._apply_splitting(items[middle:], summary)
+
+    async def _apply(self, items: list[_Item], summary: BatchSummary) -> None:
+        now = datetime.now(UTC)
+        records = [
+            record
+            for item in items
+            if item.decoded.rejection is None
+            for record in item.decoded.records
+        ]
+        rejected = [item for item in items if item.decoded.rejection is not None]
+        async with self._pool.acquire() as connection, connection.transaction():
+            result = await BatchApplier(connection, now).apply(records)
+            messages = [self._change_message(change) for change in result.changes]
+            messages += [self._dead_letter(item, now) for item in rejected]
+            await add_messages(connection, messages)
+            await _record_rejections(connection, rejected, now)
+            await _record_unmapped(connection, items, now)
+        # Counted only once committed.
+        summary.applied += result.applied_records
+        summary.stale += result.stale_records
+        summary.rejected += len(rejected)
+        summary.changes += len(result.changes)
+        for change in result.changes:
+            TRANSFORM_CHANGES.labels(change.entity).inc()
+        for item in items:
+            source = item.decoded.event.source_id if item.decoded.event else "unknown"
+            if item.decoded.rejection is not None:
+                summary.rejected_codes.append(item.decoded.rejection.code)
+                TRANSFORM_REJECTIONS.labels(source, item.decoded.rejection.code).inc()
+                TRANSFORM_EVENTS.labels(source, "rejected").inc()
+            else:
+                TRANSFORM_EVENTS.labels(source, "applied").inc()
+                TRANSFORM_LAST_APPLIED.labels(source).set(time.time())
+            if item.decoded.unmapped:
+                TRANSFORM_UNMAPPED.labels(source).inc(len(item.decoded.unmapped))
+
+    def _change_message(
+        self, change: ChangeEvent
+    ) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+        value = {
+            "entity": change.entity,
+            "source_id": change.source_id,
+            "source_key": change.source_key,
+            "row_id": change.row_id,
+            "operation": change.operation,
+            "changed": change.changed,
+            "version": None
+            if change.version is None
+            else {
+                "at": change.version.at.isoformat() if change.version.at else None,
+                "event_id": change.version.event_id,
+            },
+            "row": json_safe(change.row),
+        }
+        headers = {
+            "ponte-entity": change.entity,
+            "ponte-source": change.source_id,
+            "ponte-operation": change.operation,
+        }
+        return self._settings.changes_topic, change.key, value, headers
+
+    def _dead_letter(
+        self, item: _Item, now: datetime
+    ) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+        rejection = item.decoded.rejection
+        assert rejection is not None
+        event = item.decoded.event
+        message = item.message
+        value: dict[str, Any] = {
+            "event": json_safe(event.model_dump(mode="json")) if event else None,
+            "raw": None if event else (message.value or b"").decode("utf-8", "replace"),
+            "error": {"code": rejection.code, "reason": rejection.reason, "field": rejection.field},
+        }
+        headers = {
+            "ponte-dlq-code": rejection.code,
+            "ponte-dlq-reason": rejection.reason[:500],
+            "ponte-dlq-field": rejection.field or "",
+            "ponte-event-id": item.event_id,
+            "ponte-source": event.source_id if event else "",
+            "ponte-original-topic": message.topic,
+            "ponte-original-partition": str(message.partition),
+            "ponte-original-offset": str(message.offset),
+            "ponte-failed-at": now.isoformat(),
+        }
+        key = (message.key or item.event_id.encode()).decode("utf-8", "replace")
+        return self._settings.transform_dead_letter_topic, key, value, headers
+
+
+async def _record_rejections(
+    connection: DbConnection, rejected: list[_Item], now: datetime
+) -> None:
+    if not rejected:
+        return
+    rows = []
+    for item in rejected:
+        rejection, event = item.decoded.rejection, item.decoded.event
+        assert rejection is not None
+        rows.append(
+            (
+                item.event_id,
+                event.source_id if event else "unknown",
+                event.topic if event else "",
+                event.record_key if event else "",
+                rejection.field,
+                f"{rejection.code}: {rejection.reason}",
+                now,
+                json_safe(event.payload) if event else {},
+            )
+        )
+    await connection.executemany(
+        "INSERT INTO transform_rejections (event_id, source_id, source_table, record_key, "
+        "field, reason, rejected_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+        "ON CONFLICT (event_id) DO UPDATE SET field = EXCLUDED.field, "
+        "reason = EXCLUDED.reason, rejected_at = EXCLUDED.rejected_at",
+        rows,
+    )
+
+
+async def _record_unmapped(connection: DbConnection, items: list[_Item], now: datetime) -> None:
+    counts: dict[tuple[str, str, str], tuple[int, str]] = {}
+    for item in items:
+        event = item.decoded.event
+        if event is None:
+            continue
+        for table, name in item.decoded.unmapped:
+            key = (event.source_id, table, name)
+            seen, _ = counts.get(key, (0, event.event_id))
+            counts[key] = (seen + 1, event.event_id)
+    if not counts:
+        return
+    await connection.executemany(
+        "INSERT INTO unmapped_fields (source_id, source_table, field, occurrences, first_seen, "
+        "last_seen, example_event_id) VALUES ($1, $2, $3, $4, $5, $5, $6) "
+        "ON CONFLICT (source_id, source_table, field) DO UPDATE SET "
+        "occurrences = unmapped_fields.occurrences + EXCLUDED.occurrences, "
+        "last_seen = EXCLUDED.last_seen, example_event_id = EXCLUDED.example_event_id",
+        [(*key, count, now, event_id) for key, (count, event_id) in sorted(counts.items())],
+    )

@@ -1,0 +1,92 @@
+"""What the transform could not finish, for the people who fix it: parked references,
+rejected records and fields the mapping does not place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from ponte.transform.deps import PoolDep
+
+router = APIRouter(tags=["transform"])
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+class ParkedReference(BaseModel):
+    source_id: str
+    entity: str
+    row_id: int
+    column_name: str
+    field: str
+    target_entity: str
+    target_key: str
+    event_id: str
+    parked_at: datetime
+
+
+class Rejection(BaseModel):
+    event_id: str
+    source_id: str
+    source_table: str
+    record_key: str
+    field: str | None
+    reason: str
+    rejected_at: datetime
+    payload: dict[str, Any]
+
+
+class UnmappedField(BaseModel):
+    source_id: str
+    source_table: str
+    field: str
+    occurrences: int
+    first_seen: datetime
+    last_seen: datetime
+    example_event_id: str
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    count: int
+    items: list[T]
+
+
+async def _page(
+    pool: Any, table: str, order: str, source_id: str | None, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    where = "WHERE source_id = $1" if source_id else "WHERE $1::text IS NULL"
+    count = await pool.fetchval(f"SELECT count(*) FROM {table} {where}", source_id)  # noqa: S608
+    rows = await pool.fetch(
+        f"SELECT * FROM {table} {where} ORDER BY {order} LIMIT $2", source_id, limit
+    )
+    return int(count), [dict(row) for row in rows]
+
+
+@router.get("/parked-references", summary="References waiting for their target row")
+async def parked_references(
+    pool: PoolDep, source_id: str | None = None, limit: Limit = 100
+) -> Page[ParkedReference]:
+    count, rows = await _page(pool, "parked_references", "parked_at", source_id, limit)
+    return Page[ParkedReference](count=count, items=[ParkedReference(**r) for r in rows])
+
+
+@router.get("/rejections", summary="Records that could not be stored, with field and reason")
+async def rejections(
+    pool: PoolDep, source_id: str | None = None, limit: Limit = 100
+) -> Page[Rejection]:
+    count, rows = await _page(pool, "transform_rejections", "rejected_at DESC", source_id, limit)
+    return Page[Rejection](count=count, items=[Rejection(**r) for r in rows])
+
+
+@router.get("/unmapped-fields", summary="Tables and fields the mapping does not place")
+async def unmapped_fields(
+    pool: PoolDep, source_id: str | None = None, limit: Limit = 100
+) -> Page[UnmappedField]:
+    count, rows = await _page(pool, "unmapped_fields", "last_seen DESC", source_id, limit)
+    return Page[UnmappedField](count=count, items=[UnmappedField(**r) for r in rows])

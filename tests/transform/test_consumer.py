@@ -1,0 +1,143 @@
+"""The transform end to end against the real broker and PostgreSQL: raw topic in, rows,
+change events and dead letters out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from ponte.shared import kafka
+from ponte.shared.events import RawEvent
+from ponte.shared.settings import Settings
+from ponte.transform.consumer import TransformConsumer
+from ponte.transform.outbox import OutboxRelay
+from ponte.transform.processor import BatchProcessor
+from tests.conftest import read_topic, unique_topic
+from tests.transform.conftest import raw_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return base_settings.model_copy(
+        update={
+            "raw_topic": unique_topic(),
+            "changes_topic": unique_topic("ponte.changes"),
+            "transform_dead_letter_topic": unique_topic("ponte.dlq"),
+            "transform_group_id": unique_topic("transform"),
+            "transform_batch_size": 50,
+        }
+    )
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    await kafka.ensure_topics(settings)
+    producer = kafka.create_producer(settings)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+async def produce(producer: AIOKafkaProducer, topic: str, events: list[RawEvent | bytes]) -> None:
+    for event in events:
+        if isinstance(event, bytes):
+            await producer.send_and_wait(topic, value=event, key=b"poison")
+        else:
+            await producer.send_and_wait(
+                topic, value=event.model_dump_json().encode(), key=event.partition_key
+            )
+
+
+async def run_until(consumer: TransformConsumer, done: Any, timeout_s: float = 20) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not await done():
+            assert asyncio.get_running_loop().time() < deadline, "transform did not finish"
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+
+
+async def test_raw_events_become_rows_changes_and_dead_letters(
+    settings: Settings, producer: AIOKafkaProducer, pool: asyncpg.Pool, source_id: str
+) -> None:
+    events: list[RawEvent | bytes] = [
+        raw_event(
+            "Pedido",
+            {"codigo": "PED-1", "empresa": "E1", "total": "1.234,56", "cor_favorita": "azul"},
+            source_id=source_id,
+        ),
+        b"not json at all",  # poison: must not block what follows
+        raw_event(
+            "Empresa",
+            {"codigo": "E1", "cnpj": "11.222.333/0001-82"},  # bad check digit
+            source_id=source_id,
+        ),
+        raw_event("Empresa", {"codigo": "E2", "cnpj": "11222333000181"}, source_id=source_id),
+        raw_event("Estoque", {"codigo": "X"}, source_id=source_id),  # unknown table
+    ]
+    await produce(producer, settings.raw_topic, events)
+    processor = BatchProcessor(pool, settings)
+    consumer = TransformConsumer(settings, processor, OutboxRelay(pool, producer))
+
+    async def done() -> bool:
+        return (
+            await pool.fetchval("SELECT count(*) FROM companies WHERE source_id = $1", source_id)
+            == 1
+        )
+
+    await run_until(consumer, done)
+
+    order = await pool.fetchrow("SELECT * FROM orders WHERE source_id = $1", source_id)
+    assert order["total"] == Decimal("1234.56") and order["extra"] == {"cor_favorita": "azul"}
+    rejections = await pool.fetch(
+        "SELECT * FROM transform_rejections WHERE source_id = $1 ORDER BY source_table", source_id
+    )
+    assert [(r["source_table"], r["field"]) for r in rejections] == [
+        ("Empresa", "Empresa.cnpj"),
+        ("Estoque", None),
+    ]
+    assert "CNPJ" in rejections[0]["reason"]
+    unmapped = await pool.fetch(
+        "SELECT source_table, field FROM unmapped_fields WHERE source_id = $1 ORDER BY 1", source_id
+    )
+    assert [(u["source_table"], u["field"]) for u in unmapped] == [
+        ("Estoque", "*"),
+        ("Pedido", "cor_favorita"),
+    ]
+
+    dead = await read_topic(
+        settings.kafka_bootstrap, settings.transform_dead_letter_topic, expect=3
+    )
+    reasons = sorted(dict(m.headers)["ponte-dlq-code"].decode() for m in dead)
+    assert reasons == ["invalid_value", "undecodable", "unknown_table"]
+    cnpj = next(m for m in dead if dict(m.headers)["ponte-dlq-code"] == b"invalid_value")
+    headers = dict(cnpj.headers)
+    assert headers["ponte-dlq-field"] == b"Empresa.cnpj"
+    assert headers["ponte-original-topic"] == settings.raw_topic.encode()
+    assert json.loads(cnpj.value)["event"]["payload"]["codigo"] == "E1"
+
+    changes = await read_topic(settings.kafka_bootstrap, settings.changes_topic, expect=2)
+    mine = [json.loads(m.value) for m in changes]
+    assert {(c["entity"], c["source_key"]) for c in mine} >= {("order", "PED-1"), ("company", "E2")}
+    order_change = next(c for c in mine if c["entity"] == "order")
+    assert "total" in order_change["changed"] and order_change["row"]["total"] == "1234.5600"
+    assert (
+        next(m for m in changes if json.loads(m.value)["entity"] == "order").key
+        == f"order/{source_id}/PED-1".encode()
+    )
+    # Offsets were committed: a new consumer in the group finds nothing left to do.
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from decimal import Decimal
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import asyncpg

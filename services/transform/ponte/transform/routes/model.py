@@ -60,11 +60,12 @@ class Page(BaseModel, Generic[T]):
 async def _page(
     pool: Any, table: str, order: str, source_id: str | None, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
-    where = "WHERE source_id = $1" if source_id else "WHERE $1::text IS NULL"
-    count = await pool.fetchval(f"SELECT count(*) FROM {table} {where}", source_id)  # noqa: S608
-    rows = await pool.fetch(
-        f"SELECT * FROM {table} {where} ORDER BY {order} LIMIT $2", source_id, limit
-    )
+    # table and order are constants from this module, never user input.
+    where = "WHERE ($1::text IS NULL OR source_id = $1)"
+    count_sql = f"SELECT count(*) FROM {table} {where}"  # noqa: S608
+    page_sql = f"SELECT * FROM {table} {where} ORDER BY {order} LIMIT $2"  # noqa: S608
+    count = await pool.fetchval(count_sql, source_id)
+    rows = await pool.fetch(page_sql, source_id, limit)
     return int(count), [dict(row) for row in rows]
 
 

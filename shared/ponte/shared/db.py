@@ -46,7 +46,7 @@ def migrate(settings: Settings, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)
 
 
-async def _init_connection(connection: asyncpg.Connection) -> None:
+async def init_connection(connection: asyncpg.Connection) -> None:
     # JSONB columns in and out as Python objects. Binary format (a version byte, then the
     # text) so that binary COPY, which the history writer uses, can encode them too.
     await connection.set_type_codec(
@@ -68,7 +68,7 @@ async def create_pool(
             settings.asyncpg_dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection,
+            init=init_connection,
             command_timeout=30,
         )
         return pool

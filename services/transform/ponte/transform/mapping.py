@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlmodel import SQLModel
 
 from ponte.shared.crm import BOOKKEEPING_COLUMNS, ENTITIES
 from ponte.transform.parsers import PARSERS
@@ -137,6 +138,9 @@ class Mapping(BaseModel):
                 _check_column(f"{where} parent", table.parent.column, columns)
                 if table.parent.entity not in ENTITIES:
                     raise ValueError(f"{where} parent: unknown entity {table.parent.entity!r}")
+                _check_foreign_key(
+                    f"{where} parent", table.entity, table.parent.column, table.parent.entity
+                )
                 order = list(ENTITIES)
                 if order.index(table.parent.entity) >= order.index(table.entity):
                     raise ValueError(
@@ -154,6 +158,9 @@ class Mapping(BaseModel):
                 _check_column(field_where, spec.column, columns)
                 if spec.reference is not None and spec.reference not in ENTITIES:
                     raise ValueError(f"{field_where}: unknown entity {spec.reference!r}")
+                target = "code" if spec.is_code else spec.reference
+                if target is not None:
+                    _check_foreign_key(field_where, table.entity, spec.column, target)
         return self
 
     def table(self, name: str) -> TableMapping | None:
@@ -171,6 +178,18 @@ def _check_column(where: str, column: str, columns: set[str]) -> None:
     if column not in columns:
         raise ValueError(
             f"{where}: column {column!r} is not in the entity (known: {', '.join(sorted(columns))})"
+        )
+
+
+def _check_foreign_key(where: str, entity: str, column: str, target: str) -> None:
+    """A reference column must be a foreign key to the referenced entity's table."""
+    table = SQLModel.metadata.tables[str(ENTITIES[entity].__tablename__)]
+    targets = {key.column.table.name for key in table.c[column].foreign_keys}
+    wanted = str(ENTITIES[target].__tablename__)
+    if wanted not in targets:
+        raise ValueError(
+            f"{where}: column {column!r} does not refer to {target!r} "
+            f"(it refers to {', '.join(sorted(targets)) or 'nothing'})"
         )
 
 

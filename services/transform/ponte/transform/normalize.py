@@ -156,6 +156,7 @@ class _Normalizer:
         self.mapping = mapping
         self.source_id = source_id
         self.rows: list[NormalizedRow] = []
+        self.keys: set[tuple[str, str]] = set()
         self.unmapped: set[tuple[str, str]] = set()
 
     def reject(self, code: str, reason: str, path: str | None) -> RecordRejected:
@@ -181,6 +182,11 @@ class _Normalizer:
         own_key = self._key(table, data, path)
         parent_key = self._parent(table, data, row, path, parent)
         row.source_key = own_key if parent_key is None else f"{parent_key}/{own_key}"
+        if (row.entity, row.source_key) in self.keys:
+            raise self.reject(
+                "duplicate_key", f"two rows of {table_name!r} have the key {row.source_key!r}", path
+            )
+        self.keys.add((row.entity, row.source_key))
         self.rows.append(row)
         if key_only:
             return row.source_key

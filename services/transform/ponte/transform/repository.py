@@ -142,7 +142,7 @@ class BatchApplier:
         existing = await self._fetch_existing(table, keys)
         upserts: list[tuple[_Pending, asyncpg.Record | None]] = []
         deletes: list[tuple[_Pending, asyncpg.Record | None]] = []
-        for item in pending:
+        for item in self._newest_per_row(pending):
             if item.record.identity in self.stale:
                 continue
             stored = existing.get((item.record.source_id, item.row.source_key))
@@ -161,6 +161,24 @@ class BatchApplier:
             await self._upsert(entity, table, upserts)
         if deletes:
             await self._tombstone(entity, table, deletes)
+
+    def _newest_per_row(self, pending: list[_Pending]) -> list[_Pending]:
+        """Two records of one batch can write the same row (an order carrying its items,
+        and an item sent on its own): only the newest version is written. A record whose
+        root loses here is stale as a whole."""
+        newest: dict[RowKey, _Pending] = {}
+        for item in pending:
+            if item.record.identity in self.stale:
+                continue
+            key = (item.record.source_id, item.row.source_key)
+            current = newest.get(key)
+            if current is None or item.record.version.newer_than(current.record.version):
+                if current is not None and current.row.depth == 0:
+                    self.stale.add(current.record.identity)
+                newest[key] = item
+            elif item.row.depth == 0:
+                self.stale.add(item.record.identity)
+        return list(newest.values())
 
     async def _fetch_existing(
         self, table: sa.Table, keys: list[RowKey]
@@ -181,8 +199,12 @@ class BatchApplier:
     async def _upsert(
         self, entity: str, table: sa.Table, items: list[tuple[_Pending, asyncpg.Record | None]]
     ) -> None:
+        # A reference to a row this very statement writes (a code's parent code, a
+        # spouse) cannot be resolved before it; it is parked and resolved at batch end.
+        being_written = {(entity, item.record.source_id, item.row.source_key) for item, _ in items}
         resolved = await self._resolve_references(
-            [(item.record.source_id, ref) for item, _ in items for ref in item.row.references]
+            [(item.record.source_id, ref) for item, _ in items for ref in item.row.references],
+            being_written,
         )
         inserts: list[dict[str, Any]] = []
         updates: list[tuple[dict[str, Any], asyncpg.Record]] = []
@@ -284,7 +306,9 @@ class BatchApplier:
     # --- references -------------------------------------------------------------------
 
     async def _resolve_references(
-        self, references: list[tuple[str, Reference]]
+        self,
+        references: list[tuple[str, Reference]],
+        being_written: set[tuple[str, str, str]],
     ) -> dict[tuple[str, str, str], int]:
         """Ids of referenced rows: from this batch, from the database, or a new stub."""
         found: dict[tuple[str, str, str], int] = {}
@@ -308,7 +332,9 @@ class BatchApplier:
             stubs = [
                 (key, ref)
                 for key, ref in refs.items()
-                if ref.on_missing == "stub" and (entity, *key) not in found
+                if ref.on_missing == "stub"
+                and (entity, *key) not in found
+                and (entity, *key) not in being_written
             ]
             for row in await self._insert_stubs(entity, table, stubs):
                 found[(entity, row["source_id"], row["source_key"])] = row["id"]
@@ -498,6 +524,12 @@ class BatchApplier:
                         dict(row),
                     )
                 )
+        # A deleted row waits for nothing.
+        await self.connection.execute(
+            "DELETE FROM parked_references WHERE entity = $1 AND row_id = ANY($2::int4[])",
+            entity,
+            [row["id"] for row in written],
+        )
         parent_ids = [row["id"] for row in written]
         for child_entity, column in CHILDREN.get(entity, ()):
             await self._tombstone_children(
@@ -543,6 +575,11 @@ class BatchApplier:
             self.now,
             version.at if version else None,
             version.event_id if version else None,
+        )
+        await self.connection.execute(
+            "DELETE FROM parked_references WHERE entity = $1 AND row_id = ANY($2::int4[])",
+            entity,
+            [row["id"] for row in rows],
         )
         for row in rows:
             self.result.changes.append(

@@ -283,4 +283,7 @@ def shop_records(event: RawEvent) -> list[ShopRecord]:
     adapter = ADAPTERS[event.source_kind]
     deleted = event.operation is Operation.DELETE
     records = adapter(resource_of(event.source_kind, event.topic), event.payload, deleted)
-    return [record for record in records if record.table is not None]
+    unique: dict[tuple[str, Any], ShopRecord] = {}
+    for record in records:  # an order can name the same company twice (customer, billing)
+        unique.setdefault((record.table, record.row.get("key", record.row.get("id"))), record)
+    return list(unique.values())

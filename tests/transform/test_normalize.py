@@ -1,0 +1,249 @@
+"""The normaliser: nested rows to flat typed rows with stable keys (pure)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ponte.transform.mapping import default_mapping, load_mapping
+from ponte.transform.normalize import RecordRejected, normalize_record
+from tests.transform.conftest import raw_event
+
+ERP = default_mapping("erp")
+
+
+def norm(table: str, row: dict[str, Any], **kwargs: Any) -> Any:
+    return normalize_record(raw_event(table, row, source_id="erp", **kwargs), ERP)
+
+
+DEEP_MAPPING = """
+kind: erp
+tables:
+  Empresa: {entity: company, key: [codigo], fields: {codigo: code}}
+  Contatos:
+    entity: contact
+    key: [codigo]
+    parent: {entity: company, column: company_id}
+    fields: {nome: name}
+  Pedidos:
+    entity: order
+    key: [codigo]
+    parent: {entity: contact, column: contact_id}
+    fields: {total: {column: total, type: decimal}}
+  Itens:
+    entity: order_item
+    key: [seq]
+    parent: {entity: order, column: order_id}
+    fields: {preco: {column: unit_price, type: decimal}}
+"""
+
+DEEP_ROW = {
+    "codigo": "E1",
+    "Contatos": [
+        {
+            "codigo": "C1",
+            "nome": "Ana",
+            "Pedidos": [
+                {
+                    "codigo": "P1",
+                    "total": "3,00",
+                    "Itens": [{"seq": 1, "preco": "1,00"}, {"seq": 2, "preco": "2,00"}],
+                }
+            ],
+        }
+    ],
+}
+
+
+def deep_mapping(tmp_path: Path) -> Any:
+    path = tmp_path / "deep.yaml"
+    path.write_text(DEEP_MAPPING)
+    return load_mapping(path)
+
+
+def test_children_nest_three_levels_deep_with_parent_keys(tmp_path: Path) -> None:
+    record = normalize_record(
+        raw_event("Empresa", DEEP_ROW, source_id="erp"), deep_mapping(tmp_path)
+    )
+    assert [(r.entity, r.source_key, r.depth) for r in record.rows] == [
+        ("company", "E1", 0),
+        ("contact", "E1/C1", 1),
+        ("order", "E1/C1/P1", 2),
+        ("order_item", "E1/C1/P1/1", 3),
+        ("order_item", "E1/C1/P1/2", 3),
+    ]
+    item_parent = record.rows[3].references[0]
+    assert (item_parent.column, item_parent.target_key) == ("order_id", "E1/C1/P1")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        (
+            "kind: erp\ntables:\n  E: {entity: contact, key: [c], parent: {entity: order, "
+            "column: company_id}}",
+            "does not refer to 'order'",
+        ),
+        (
+            "kind: erp\ntables:\n  E: {entity: company, key: [c], parent: {entity: order, "
+            "column: company_id}}",
+            "not in the entity",
+        ),
+        (
+            "kind: erp\ntables:\n  P: {entity: order, key: [c], fields: {x: {reference: contact, "
+            "column: company_id}}}",
+            "does not refer to 'contact'",
+        ),
+        ("kind: erp\ntables:\n  P: {entity: order, key: [c], fields: {x: nope}}", "'nope'"),
+        ("kind: erp\ntables:\n  P: {entity: pedido, key: [c]}", "unknown entity"),
+        (
+            "kind: erp\ntables:\n  P: {entity: order, key: [c], fields: {x: {column: total, "
+            "type: money}}}",
+            "type",
+        ),
+    ],
+)
+def test_invalid_mappings_are_refused_naming_the_table_and_field(
+    tmp_path: Path, yaml_text: str, message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError, match=message):
+        load_mapping(path)
+
+
+def test_nested_children_any_form() -> None:
+    record = norm(
+        "Nota",
+        {
+            "numero": "N1",
+            "Itens nota": [
+                {"seq": 1, "produto": "P1", "quantidade": "1", "preco": "1,5"},
+                {"seq": 2, "produto": "P2", "quantidade": "2", "preco": "2,5"},
+            ],
+        },
+    )
+    assert [r.source_key for r in record.rows] == ["N1", "N1/1", "N1/2"]
+    assert record.rows[2].values["unit_price"] == Decimal("2.5")
+    assert record.root.child_sets[0].keys == {"N1/1", "N1/2"}
+    parent_ref = record.rows[1].references[0]
+    assert (parent_ref.column, parent_ref.target_entity, parent_ref.target_key) == (
+        "invoice_id",
+        "invoice",
+        "N1",
+    )
+
+
+def test_depth_cap_rejects_instead_of_recursing() -> None:
+    row: dict[str, Any] = {"codigo": "X"}
+    inner = row
+    for level in range(12):
+        child: dict[str, Any] = {"seq": level}
+        inner["Itens pedido"] = {"table": "Itens pedido", "rows": [child]}
+        inner = child
+    with pytest.raises(RecordRejected):
+        norm("Pedido", row)
+
+
+def test_standalone_child_event_references_its_parent_by_key() -> None:
+    record = norm("Itens pedido", {"pedido": "PED-1", "seq": 3, "preco": "1,00"})
+    assert record.root.source_key == "PED-1/3"
+    assert record.root.references[0].target_key == "PED-1"
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "code"),
+    [
+        ({"codigo": "E1", "cnpj": "11.222.333/0001-82"}, "Empresa.cnpj", "invalid_value"),
+        ({"codigo": "E1", "ativo": "talvez"}, "Empresa.ativo", "invalid_value"),
+        ({"cnpj": "11222333000181"}, "Empresa.codigo", "missing_key"),
+        (
+            {"codigo": "E1", "segmento": {"$code": {"tabela": "SEG"}}},
+            "Empresa.segmento",
+            "invalid_value",
+        ),
+    ],
+)
+def test_rejections_name_the_field(row: dict[str, Any], field: str, code: str) -> None:
+    with pytest.raises(RecordRejected) as caught:
+        norm("Empresa", row)
+    assert caught.value.field == field and caught.value.code == code
+    assert field in caught.value.reason or code == "missing_key"
+
+
+def test_bad_child_value_rejects_the_record_with_the_child_path() -> None:
+    with pytest.raises(RecordRejected) as caught:
+        norm("Pedido", {"codigo": "P", "Itens pedido": [{"seq": 1, "preco": "dois"}]})
+    assert caught.value.field == "Pedido.Itens pedido[0].preco"
+
+
+def test_unknown_fields_are_kept_and_reported() -> None:
+    record = norm("Empresa", {"codigo": "E1", "cor": "azul", "Filiais": [{"x": 1}]})
+    assert record.root.extra == {"cor": "azul", "Filiais": [{"x": 1}]}
+    assert record.unmapped == {("Empresa", "cor"), ("Filiais", "*")}
+
+
+def test_unknown_table_is_rejected_and_reported() -> None:
+    with pytest.raises(RecordRejected) as caught:
+        norm("Estoque", {"codigo": "1"})
+    assert caught.value.code == "unknown_table" and caught.value.unmapped == {("Estoque", "*")}
+
+
+def test_code_objects_and_plain_codes() -> None:
+    record = norm("Empresa", {"codigo": "E1", "segmento": "IND", "vendedor": "", "cnpj": ""})
+    code_ref = next(r for r in record.root.references if r.column == "segment_id")
+    assert code_ref.target_key == "SEGMENTO:IND" and code_ref.on_missing == "stub"
+    assert record.root.values["salesperson_id"] is None  # blank reference clears it
+    assert record.root.values["document"] is None
+    # Columns the row does not carry are emptied: the newest version is the whole row.
+    assert record.root.values["legal_name"] is None
+
+
+def test_delete_needs_only_the_key() -> None:
+    record = norm("Pedido", {"codigo": "PED-1"}, operation="delete")
+    assert [r.source_key for r in record.rows] == ["PED-1"] and record.root.values == {}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    table=st.sampled_from([*ERP.tables, "Desconhecida"]),
+    row=st.dictionaries(
+        st.sampled_from(
+            [
+                "codigo",
+                "seq",
+                "pedido",
+                "tabela",
+                "chave",
+                "cnpj",
+                "total",
+                "emissao",
+                "Itens pedido",
+                "empresa",
+                "x",
+            ]
+        ),
+        json_values,
+        max_size=6,
+    ),
+)
+def test_any_row_is_normalised_or_rejected_with_a_reason(table: str, row: dict[str, Any]) -> None:
+    try:
+        record = norm(table, row)
+    except RecordRejected as rejection:
+        assert rejection.code and rejection.reason
+    else:
+        assert record.rows and all(r.source_key for r in record.rows)

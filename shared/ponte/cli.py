@@ -40,9 +40,7 @@ Port = Annotated[int | None, typer.Option(help="Port to listen on (PONTE_HTTP_PO
 
 
 def _serve(service: str, host: str | None, port: int | None) -> None:
-    import uvicorn
-
-    from ponte.shared.http import server_config
+    from ponte.shared.http import PonteServer, server_config
 
     settings = Settings()
     configure_logging(settings.log_level)
@@ -53,7 +51,7 @@ def _serve(service: str, host: str | None, port: int | None) -> None:
     config = server_config(
         create_app(settings), host=host or settings.http_host, port=port or settings.http_port
     )
-    uvicorn.Server(config).run()
+    PonteServer(config).run()
 
 
 @app.command()

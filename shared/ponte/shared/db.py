@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import date, datetime, time
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 
@@ -46,15 +48,32 @@ def migrate(settings: Settings, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)
 
 
+def _json_default(value: Any) -> Any:
+    """Decimals, dates and times (row values) as text inside JSONB."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value, ensure_ascii=False, default=_json_default).encode()
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
 async def init_connection(connection: asyncpg.Connection) -> None:
-    # JSONB columns in and out as Python objects. Binary format (a version byte, then the
-    # text) so that binary COPY, which the history writer uses, can encode them too.
+    """JSONB in and out as Python objects, in the binary format (a version byte, then the
+    text) so that binary COPY, which the history writer uses, can encode them too."""
     await connection.set_type_codec(
         "jsonb",
         schema="pg_catalog",
         format="binary",
-        encoder=lambda value: b"\x01" + json.dumps(value, ensure_ascii=False).encode(),
-        decoder=lambda data: json.loads(data[1:]),
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
     )
 
 

@@ -25,13 +25,20 @@ references to entities that do not exist, are errors naming the table and field.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlmodel import SQLModel
 
 from ponte.shared.crm import BOOKKEEPING_COLUMNS, ENTITIES
@@ -102,7 +109,19 @@ class TableMapping(BaseModel):
     code_table: CodeTableFields | None = None
     """Set for the generic code table: its rows become ``codes``."""
 
-    def columns(self) -> set[str]:
+    @field_validator("fields", mode="after")
+    @classmethod
+    def _expand_short_form(
+        cls, fields: dict[str, str | FieldMapping]
+    ) -> dict[str, str | FieldMapping]:
+        """``razao_social: legal_name`` is ``{column: legal_name}``; expanded once here."""
+        return {
+            name: FieldMapping(column=spec) if isinstance(spec, str) else spec
+            for name, spec in fields.items()
+        }
+
+    @cached_property
+    def columns(self) -> frozenset[str]:
         """Every column this table writes (its fields, and its parent link)."""
         written = {
             spec.column
@@ -111,13 +130,11 @@ class TableMapping(BaseModel):
         }
         if self.parent is not None:
             written.add(self.parent.column)
-        return written
+        return frozenset(written)
 
     def field(self, name: str) -> FieldMapping | None:
         spec = self.fields.get(name)
-        if isinstance(spec, str):
-            return FieldMapping(column=spec)
-        return spec
+        return FieldMapping(column=spec) if isinstance(spec, str) else spec
 
 
 class Mapping(BaseModel):

@@ -16,7 +16,6 @@ not know are kept in ``extra`` and reported, never silently dropped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
 from datetime import datetime
@@ -198,7 +197,7 @@ class _Normalizer:
         # The newest version is the whole row: a mapped column it does not carry is empty,
         # so the result does not depend on the order versions arrive in.
         referenced = {reference.column for reference in row.references}
-        for column in table.columns():
+        for column in table.columns:
             if column not in referenced:
                 row.values.setdefault(column, None)
         return row.source_key
@@ -421,8 +420,3 @@ def normalize_record(
     return NormalizedRecord(
         event.source_id, event.event_id, event.operation, version, walker.rows, walker.unmapped
     )
-
-
-def json_safe(value: Any) -> Any:
-    """Values for JSONB (extra, change events): dates and decimals as strings."""
-    return json.loads(json.dumps(value, default=str))

@@ -34,7 +34,7 @@ from ponte.shared.metrics import (
 )
 from ponte.shared.settings import Settings
 from ponte.transform.decode import Decoded, Decoder
-from ponte.transform.normalize import RecordRejected, json_safe
+from ponte.transform.normalize import RecordRejected
 from ponte.transform.outbox import add_messages
 from ponte.transform.repository import BatchApplier, ChangeEvent
 
@@ -186,7 +186,7 @@ class BatchProcessor:
                 "at": change.version.at.isoformat() if change.version.at else None,
                 "event_id": change.version.event_id,
             },
-            "row": json_safe(change.row),
+            "row": change.row,
         }
         headers = {
             "ponte-entity": change.entity,
@@ -203,7 +203,7 @@ class BatchProcessor:
         event = item.decoded.event
         message = item.message
         value: dict[str, Any] = {
-            "event": json_safe(event.model_dump(mode="json")) if event else None,
+            "event": event.model_dump(mode="json") if event else None,
             "raw": None if event else (message.value or b"").decode("utf-8", "replace"),
             "error": {"code": rejection.code, "reason": rejection.reason, "field": rejection.field},
         }
@@ -240,7 +240,7 @@ async def _record_rejections(
                 rejection.field,
                 f"{rejection.code}: {rejection.reason}",
                 now,
-                json_safe(event.payload) if event else {},
+                event.payload if event else {},
             )
         )
     await connection.executemany(

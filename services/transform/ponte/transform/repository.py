@@ -530,52 +530,53 @@ class BatchApplier:
             entity,
             [row["id"] for row in written],
         )
-        parent_ids = [row["id"] for row in written]
+        # Deleting a parent deletes its children (none kept).
         for child_entity, column in CHILDREN.get(entity, ()):
-            await self._tombstone_children(
-                child_entity, column, parent_ids, keep=None, version=None
-            )
+            await self._tombstone_children(child_entity, column, [(row, set()) for row in written])
 
     async def _replace_children(
         self,
         items: list[tuple[_Pending, asyncpg.Record | None]],
         by_key: dict[RowKey, asyncpg.Record],
     ) -> None:
+        """Tombstone the children the new parent versions no longer carry: one statement
+        per child table for the whole batch."""
+        groups: dict[tuple[str, str], list[tuple[asyncpg.Record, set[str]]]] = defaultdict(list)
         for item, _ in items:
-            parent_id = by_key[(item.record.source_id, item.row.source_key)]["id"]
+            parent = by_key[(item.record.source_id, item.row.source_key)]
             for child_set in item.row.child_sets:
-                await self._tombstone_children(
-                    child_set.entity,
-                    child_set.parent_column,
-                    [parent_id],
-                    keep=child_set.keys,
-                    version=item.record.version,
-                )
+                groups[(child_set.entity, child_set.parent_column)].append((parent, child_set.keys))
+        for (entity, column), parents in groups.items():
+            await self._tombstone_children(entity, column, parents)
 
     async def _tombstone_children(
-        self,
-        entity: str,
-        column: str,
-        parent_ids: list[int],
-        *,
-        keep: set[str] | None,
-        version: Version | None,
+        self, entity: str, column: str, parents: list[tuple[asyncpg.Record, set[str]]]
     ) -> None:
-        if not parent_ids:
+        """Tombstone the children of ``parents`` whose keys are not kept, with the parent's
+        version, so an older version of a child sent on its own cannot bring it back."""
+        if not parents:
             return
         table = table_of(entity)
+        kept = [(parent["id"], key) for parent, keys in parents for key in keys]
         rows = await self.connection.fetch(
-            f"UPDATE {table.name} SET deleted_at = $3, updated_at = $3, "  # noqa: S608
-            "version_at = COALESCE($4, version_at), "
-            "version_event_id = COALESCE($5, version_event_id) "
-            f"WHERE {column} = ANY($1::int4[]) AND deleted_at IS NULL "
-            "AND NOT (source_key = ANY($2::text[])) RETURNING *",
-            parent_ids,
-            sorted(keep or ()),
+            f"UPDATE {table.name} AS t SET deleted_at = $6, updated_at = $6, "  # noqa: S608
+            "version_at = p.version_at, version_event_id = p.version_event_id "
+            "FROM unnest($1::int4[], $2::timestamptz[], $3::text[]) "
+            "AS p(id, version_at, version_event_id) "
+            f"WHERE t.{column} = p.id AND t.deleted_at IS NULL AND NOT EXISTS ("
+            "SELECT 1 FROM unnest($4::int4[], $5::text[]) AS k(parent_id, key) "
+            f"WHERE k.parent_id = t.{column} AND k.key = t.source_key) RETURNING t.*",
+            [parent["id"] for parent, _ in parents],
+            [parent["version_at"] for parent, _ in parents],
+            [parent["version_event_id"] for parent, _ in parents],
+            [parent_id for parent_id, _ in kept],
+            [key for _, key in kept],
             self.now,
-            version.at if version else None,
-            version.event_id if version else None,
         )
+        await self._forget_tombstoned(entity, rows)
+
+    async def _forget_tombstoned(self, entity: str, rows: list[asyncpg.Record]) -> None:
+        """Change events for rows just tombstoned; a deleted row waits for nothing."""
         await self.connection.execute(
             "DELETE FROM parked_references WHERE entity = $1 AND row_id = ANY($2::int4[])",
             entity,

@@ -1,0 +1,137 @@
+"""Kill -9 the transform process mid-run, restart it: nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from ponte.shared import kafka
+from ponte.shared.embedded import free_port
+from ponte.shared.settings import Settings
+from tests.conftest import unique_topic
+from tests.transform.conftest import raw_event
+
+pytestmark = pytest.mark.integration
+ORDERS = 2000
+
+
+def start_transform(settings: Settings) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PONTE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PONTE_DATABASE_URL": settings.database_url,
+        "PONTE_KAFKA_IDEMPOTENCE": "false",
+        "PONTE_KAFKA_REPLICATION_FACTOR": "1",
+        "PONTE_RAW_TOPIC": settings.raw_topic,
+        "PONTE_CHANGES_TOPIC": settings.changes_topic,
+        "PONTE_TRANSFORM_DEAD_LETTER_TOPIC": settings.transform_dead_letter_topic,
+        "PONTE_TRANSFORM_GROUP_ID": settings.transform_group_id,
+        "PONTE_TRANSFORM_BATCH_SIZE": "100",
+        "PONTE_HTTP_PORT": str(free_port()),
+        "PONTE_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "ponte.cli", "transform"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return base_settings.model_copy(
+        update={
+            "raw_topic": unique_topic(),
+            "changes_topic": unique_topic("ponte.changes"),
+            "transform_dead_letter_topic": unique_topic("ponte.dlq"),
+            "transform_group_id": unique_topic("transform"),
+        }
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def wait_for(pool: asyncpg.Pool, source_id: str, at_least: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    count = 0
+    while time.monotonic() < deadline:
+        count = await pool.fetchval("SELECT count(*) FROM orders WHERE source_id = $1", source_id)
+        if count >= at_least:
+            return int(count)
+        await asyncio.sleep(0.02)
+    return int(count)
+
+
+async def test_kill_mid_run_and_restart(
+    settings: Settings, pool: asyncpg.Pool, source_id: str, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    await kafka.ensure_topics(settings)
+    producer: AIOKafkaProducer = kafka.create_producer(settings)
+    await producer.start()
+    try:
+        for number in range(ORDERS):
+            # Every order twice: an older version (total 1) and the newest (total = number).
+            for minute, total in ((1, "1,00"), (2, f"{number},00")):
+                event = raw_event(
+                    "Pedido",
+                    {
+                        "codigo": f"P{number}",
+                        "total": total,
+                        "Itens pedido": [{"seq": 1}, {"seq": 2}],
+                    },
+                    source_id=source_id,
+                    minute=minute,
+                )
+                await producer.send(
+                    settings.raw_topic, event.model_dump_json().encode(), key=event.partition_key
+                )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    print("produced", time.monotonic())
+    first = start_transform(settings)
+    processes.append(first)
+    seen = await wait_for(pool, source_id, ORDERS // 10, timeout_s=60)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert 0 < seen < ORDERS, f"the kill was not mid-run ({seen} orders)"
+
+    print("killed", seen, time.monotonic())
+    second = start_transform(settings)
+    processes.append(second)
+    assert await wait_for(pool, source_id, ORDERS, timeout_s=120) == ORDERS
+    print("done", time.monotonic())
+    await asyncio.sleep(1)  # anything in flight after the last order
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0, second.stderr.read().decode() if second.stderr else ""
+
+    totals = await pool.fetch(
+        "SELECT source_key, total FROM orders WHERE source_id = $1", source_id
+    )
+    assert len(totals) == ORDERS
+    assert all(row["total"] == Decimal(row["source_key"][1:]) for row in totals)
+    items = await pool.fetchval(
+        "SELECT count(*) FROM order_items WHERE source_id = $1 AND deleted_at IS NULL", source_id
+    )
+    assert items == 2 * ORDERS
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0

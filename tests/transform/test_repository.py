@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -184,3 +185,21 @@ async def test_code_table_hierarchy(pool: asyncpg.Pool, source_id: str) -> None:
     pr = await row(pool, "codes", source_id, "UF:PR")
     cwb = await row(pool, "codes", source_id, "CIDADE:CWB")
     assert cwb["parent_id"] == pr["id"] and pr["description"] == "Paraná"
+
+
+async def test_three_levels_deep_land_linked(
+    pool: asyncpg.Pool, source_id: str, tmp_path: Path
+) -> None:
+    from tests.transform.test_normalize import DEEP_ROW, deep_mapping
+
+    record = normalize_record(
+        raw_event("Empresa", DEEP_ROW, source_id=source_id), deep_mapping(tmp_path)
+    )
+    async with pool.acquire() as connection, connection.transaction():
+        await BatchApplier(connection).apply([record])
+    company = await row(pool, "companies", source_id, "E1")
+    contact = await row(pool, "contacts", source_id, "E1/C1")
+    order_row = await row(pool, "orders", source_id, "E1/C1/P1")
+    item = await row(pool, "order_items", source_id, "E1/C1/P1/2")
+    assert contact["company_id"] == company["id"] and order_row["contact_id"] == contact["id"]
+    assert item["order_id"] == order_row["id"] and item["unit_price"] == Decimal("2.00")

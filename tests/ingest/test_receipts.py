@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -55,3 +56,16 @@ async def test_database_down_means_unchecked_not_refused() -> None:
     finally:
         await pool.close()
     assert result.claim is Claim.UNCHECKED
+
+
+async def test_concurrent_claims_share_round_trips_and_one_wins(pool: asyncpg.Pool) -> None:
+    receipts = Receipts(pool, pending_timeout_s=30)
+    keys = [f"delivery-{uuid.uuid4().hex}" for _ in range(50)]
+    same = f"delivery-{uuid.uuid4().hex}"
+    results = await asyncio.gather(
+        *(receipts.claim("rc", key, f"evt_{n}") for n, key in enumerate(keys)),
+        *(receipts.claim("rc", same, "evt_same") for _ in range(5)),
+    )
+    assert [r.claim for r in results[:50]] == [Claim.NEW] * 50
+    same_claims = sorted(r.claim for r in results[50:])
+    assert same_claims == sorted([Claim.NEW] + [Claim.IN_FLIGHT] * 4)

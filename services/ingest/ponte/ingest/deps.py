@@ -1,4 +1,7 @@
-"""Dependencies the routes declare by type, so signatures read like the domain."""
+"""Dependencies the routes declare by type, so signatures read like the domain.
+
+Async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
+thread hop per request for a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -12,22 +15,22 @@ from ponte.ingest.publisher import EventPublisher
 from ponte.ingest.registry import SourceRegistry
 
 
-def get_intake(request: Request) -> Intake:
+async def get_intake(request: Request) -> Intake:
     intake: Intake = request.app.state.intake
     return intake
 
 
-def get_publisher(request: Request) -> EventPublisher:
+async def get_publisher(request: Request) -> EventPublisher:
     publisher: EventPublisher = request.app.state.publisher
     return publisher
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 
 
-def get_registry(request: Request) -> SourceRegistry:
+async def get_registry(request: Request) -> SourceRegistry:
     registry: SourceRegistry = request.app.state.registry
     return registry
 

@@ -24,6 +24,8 @@ from enum import StrEnum
 
 import asyncpg
 
+from ponte.ingest.group_commit import GroupCommit
+
 log = logging.getLogger(__name__)
 
 
@@ -45,79 +47,118 @@ class ClaimResult:
 
 
 _CLAIM = """
-INSERT INTO ingest_receipts AS r (source_id, dedup_key, event_id, state, claimed_at)
-VALUES ($1, $2, $3, 'pending', $4)
-ON CONFLICT (source_id, dedup_key) DO UPDATE
-    SET claimed_at = EXCLUDED.claimed_at
-    WHERE r.state = 'pending' AND r.claimed_at < $5
-RETURNING true
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS i(source_id, dedup_key, event_id)
+), claimed AS (
+    INSERT INTO ingest_receipts AS r (source_id, dedup_key, event_id, state, claimed_at)
+    SELECT source_id, dedup_key, event_id, 'pending', $4 FROM input
+    ON CONFLICT (source_id, dedup_key) DO UPDATE
+        SET claimed_at = EXCLUDED.claimed_at
+        WHERE r.state = 'pending' AND r.claimed_at < $5
+    RETURNING r.source_id, r.dedup_key
+)
+SELECT i.source_id, i.dedup_key, c.dedup_key IS NOT NULL AS won, r.event_id, r.state
+FROM input i
+LEFT JOIN claimed c ON c.source_id = i.source_id AND c.dedup_key = i.dedup_key
+LEFT JOIN ingest_receipts r ON r.source_id = i.source_id AND r.dedup_key = i.dedup_key
 """
+# A stale pending claim (its owner crashed before the broker's ack) is taken over. A row
+# another transaction inserted after this statement's snapshot is not visible to the final
+# SELECT: it reads as "in flight", which asks the sender to retry: safe.
+
+_ACCEPT = """
+UPDATE ingest_receipts AS r SET state = 'accepted', accepted_at = $3
+FROM unnest($1::text[], $2::text[]) AS i(source_id, dedup_key)
+WHERE r.source_id = i.source_id AND r.dedup_key = i.dedup_key
+"""
+
+_RELEASE = """
+DELETE FROM ingest_receipts AS r
+USING unnest($1::text[], $2::text[]) AS i(source_id, dedup_key)
+WHERE r.source_id = i.source_id AND r.dedup_key = i.dedup_key AND r.state = 'pending'
+"""
+
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+Key = tuple[str, str]
 
 
 class Receipts:
-    """The ``ingest_receipts`` table, with a short timeout: the hot path never waits long."""
+    """The ``ingest_receipts`` table, written by group commit with a short timeout: the hot
+    path never waits long, and concurrent requests share round trips."""
 
     def __init__(self, pool: asyncpg.Pool, *, pending_timeout_s: float, timeout_s: float = 1.0):
         self._pool = pool
         self._pending_timeout = timedelta(seconds=pending_timeout_s)
         self._timeout_s = timeout_s
+        self._claims: GroupCommit[tuple[str, str, str], ClaimResult] = GroupCommit(self._claim)
+        self._accepts: GroupCommit[Key, None] = GroupCommit(self._accept)
+        self._releases: GroupCommit[Key, None] = GroupCommit(self._release)
 
     async def claim(self, source_id: str, dedup_key: str, event_id: str) -> ClaimResult:
-        now = datetime.now(UTC)
         try:
-            async with self._pool.acquire(timeout=self._timeout_s) as connection:
-                # A stale pending claim (its owner crashed before the ack) is taken over.
-                won = await connection.fetchval(
-                    _CLAIM,
-                    source_id,
-                    dedup_key,
-                    event_id,
-                    now,
-                    now - self._pending_timeout,
-                    timeout=self._timeout_s,
-                )
-                if won:
-                    return ClaimResult(Claim.NEW, event_id)
-                row = await connection.fetchrow(
-                    "SELECT event_id, state FROM ingest_receipts "
-                    "WHERE source_id = $1 AND dedup_key = $2",
-                    source_id,
-                    dedup_key,
-                    timeout=self._timeout_s,
-                )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            return await self._claims.submit((source_id, dedup_key, event_id))
+        except _DB_ERRORS as error:
             log.warning("dedup check unavailable", extra={"error": type(error).__name__})
             return ClaimResult(Claim.UNCHECKED, event_id)
-        if row is None:  # deleted between the two statements by retention: treat as new
-            return ClaimResult(Claim.UNCHECKED, event_id)
-        state = Claim.DUPLICATE if row["state"] == "accepted" else Claim.IN_FLIGHT
-        return ClaimResult(state, row["event_id"])
 
     async def accept(self, source_id: str, dedup_key: str) -> None:
         """Mark the delivery accepted after the broker's ack. A failure here only means a
         later re-delivery is produced again (after the pending timeout) and dropped by the
         transform, so it is logged, not raised."""
         try:
-            await self._pool.execute(
-                "UPDATE ingest_receipts SET state = 'accepted', accepted_at = $3 "
-                "WHERE source_id = $1 AND dedup_key = $2",
-                source_id,
-                dedup_key,
-                datetime.now(UTC),
-                timeout=self._timeout_s,
-            )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            await self._accepts.submit((source_id, dedup_key))
+        except _DB_ERRORS as error:
             log.warning("could not mark delivery accepted", extra={"error": type(error).__name__})
 
     async def release(self, source_id: str, dedup_key: str) -> None:
         """Give up a claim whose produce failed, so the sender's retry is accepted."""
         try:
-            await self._pool.execute(
-                "DELETE FROM ingest_receipts WHERE source_id = $1 AND dedup_key = $2 "
-                "AND state = 'pending'",
-                source_id,
-                dedup_key,
+            await self._releases.submit((source_id, dedup_key))
+        except _DB_ERRORS as error:
+            log.warning("could not release claim", extra={"error": type(error).__name__})
+
+    async def _claim(self, items: list[tuple[str, str, str]]) -> list[ClaimResult]:
+        # Two requests for one delivery in the same batch: the first one claims, the
+        # others are "in flight" (one statement cannot claim a row twice).
+        first: dict[Key, int] = {}
+        for index, (source_id, dedup_key, _) in enumerate(items):
+            first.setdefault((source_id, dedup_key), index)
+        unique = [items[index] for index in first.values()]
+        now = datetime.now(UTC)
+        async with self._pool.acquire(timeout=self._timeout_s) as connection:
+            rows = await connection.fetch(
+                _CLAIM,
+                [i[0] for i in unique],
+                [i[1] for i in unique],
+                [i[2] for i in unique],
+                now,
+                now - self._pending_timeout,
                 timeout=self._timeout_s,
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            log.warning("could not release claim", extra={"error": type(error).__name__})
+        outcome = {(row["source_id"], row["dedup_key"]): row for row in rows}
+        results = []
+        for index, (source_id, dedup_key, event_id) in enumerate(items):
+            row = outcome.get((source_id, dedup_key))
+            if first[(source_id, dedup_key)] != index or row is None:
+                results.append(ClaimResult(Claim.IN_FLIGHT, event_id))
+            elif row["won"]:
+                results.append(ClaimResult(Claim.NEW, event_id))
+            elif row["state"] == "accepted":
+                results.append(ClaimResult(Claim.DUPLICATE, row["event_id"]))
+            else:
+                results.append(ClaimResult(Claim.IN_FLIGHT, row["event_id"] or event_id))
+        return results
+
+    async def _accept(self, keys: list[Key]) -> list[None]:
+        await self._execute(_ACCEPT, keys, datetime.now(UTC))
+        return [None] * len(keys)
+
+    async def _release(self, keys: list[Key]) -> list[None]:
+        await self._execute(_RELEASE, keys)
+        return [None] * len(keys)
+
+    async def _execute(self, sql: str, keys: list[Key], *extra: object) -> None:
+        async with self._pool.acquire(timeout=self._timeout_s) as connection:
+            await connection.execute(
+                sql, [k[0] for k in keys], [k[1] for k in keys], *extra, timeout=self._timeout_s
+            )

@@ -10,12 +10,12 @@ from fastapi import Depends, Request
 from ponte.transform.consumer import TransformConsumer
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 
 
-def get_consumer(request: Request) -> TransformConsumer:
+async def get_consumer(request: Request) -> TransformConsumer:
     consumer: TransformConsumer = request.app.state.consumer
     return consumer
 

@@ -289,7 +289,8 @@ class OutboxMessage(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True))
     topic: str
     key: str
-    value: dict[str, Any] = Field(sa_type=pg.JSONB, sa_column_kwargs={"nullable": False})
+    value: bytes = Field(sa_type=sa.LargeBinary, sa_column_kwargs={"nullable": False})
+    """The Kafka message value exactly as it will be sent (JSON, encoded once)."""
     headers: dict[str, str] = Field(
         default_factory=dict, sa_type=pg.JSONB, sa_column_kwargs={"nullable": False}
     )

@@ -7,7 +7,6 @@ binary COPY for batches). The schema is owned by Alembic; ``migrate`` is what
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -16,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import asyncpg.pool
+import orjson
 from alembic import command
 from alembic.config import Config
 from tenacity import (
@@ -58,11 +58,11 @@ def _json_default(value: Any) -> Any:
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    return b"\x01" + json.dumps(value, ensure_ascii=False, default=_json_default).encode()
+    return b"\x01" + orjson.dumps(value, default=_json_default)
 
 
 def _decode_jsonb(data: bytes) -> Any:
-    return json.loads(data[1:])
+    return orjson.loads(data[1:])
 
 
 async def init_connection(connection: asyncpg.Connection) -> None:

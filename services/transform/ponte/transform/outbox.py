@@ -12,12 +12,13 @@ publishes in id order, so one key's changes keep their order.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from ponte.shared.db import DbConnection
@@ -29,19 +30,32 @@ RELAY_LOCK = 0x706F6E7465  # "ponte": the advisory lock id of the outbox relay
 RELAY_BATCH = 1000
 
 
-async def add_messages(
-    connection: DbConnection, messages: list[tuple[str, str, dict[str, Any], dict[str, str]]]
-) -> None:
+OutboxEntry = tuple[str, str, dict[str, Any], dict[str, str]]
+"""(topic, key, value, headers)"""
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    """JSON once, in C: decimals and times as text (orjson writes times as RFC 3339)."""
+    return orjson.dumps(value, default=_text)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+async def add_messages(connection: DbConnection, messages: list[OutboxEntry]) -> None:
     """Queue (topic, key, value, headers) for publication, inside the caller's transaction."""
     if not messages:
         return
     now = datetime.now(UTC)
     await connection.execute(
         "INSERT INTO outbox (topic, key, value, headers, created_at) "
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])",
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[], $5::timestamptz[])",
         [m[0] for m in messages],
         [m[1] for m in messages],
-        [m[2] for m in messages],
+        [encode(m[2]) for m in messages],
         [m[3] for m in messages],
         [now] * len(messages),
     )
@@ -71,7 +85,7 @@ class OutboxRelay:
                         await self._producer.send(
                             row["topic"],
                             key=row["key"].encode(),
-                            value=json.dumps(row["value"], ensure_ascii=False).encode(),
+                            value=row["value"],
                             headers=[
                                 (name, value.encode()) for name, value in row["headers"].items()
                             ],

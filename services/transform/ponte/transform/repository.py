@@ -26,6 +26,7 @@ outbox in the same transaction.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,9 @@ from ponte.transform.normalize import NormalizedRecord, NormalizedRow, Reference
 
 RowKey = tuple[str, str]
 """(source_id, source_key)"""
+
+_KEY_COLUMNS = "id, source_id, source_key"
+_T_KEY_COLUMNS = "t.id, t.source_id, t.source_key"
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
@@ -230,14 +234,30 @@ class BatchApplier:
                 inserts.append(values)
             else:
                 updates.append((values, stored))
-        written = await self._insert_rows(table, inserts)
-        written += await self._update_rows(table, updates)
-        by_key = {(row["source_id"], row["source_key"]): row for row in written}
+        # Only ids come back: the rows are what was just written (over the stored row for
+        # an update), which spares decoding every column PostgreSQL would echo.
+        ids = {
+            (r["source_id"], r["source_key"]): r["id"]
+            for r in await self._insert_rows(table, inserts, returning=_KEY_COLUMNS)
+        }
+        ids.update(
+            {
+                (r["source_id"], r["source_key"]): r["id"]
+                for r in await self._update_rows(table, updates, returning=_T_KEY_COLUMNS)
+            }
+        )
+        by_key: dict[RowKey, dict[str, Any]] = {}
+        for values in inserts:
+            by_key[(values["source_id"], values["source_key"])] = values
+        for values, stored in updates:
+            by_key[(values["source_id"], values["source_key"])] = {**dict(stored), **values}
         for item, stored in items:
-            row = by_key[(item.record.source_id, item.row.source_key)]
+            key = (item.record.source_id, item.row.source_key)
+            row = by_key[key]
+            row["id"] = ids[key]
             self._remember(entity, row["source_id"], row["source_key"], row["id"])
             if stored is None:
-                self.arrived[entity].add((row["source_id"], row["source_key"]))
+                self.arrived[entity].add(key)
             changed = _changed_columns(row, stored)
             if changed:
                 self.result.changes.append(
@@ -249,7 +269,7 @@ class BatchApplier:
                         "upsert",
                         item.record.version,
                         changed,
-                        dict(row),
+                        row,
                     )
                 )
         await self._park(
@@ -260,7 +280,7 @@ class BatchApplier:
         await self._replace_children(items, by_key)
 
     async def _insert_rows(
-        self, table: sa.Table, rows: list[dict[str, Any]]
+        self, table: sa.Table, rows: list[dict[str, Any]], returning: str = "*"
     ) -> list[asyncpg.Record]:
         if not rows:
             return []
@@ -272,12 +292,15 @@ class BatchApplier:
         names = ", ".join(columns)
         return await self.connection.fetch(
             f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({casts}) "  # noqa: S608
-            "RETURNING *",
+            f"RETURNING {returning}",
             *arrays,
         )
 
     async def _update_rows(
-        self, table: sa.Table, rows: list[tuple[dict[str, Any], asyncpg.Record]]
+        self,
+        table: sa.Table,
+        rows: list[tuple[dict[str, Any], asyncpg.Record]],
+        returning: str = "t.*",
     ) -> list[asyncpg.Record]:
         # Rows from different source tables may write different columns: one statement per
         # column set.
@@ -298,7 +321,7 @@ class BatchApplier:
             names = ", ".join(("id", *columns))
             written += await self.connection.fetch(
                 f"UPDATE {table.name} AS t SET {assignments} FROM unnest({casts}) "  # noqa: S608
-                f"AS u({names}) WHERE t.id = u.id RETURNING t.*",
+                f"AS u({names}) WHERE t.id = u.id RETURNING {returning}",
                 *arrays,
             )
         return written
@@ -532,16 +555,18 @@ class BatchApplier:
         )
         # Deleting a parent deletes its children (none kept).
         for child_entity, column in CHILDREN.get(entity, ()):
-            await self._tombstone_children(child_entity, column, [(row, set()) for row in written])
+            await self._tombstone_children(
+                child_entity, column, [(dict(row), set()) for row in written]
+            )
 
     async def _replace_children(
         self,
         items: list[tuple[_Pending, asyncpg.Record | None]],
-        by_key: dict[RowKey, asyncpg.Record],
+        by_key: Mapping[RowKey, Mapping[str, Any]],
     ) -> None:
         """Tombstone the children the new parent versions no longer carry: one statement
         per child table for the whole batch."""
-        groups: dict[tuple[str, str], list[tuple[asyncpg.Record, set[str]]]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[tuple[Mapping[str, Any], set[str]]]] = defaultdict(list)
         for item, _ in items:
             parent = by_key[(item.record.source_id, item.row.source_key)]
             for child_set in item.row.child_sets:
@@ -550,7 +575,7 @@ class BatchApplier:
             await self._tombstone_children(entity, column, parents)
 
     async def _tombstone_children(
-        self, entity: str, column: str, parents: list[tuple[asyncpg.Record, set[str]]]
+        self, entity: str, column: str, parents: Sequence[tuple[Mapping[str, Any], set[str]]]
     ) -> None:
         """Tombstone the children of ``parents`` whose keys are not kept, with the parent's
         version, so an older version of a child sent on its own cannot bring it back."""
@@ -616,7 +641,9 @@ _NOT_CONTENT = frozenset(
 )
 
 
-def _changed_columns(row: asyncpg.Record, stored: asyncpg.Record | None) -> list[str]:
+def _changed_columns(
+    row: Mapping[str, Any] | asyncpg.Record, stored: Mapping[str, Any] | asyncpg.Record | None
+) -> list[str]:
     """Columns whose value differs from what was stored (the filled ones, for a new row)."""
     if stored is None:
         return sorted(

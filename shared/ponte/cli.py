@@ -3,13 +3,14 @@
     ponte dev        everything on this machine, on embedded defaults
     ponte ingest     the webhook service (production: env vars point at Kafka/PostgreSQL)
     ponte transform  raw events into the CRM model in PostgreSQL, change events out
+    ponte deliver    change events out to CRM APIs (rate limits, retries, dead letters)
+    ponte replay     re-deliver dead letters after a fix (--dry-run by default)
     ponte migrate    bring the database schema up to date
     ponte topics     create the Kafka topics Ponte uses
     ponte sources    validate a sources file and store it in PostgreSQL
     ponte sign       print a signed curl for a test delivery to an ERP source
 
-The deliver service is not built yet (issue #5): there is no ``ponte deliver`` command
-until it exists.
+``ponte deliver`` covers HubSpot so far (issue #5 lists the other connectors).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import json
 import secrets
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -46,8 +48,10 @@ def _serve(service: str, host: str | None, port: int | None) -> None:
     configure_logging(settings.log_level)
     if service == "ingest":
         from ponte.ingest.app import create_app
-    else:
+    elif service == "transform":
         from ponte.transform.app import create_app
+    else:
+        from ponte.deliver.app import create_app
     config = server_config(
         create_app(settings), host=host or settings.http_host, port=port or settings.http_port
     )
@@ -67,6 +71,52 @@ def transform(host: Host = None, port: Port = None) -> None:
     Serves /healthz, /readyz, /metrics, /parked-references, /rejections and
     /unmapped-fields on the given port."""
     _serve("transform", host, port)
+
+
+@app.command()
+def deliver(host: Host = None, port: Port = None) -> None:
+    """Run the deliver service: change events out to the CRM targets (PONTE_TARGETS_FILE).
+
+    Serves /healthz, /readyz, /metrics and /deliveries on the given port."""
+    _serve("deliver", host, port)
+
+
+@app.command()
+def replay(
+    target: Annotated[str | None, typer.Option(help="Only this target's dead letters.")] = None,
+    entity: Annotated[
+        str | None, typer.Option(help="Only this entity (company, order...).")
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Only this source.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Failed at or after (ISO 8601).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Failed at or before (ISO 8601).")] = None,
+    ids: Annotated[list[str] | None, typer.Option("--id", help="External id (repeatable).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run/--send", help="Print what would be replayed (default).")
+    ] = True,
+) -> None:
+    """Re-deliver dead-lettered changes after a fix (idempotent: delivered versions are
+    skipped). Prints what is (or would be) replayed."""
+    from ponte.deliver.replay import replay as run_replay
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    replayed = asyncio.run(
+        run_replay(
+            settings,
+            target_id=target,
+            entity=entity,
+            source_id=source,
+            since=since,
+            until=until,
+            external_ids=set(ids) if ids else None,
+            dry_run=dry_run,
+        )
+    )
+    for item in replayed:
+        typer.echo(f"{item.target}\t{item.external_id}\t{item.failed_at}\t{item.reason}")
+    verb = "would replay" if dry_run else "replayed"
+    typer.echo(f"{verb} {len(replayed)} change(s)", err=True)
 
 
 @app.command()

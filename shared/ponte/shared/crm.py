@@ -330,3 +330,22 @@ CHILDREN: dict[str, tuple[tuple[str, str], ...]] = {
     "invoice": (("invoice_item", "invoice_id"),),
 }
 """Entities whose rows belong to a parent row: deleting the parent deletes them."""
+
+
+# Where each row stands with each CRM target: the CRM's own id (for later updates and
+# deletes) and the last version delivered, or why it failed.
+class Delivery(SQLModel, table=True):
+    __tablename__ = "deliveries"
+    target_id: str = Field(primary_key=True)
+    entity: str = Field(primary_key=True)
+    source_id: str = Field(primary_key=True)
+    source_key: str = Field(primary_key=True)
+    row_id: int | None = None
+    crm_id: str | None = None
+    state: str
+    """delivered or failed."""
+    version_at: datetime | None = Field(default=None, sa_type=_AWARE)
+    version_event_id: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    updated_at: datetime = Field(sa_type=_AWARE)

@@ -39,6 +39,7 @@ def topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             settings.transform_dead_letter_topic, 1, settings.dead_letter_retention_days * day
         ),
+        TopicSpec(settings.deliver_dead_letter_topic, 1, settings.dead_letter_retention_days * day),
     ]
 
 

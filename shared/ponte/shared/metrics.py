@@ -108,3 +108,9 @@ TRANSFORM_LAST_APPLIED = Gauge(
 TRANSFORM_OUTBOX_PUBLISHED = Counter(
     "ponte_transform_outbox_published_total", "Outbox messages published to Kafka."
 )
+
+DELIVER_OUTCOMES = Counter(
+    "ponte_deliver_records_total",
+    "Change records by target and outcome (delivered, dead_letter, skipped, unreadable).",
+    ["target", "outcome"],
+)

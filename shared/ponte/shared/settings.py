@@ -77,6 +77,18 @@ class Settings(BaseSettings):
     parked_sweep_interval_s: float = 30.0
     """How often every parked reference is re-checked against rows other replicas wrote."""
 
+    # --- deliver --------------------------------------------------------------------------
+    targets_file: Path | None = None
+    """YAML file of CRM targets (see targets.example.yaml)."""
+    deliver_group_id: str = "ponte-deliver"
+    deliver_dead_letter_topic: str = "ponte.deliver.deadletter"
+    """Changes a CRM refused or that kept failing, with the reason in headers."""
+    deliver_max_attempts: int = 8
+    deliver_max_age_s: float = 600.0
+    """A change still failing after this long goes to the dead-letter topic."""
+    deliver_timeout_s: float = 30.0
+    """Timeout of one CRM call."""
+
     # --- request history ------------------------------------------------------------------
     history_retention_days: int = 30
     history_flush_interval_s: float = 0.2

@@ -1,0 +1,150 @@
+"""The deliver service: the changes consumer, one connector per target, probes, metrics
+and the delivery state per record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from ponte.deliver.connectors.base import Connector
+from ponte.deliver.connectors.hubspot import HubSpotConnector
+from ponte.deliver.consumer import DeliverConsumer
+from ponte.deliver.engine import Deliverer
+from ponte.deliver.ratelimit import TokenBucket
+from ponte.deliver.targets import Target, load_targets
+from ponte.shared import db, kafka
+from ponte.shared.settings import Settings
+
+router = APIRouter()
+
+
+def build_connectors(
+    targets: list[Target], settings: Settings
+) -> tuple[dict[str, tuple[Target, Connector]], list[httpx.AsyncClient]]:
+    connectors: dict[str, tuple[Target, Connector]] = {}
+    clients = []
+    for target in targets:
+        client = httpx.AsyncClient(base_url=target.base_url, timeout=settings.deliver_timeout_s)
+        clients.append(client)
+        bucket = TokenBucket(target.rate_limit.requests, target.rate_limit.per_seconds)
+        connectors[target.id] = (
+            target,
+            HubSpotConnector(client, bucket, id_property=target.id_property, token=target.token),
+        )
+    return connectors, clients
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    targets = load_targets(settings.targets_file) if settings.targets_file else []
+    pool = await db.create_pool(settings, wait_s=60)
+    producer = kafka.create_producer(settings)
+    await producer.start()
+    connectors, clients = build_connectors(targets, settings)
+    consumer = DeliverConsumer(settings, Deliverer(settings, pool, producer, connectors))
+    app.state.pool, app.state.consumer = pool, consumer
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 60)
+        for client in clients:
+            await client.aclose()
+        await producer.stop()
+        await pool.close()
+
+
+async def get_pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+
+
+class DeliveryState(BaseModel):
+    target_id: str
+    entity: str
+    source_id: str
+    source_key: str
+    row_id: int | None
+    crm_id: str | None
+    state: str
+    version_at: datetime | None
+    version_event_id: str | None
+    attempts: int
+    last_error: str | None
+    updated_at: datetime
+
+
+@router.get("/deliveries", tags=["deliver"], summary="Delivery state per record and target")
+async def deliveries(
+    pool: PoolDep,
+    target_id: str | None = None,
+    state: str | None = None,
+    source_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    where = (
+        "WHERE ($1::text IS NULL OR target_id = $1) AND ($2::text IS NULL OR state = $2) "
+        "AND ($3::text IS NULL OR source_id = $3)"
+    )
+    count = await pool.fetchval(
+        f"SELECT count(*) FROM deliveries {where}",  # noqa: S608
+        target_id,
+        state,
+        source_id,
+    )
+    rows = await pool.fetch(
+        f"SELECT * FROM deliveries {where} ORDER BY updated_at DESC "  # noqa: S608
+        "LIMIT $4",
+        target_id,
+        state,
+        source_id,
+        limit,
+    )
+    return {"count": count, "items": [DeliveryState(**dict(row)) for row in rows]}
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"])
+async def readyz(request: Request, pool: PoolDep) -> JSONResponse:
+    checks = {"consumer": request.app.state.consumer.running, "database": await db.ping(pool)}
+    ready = all(checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["health"], response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="Ponte deliver",
+        version="0.1.0",
+        lifespan=lifespan,
+        summary="Committed CRM changes out to CRM APIs; what was delivered, what failed.",
+    )
+    app.state.settings = settings
+    app.include_router(router)
+    return app

@@ -1,0 +1,86 @@
+"""Change events as the deliver service reads them, and which of them a target needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ponte.deliver.targets import Target
+
+
+@dataclass
+class Change:
+    entity: str
+    source_id: str
+    source_key: str
+    row_id: int
+    operation: str
+    version_at: datetime | None
+    version_event_id: str | None
+    row: dict[str, Any]
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def external_id(self) -> str:
+        """Ponte's id of the record in every CRM: stable across re-deliveries."""
+        return f"{self.source_id}/{self.entity}/{self.source_key}"
+
+    def version_key(self) -> tuple[float, str]:
+        return (
+            self.version_at.timestamp() if self.version_at else float("-inf"),
+            self.version_event_id or "",
+        )
+
+
+def parse_change(value: bytes | None, topic: str, partition: int, offset: int) -> Change | None:
+    """A change event, or None for a message that is not one (counted by the caller)."""
+    try:
+        data = orjson.loads(value or b"")
+        version = data.get("version") or {}
+        at = version.get("at")
+        return Change(
+            entity=data["entity"],
+            source_id=data["source_id"],
+            source_key=data["source_key"],
+            row_id=int(data["row_id"]),
+            operation=data["operation"],
+            version_at=datetime.fromisoformat(at) if at else None,
+            version_event_id=version.get("event_id"),
+            row=data.get("row") or {},
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def latest_per_record(target: Target, changes: list[Change]) -> list[Change]:
+    """The changes this target wants, only the newest of each record.
+
+    Why order holds: change events are keyed by entity/source/key, so one record's changes
+    sit in one partition in commit order and reach one consumer in that order. Within a
+    batch only the newest version is sent (older ones are superseded); batches are
+    delivered one after another, and a version older than the one already delivered is
+    skipped, so the CRM never goes back in time, even on replay.
+    """
+    newest: dict[tuple[str, str, str], Change] = {}
+    for change in changes:
+        if not target.wants(change.source_id, change.entity):
+            continue
+        key = (change.entity, change.source_id, change.source_key)
+        current = newest.get(key)
+        if current is None or change.version_key() >= current.version_key():
+            newest[key] = change
+    return list(newest.values())
+
+
+def properties_for(target: Target, change: Change) -> dict[str, Any]:
+    """The target's properties from the row's columns (text for times and decimals)."""
+    mapping = target.objects[change.entity].properties
+    return {prop: change.row.get(column) for column, prop in mapping.items()}

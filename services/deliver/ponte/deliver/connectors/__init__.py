@@ -1,0 +1,1 @@
+"""Connectors: one per CRM API, all behind ``Connector``."""

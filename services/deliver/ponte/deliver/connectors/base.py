@@ -1,0 +1,57 @@
+"""What every CRM connector offers, and how it reports failure.
+
+Connectors raise ``RetryableError`` for what may work later (429, 5xx, timeouts, a
+connection refused) and ``TerminalError`` for what will not (any other 4xx: retrying a
+validation error forever is how today's integrations clog). Per-record failures inside a
+batch (HubSpot's 207) are returned, not raised, so the records that worked are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Outgoing:
+    """One record to write: Ponte's external id and the target's properties."""
+
+    external_id: str
+    properties: dict[str, Any]
+
+
+@dataclass
+class BatchOutcome:
+    delivered: dict[str, str] = field(default_factory=dict)
+    """external id -> the CRM's own id."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """external id -> why the CRM refused that record."""
+
+
+class DeliveryError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        excerpt: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.excerpt = excerpt[:500]
+        self.retry_after = retry_after
+
+
+class RetryableError(DeliveryError):
+    """May work later: 429, 5xx, timeout, connection error."""
+
+
+class TerminalError(DeliveryError):
+    """Will not work as sent: any other 4xx."""
+
+
+class Connector(Protocol):
+    async def upsert_batch(self, object_type: str, records: list[Outgoing]) -> BatchOutcome: ...
+
+    async def delete_batch(self, object_type: str, crm_ids: list[str]) -> None: ...

@@ -1,0 +1,334 @@
+"""Delivering one batch of change events to every target that wants them.
+
+For each target: keep the newest change per record, drop what was already delivered in
+that version or a newer one (so replays are no-ops), send the rest in chunks of the API's
+batch size, at most ``concurrency`` calls at once, each call through the target's token
+bucket. A call that fails in a way that may pass (429, 5xx, timeout, connection) is
+retried with exponential backoff and jitter, never sooner than the server's Retry-After;
+after ``deliver_max_attempts`` or ``deliver_max_age_s`` its records go to the dead-letter
+topic, as do records the CRM refuses (4xx, or a 207 error for that record) at once.
+Every outcome is recorded in ``deliveries`` (state, the CRM's id, version, attempts,
+reason). The caller commits offsets only after ``deliver`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+)
+
+from ponte.deliver.changes import Change, latest_per_record, properties_for
+from ponte.deliver.connectors.base import (
+    BatchOutcome,
+    Connector,
+    DeliveryError,
+    Outgoing,
+    RetryableError,
+    TerminalError,
+)
+from ponte.deliver.targets import Target
+from ponte.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Failure:
+    change: Change
+    reason: str
+    status: int | None = None
+    excerpt: str = ""
+    attempts: int = 1
+    first_attempt: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_attempt: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class TargetResult:
+    delivered: list[tuple[Change, str | None]] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    skipped: int = 0
+
+
+def _wait(state: RetryCallState) -> float:
+    """Exponential backoff with full jitter, but never sooner than Retry-After."""
+    backoff = random.uniform(0, min(30.0, 0.5 * 2**state.attempt_number))  # noqa: S311
+    error = state.outcome.exception() if state.outcome else None
+    floor = error.retry_after if isinstance(error, DeliveryError) and error.retry_after else 0.0
+    return max(backoff, floor)
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        connectors: dict[str, tuple[Target, Connector]],
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._producer = producer
+        self._connectors = connectors
+        self._limits = {
+            target_id: asyncio.Semaphore(target.concurrency)
+            for target_id, (target, _) in connectors.items()
+        }
+
+    async def deliver(self, changes: list[Change]) -> dict[str, TargetResult]:
+        results = await asyncio.gather(
+            *(
+                self._deliver_to(target, connector, changes)
+                for target, connector in self._connectors.values()
+            )
+        )
+        outcome = dict(zip(self._connectors, results, strict=True))
+        await self._dead_letter(outcome)
+        await self._record(outcome)
+        return outcome
+
+    async def _deliver_to(
+        self, target: Target, connector: Connector, changes: list[Change]
+    ) -> TargetResult:
+        wanted = latest_per_record(target, changes)
+        known = await self._known(target, wanted)
+        result = TargetResult()
+        chunks: dict[tuple[str, str], list[tuple[Change, str | None]]] = defaultdict(list)
+        for change in wanted:
+            state = known.get((change.entity, change.source_id, change.source_key))
+            if (
+                state is not None
+                and state["state"] == "delivered"
+                and _stored_version(state) >= change.version_key()
+            ):
+                result.skipped += 1
+                continue
+            crm_id = state["crm_id"] if state is not None else None
+            if change.operation == "delete" and crm_id is None:
+                result.delivered.append((change, None))  # never reached the CRM
+                continue
+            chunks[(change.entity, change.operation)].append((change, crm_id))
+        calls = [
+            self._send(target, connector, entity, operation, items[i : i + target.batch_size])
+            for (entity, operation), items in chunks.items()
+            for i in range(0, len(items), target.batch_size)
+        ]
+        for delivered, failed in await asyncio.gather(*calls):
+            result.delivered += delivered
+            result.failed += failed
+        return result
+
+    async def _send(
+        self,
+        target: Target,
+        connector: Connector,
+        entity: str,
+        operation: str,
+        items: list[tuple[Change, str | None]],
+    ) -> tuple[list[tuple[Change, str | None]], list[Failure]]:
+        object_type = target.objects[entity].object_type
+        first = datetime.now(UTC)
+        attempts = 0
+
+        async def call() -> BatchOutcome:
+            nonlocal attempts
+            attempts += 1
+            async with self._limits[target.id]:
+                if operation == "delete":
+                    await connector.delete_batch(object_type, [crm for _, crm in items if crm])
+                    return BatchOutcome(delivered={c.external_id: crm or "" for c, crm in items})
+                return await connector.upsert_batch(
+                    object_type,
+                    [
+                        Outgoing(change.external_id, properties_for(target, change))
+                        for change, _ in items
+                    ],
+                )
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(RetryableError),
+                stop=stop_after_attempt(self._settings.deliver_max_attempts)
+                | stop_after_delay(self._settings.deliver_max_age_s),
+                wait=_wait,
+                reraise=True,
+            ):
+                with attempt:
+                    outcome = await call()
+        except (RetryableError, TerminalError) as error:
+            kind = "gave up after retries" if isinstance(error, RetryableError) else "refused"
+            log.warning(
+                "delivery failed",
+                extra={
+                    "target": target.id,
+                    "entity": entity,
+                    "records": len(items),
+                    "status": error.status,
+                    "attempts": attempts,
+                },
+            )
+            now = datetime.now(UTC)
+            return [], [
+                Failure(
+                    change, f"{kind}: {error}", error.status, error.excerpt, attempts, first, now
+                )
+                for change, _ in items
+            ]
+        delivered: list[tuple[Change, str | None]] = [
+            (change, outcome.delivered[change.external_id])
+            for change, _ in items
+            if change.external_id in outcome.delivered
+        ]
+        failed = [
+            Failure(
+                change,
+                f"refused: {outcome.failed[change.external_id]}",
+                207,
+                outcome.failed[change.external_id],
+                attempts,
+                first,
+            )
+            for change, _ in items
+            if change.external_id in outcome.failed
+        ]
+        return delivered, failed
+
+    async def _known(
+        self, target: Target, changes: list[Change]
+    ) -> dict[tuple[str, str, str], asyncpg.Record]:
+        if not changes:
+            return {}
+        rows = await self._pool.fetch(
+            "SELECT * FROM deliveries WHERE target_id = $1 AND (entity, source_id, source_key) "
+            "IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))",
+            target.id,
+            [c.entity for c in changes],
+            [c.source_id for c in changes],
+            [c.source_key for c in changes],
+        )
+        return {(r["entity"], r["source_id"], r["source_key"]): r for r in rows}
+
+    async def _dead_letter(self, outcome: dict[str, TargetResult]) -> None:
+        """Failed records to the dead-letter topic, acknowledged before offsets move."""
+        sends = []
+        for target_id, result in outcome.items():
+            for failure in result.failed:
+                change = failure.change
+                value = orjson.dumps(
+                    {
+                        "target": target_id,
+                        "change": {
+                            "entity": change.entity,
+                            "source_id": change.source_id,
+                            "source_key": change.source_key,
+                            "row_id": change.row_id,
+                            "operation": change.operation,
+                            "row": change.row,
+                            "version": {
+                                "at": change.version_at.isoformat() if change.version_at else None,
+                                "event_id": change.version_event_id,
+                            },
+                        },
+                    }
+                )
+                headers = {
+                    "ponte-target": target_id,
+                    "ponte-dlq-reason": failure.reason[:500],
+                    "ponte-dlq-status": str(failure.status or ""),
+                    "ponte-dlq-response": failure.excerpt[:500],
+                    "ponte-dlq-attempts": str(failure.attempts),
+                    "ponte-dlq-first-attempt": failure.first_attempt.isoformat(),
+                    "ponte-dlq-last-attempt": failure.last_attempt.isoformat(),
+                    "ponte-original-topic": change.topic,
+                    "ponte-original-partition": str(change.partition),
+                    "ponte-original-offset": str(change.offset),
+                    "ponte-entity": change.entity,
+                    "ponte-source": change.source_id,
+                }
+                sends.append(
+                    await self._producer.send(
+                        self._settings.deliver_dead_letter_topic,
+                        value=value,
+                        key=change.external_id.encode(),
+                        headers=[(k, v.encode()) for k, v in headers.items()],
+                    )
+                )
+        if sends:
+            await asyncio.gather(*sends)
+
+    async def _record(self, outcome: dict[str, TargetResult]) -> None:
+        now = datetime.now(UTC)
+        rows: list[tuple[Any, ...]] = []
+        for target_id, result in outcome.items():
+            for change, crm_id in result.delivered:
+                rows.append(
+                    (
+                        target_id,
+                        change.entity,
+                        change.source_id,
+                        change.source_key,
+                        change.row_id,
+                        crm_id,
+                        "delivered",
+                        change.version_at,
+                        change.version_event_id,
+                        1,
+                        None,
+                        now,
+                    )
+                )
+            for failure in result.failed:
+                change = failure.change
+                rows.append(
+                    (
+                        target_id,
+                        change.entity,
+                        change.source_id,
+                        change.source_key,
+                        change.row_id,
+                        None,
+                        "failed",
+                        change.version_at,
+                        change.version_event_id,
+                        failure.attempts,
+                        failure.reason,
+                        now,
+                    )
+                )
+        if not rows:
+            return
+        # A failure never erases the CRM id or the version already delivered.
+        await self._pool.executemany(
+            "INSERT INTO deliveries AS d (target_id, entity, source_id, source_key, row_id, "
+            "crm_id, state, version_at, version_event_id, attempts, last_error, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+            "ON CONFLICT (target_id, entity, source_id, source_key) DO UPDATE SET "
+            "row_id = EXCLUDED.row_id, crm_id = COALESCE(EXCLUDED.crm_id, d.crm_id), "
+            "state = EXCLUDED.state, attempts = EXCLUDED.attempts, "
+            "last_error = EXCLUDED.last_error, updated_at = EXCLUDED.updated_at, "
+            "version_at = CASE WHEN EXCLUDED.state = 'delivered' THEN EXCLUDED.version_at "
+            "ELSE d.version_at END, "
+            "version_event_id = CASE WHEN EXCLUDED.state = 'delivered' "
+            "THEN EXCLUDED.version_event_id ELSE d.version_event_id END",
+            rows,
+        )
+
+
+def _stored_version(row: asyncpg.Record) -> tuple[float, str]:
+    at = row["version_at"]
+    return (at.timestamp() if at else float("-inf"), row["version_event_id"] or "")

@@ -1,0 +1,104 @@
+"""CRM targets: where committed changes go, declared in YAML.
+
+```yaml
+targets:
+  - id: hubspot-main
+    kind: hubspot
+    base_url: https://api.hubapi.com
+    token: ${HUBSPOT_TOKEN}          # from the environment / a Kubernetes Secret
+    sources: [erp-matriz]            # empty: every source
+    rate_limit: {requests: 100, per_seconds: 10}   # HubSpot's documented limit by tier
+    concurrency: 4
+    objects:
+      company: {object_type: companies, properties: {legal_name: name, document: cnpj}}
+```
+
+Each ``objects`` entry maps a CRM-model entity to the target's object type and a column to
+property map; ``id_property`` is the target's unique property holding Ponte's external id
+(``<source>/<entity>/<key>``), so an upsert by it never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ponte.shared.crm import ENTITIES
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: int = Field(gt=0)
+    per_seconds: float = Field(gt=0)
+
+
+class ObjectMapping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    object_type: str
+    properties: dict[str, str] = Field(default_factory=dict)
+    """CRM-model column -> target property."""
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    kind: Literal["hubspot"]
+    base_url: str
+    token: str = Field(repr=False)
+    sources: list[str] = Field(default_factory=list)
+    id_property: str = "ponte_id"
+    rate_limit: RateLimit = RateLimit(requests=100, per_seconds=10)
+    concurrency: int = Field(default=4, gt=0)
+    batch_size: int = Field(default=100, gt=0, le=100)
+    objects: dict[str, ObjectMapping]
+
+    @field_validator("objects")
+    @classmethod
+    def _known_entities(cls, objects: dict[str, ObjectMapping]) -> dict[str, ObjectMapping]:
+        for entity, mapping in objects.items():
+            if entity not in ENTITIES:
+                raise ValueError(f"objects: unknown entity {entity!r}")
+            columns = set(ENTITIES[entity].model_fields)
+            for column in mapping.properties:
+                if column not in columns:
+                    raise ValueError(f"objects.{entity}: {column!r} is not a column of {entity}")
+        return objects
+
+    def wants(self, source_id: str, entity: str) -> bool:
+        return entity in self.objects and (not self.sources or source_id in self.sources)
+
+
+def _expand(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(1) not in os.environ:
+                raise ValueError(f"{where}: environment variable {match.group(1)} is not set")
+            return os.environ[match.group(1)]
+
+        return _ENV_REFERENCE.sub(replace, value)
+    if isinstance(value, list):
+        return [_expand(item, where) for item in value]
+    if isinstance(value, dict):
+        return {key: _expand(item, f"{where}.{key}") for key, item in value.items()}
+    return value
+
+
+def load_targets(path: Path) -> list[Target]:
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = document.get("targets", []) if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a top-level 'targets:' list")
+    return [
+        Target.model_validate(_expand(entry, f"targets[{i}]")) for i, entry in enumerate(entries)
+    ]

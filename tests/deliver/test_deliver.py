@@ -1,0 +1,217 @@
+"""Deliver against a local HubSpot stand-in over real HTTP, the real broker and PostgreSQL:
+exactly what arrived, in order, with rate limits, retries, dead letters and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaProducer
+
+from ponte.deliver.app import build_connectors
+from ponte.deliver.consumer import DeliverConsumer
+from ponte.deliver.engine import Deliverer
+from ponte.deliver.replay import replay
+from ponte.deliver.targets import Target
+from ponte.shared import kafka
+from ponte.shared.embedded import free_port
+from ponte.shared.http import server_config
+from ponte.shared.settings import Settings
+from tests.conftest import read_topic, unique_topic
+from tests.stand_ins.hubspot import HubSpotState, create_stand_in
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def hubspot() -> AsyncIterator[tuple[HubSpotState, str]]:
+    state = HubSpotState(limit=20, interval_s=1.0)
+    port = free_port()
+    server = uvicorn.Server(server_config(create_stand_in(state), host="127.0.0.1", port=port))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield state, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return base_settings.model_copy(
+        update={
+            "changes_topic": unique_topic("ponte.changes"),
+            "deliver_dead_letter_topic": unique_topic("ponte.deliver.dlq"),
+            "deliver_group_id": unique_topic("deliver"),
+            "deliver_max_attempts": 4,
+            "deliver_max_age_s": 20.0,
+        }
+    )
+
+
+def change(source_id: str, key: str, minute: int, **row: Any) -> dict[str, Any]:
+    return {
+        "entity": "company",
+        "source_id": source_id,
+        "source_key": key,
+        "row_id": 1,
+        "operation": "upsert",
+        "changed": list(row),
+        "version": {"at": f"2024-11-14T15:{minute:02d}:00+00:00", "event_id": f"e{minute}"},
+        "row": {"legal_name": None, "document": None, **row},
+    }
+
+
+async def produce(settings: Settings, changes: list[dict[str, Any]]) -> None:
+    await kafka.ensure_topics(settings)
+    producer: AIOKafkaProducer = kafka.create_producer(settings)
+    await producer.start()
+    try:
+        for value in changes:
+            key = f"{value['entity']}/{value['source_id']}/{value['source_key']}"
+            await producer.send(settings.changes_topic, orjson.dumps(value), key=key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def run_deliver(
+    settings: Settings, pool: asyncpg.Pool, target: Target, done: Any, timeout_s: float = 30.0
+) -> None:
+    producer = kafka.create_producer(settings)
+    await producer.start()
+    connectors, clients = build_connectors([target], settings)
+    consumer = DeliverConsumer(settings, Deliverer(settings, pool, producer, connectors))
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not await done():
+            assert asyncio.get_running_loop().time() < deadline, "deliver did not finish"
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+        for client in clients:
+            await client.aclose()
+        await producer.stop()
+
+
+def target_for(url: str, source_id: str) -> Target:
+    return Target(
+        id=f"hs-{source_id}",
+        kind="hubspot",
+        base_url=url,
+        token="pat-test",
+        sources=[source_id],
+        rate_limit={"requests": 20, "per_seconds": 1.0},
+        objects={
+            "company": {
+                "object_type": "companies",
+                "properties": {"legal_name": "name", "document": "cnpj"},
+            }
+        },
+    )
+
+
+async def delivered_count(pool: asyncpg.Pool, target: Target, state: str = "delivered") -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM deliveries WHERE target_id = $1 AND state = $2", target.id, state
+        )
+    )
+
+
+async def test_latest_versions_arrive_once_through_rate_limits_and_5xx(
+    settings: Settings, pool: asyncpg.Pool, hubspot: tuple[HubSpotState, str]
+) -> None:
+    state, url = hubspot
+    source_id = f"d-{uuid.uuid4().hex[:8]}"
+    target = target_for(url, source_id).model_copy(update={"batch_size": 5})
+    changes = [
+        change(source_id, f"E{n}", minute, legal_name=f"Acme {n} v{minute}")
+        for n in range(150)
+        for minute in (1, 2)
+    ]
+    state.fail_next = [503, 503, 500]  # a short 5xx storm
+    await produce(settings, changes)
+
+    async def done() -> bool:
+        return await delivered_count(pool, target) == 150
+
+    await run_deliver(settings, pool, target, done, timeout_s=60)
+
+    companies = state.objects["companies"]
+    assert len(companies) == 150  # no record lost, none duplicated (upsert by ponte_id)
+    for n in range(150):
+        assert companies[f"{source_id}/company/E{n}"]["properties"]["name"] == f"Acme {n} v2"
+    # Per record, the CRM never went back in time.
+    last: dict[str, str] = {}
+    for _, external, properties in state.writes:
+        assert properties["name"] >= last.get(external, "")
+        last[external] = properties["name"]
+    crm_ids = await pool.fetch("SELECT crm_id FROM deliveries WHERE target_id = $1", target.id)
+    assert all(row["crm_id"] for row in crm_ids)
+    assert (
+        await read_topic(
+            settings.kafka_bootstrap, settings.deliver_dead_letter_topic, expect=0, timeout_s=1
+        )
+        == []
+    )
+
+
+async def test_refused_records_dead_letter_and_replay_after_fix(
+    settings: Settings, pool: asyncpg.Pool, hubspot: tuple[HubSpotState, str]
+) -> None:
+    state, url = hubspot
+    source_id = f"d-{uuid.uuid4().hex[:8]}"
+    target = target_for(url, source_id)
+    state.refuse_values = {"00000000000000"}
+    await produce(
+        settings,
+        [
+            change(source_id, "OK", 1, legal_name="Fine Ltda", document="11222333000181"),
+            change(source_id, "BAD", 1, legal_name="Bad Ltda", document="00000000000000"),
+        ],
+    )
+
+    async def done() -> bool:
+        return (
+            await delivered_count(pool, target) == 1
+            and await delivered_count(pool, target, "failed") == 1
+        )
+
+    await run_deliver(settings, pool, target, done)
+    dead = await read_topic(settings.kafka_bootstrap, settings.deliver_dead_letter_topic, expect=1)
+    assert len(dead) == 1
+    headers = {k: v.decode() for k, v in dead[0].headers}
+    assert headers["ponte-dlq-status"] == "207" and "not valid" in headers["ponte-dlq-reason"]
+    assert headers["ponte-original-topic"] == settings.changes_topic
+    assert headers["ponte-dlq-attempts"] == "1"
+
+    # Dry run: prints, sends nothing.
+    assert len(await replay(settings, target_id=target.id, dry_run=True)) == 1
+    state.refuse_values = set()  # the CRM-side fix
+    assert len(await replay(settings, target_id=target.id, dry_run=False)) == 1
+    await run_deliver(settings, pool, target, lambda: _delivered(pool, target, 2))
+    assert (
+        state.objects["companies"][f"{source_id}/company/BAD"]["properties"]["cnpj"]
+        == "00000000000000"
+    )
+    writes = len(state.writes)
+    # Replaying again delivers nothing new: that version is already there.
+    await replay(settings, target_id=target.id, dry_run=False)
+    await run_deliver(settings, pool, target, lambda: _delivered(pool, target, 2))
+    await asyncio.sleep(0.5)
+    assert len(state.writes) == writes
+
+
+async def _delivered(pool: asyncpg.Pool, target: Target, count: int) -> bool:
+    return await delivered_count(pool, target) == count

@@ -47,7 +47,8 @@ async def test_rows_are_flushed_on_stop_and_pruned_after_retention(
     rows = await pool.fetch(
         "SELECT received_at, body, body_sha256, response_body FROM webhook_requests "
         "WHERE source_id = $1 AND received_at > $2 ORDER BY id",
-        source_id, now - timedelta(days=1),
+        source_id,
+        now - timedelta(days=1),
     )
     assert len(rows) == 2
     assert rows[0]["body"] == b"{}" and rows[0]["response_body"] == {"event_id": "evt_x"}

@@ -425,3 +425,31 @@ def test_sources_file_fixture_is_valid(tmp_path: Path) -> None:
 
     configs = load_sources_file(write_sources(tmp_path / "s.yaml", SOURCES))
     assert [c.id for c in configs] == [s["id"] for s in SOURCES]
+
+
+async def test_forged_forwarded_line_before_the_proxy_line_does_not_pass(
+    ingest: RunningIngest, client: httpx.AsyncClient
+) -> None:
+    """A proxy that appends its own X-Forwarded-For line leaves the client's forged line
+    first; the whole chain is read from the right."""
+    body, headers = _erp(envelope())
+    lines = [
+        *headers.items(),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-for", "198.51.100.9"),
+    ]
+    response = await client.post(ingest.webhook("wh-proxied"), content=body, headers=lines)
+    assert response.status_code == 403
+    assert "198.51.100.9" in response.json()["message"]
+
+
+async def test_nul_in_the_path_does_not_stop_the_history(
+    ingest: RunningIngest, client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    since = datetime.now(UTC)
+    await client.post(f"{ingest.url}/webhooks/a%00b", content=b"{}")
+    body, headers = _erp(envelope())
+    accepted = await client.post(ingest.webhook("wh-erp"), content=body, headers=headers)
+    assert accepted.status_code == 202
+    row = await history_row(pool, "wh-erp", status=202, since=since)
+    assert row["event_id"] == accepted.json()["event_id"]

@@ -11,10 +11,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ponte.shared import kafka
-from ponte.shared.events import RawEvent
+from ponte.shared.events import RawEvent, SourceKind
 from ponte.shared.settings import Settings
 from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
@@ -139,5 +139,60 @@ async def test_raw_events_become_rows_changes_and_dead_letters(
         next(m for m in changes if json.loads(m.value)["entity"] == "order").key
         == f"order/{source_id}/PED-1".encode()
     )
-    # Offsets were committed: a new consumer in the group finds nothing left to do.
-    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0  # all published
+    # Offsets were committed for every message, poison included.
+    checker = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.transform_group_id,
+        enable_auto_commit=False,
+    )
+    await checker.start()
+    try:
+        committed = 0
+        for partition in range(settings.raw_topic_partitions):
+            offset = await checker.committed(TopicPartition(settings.raw_topic, partition))
+            committed += offset or 0
+    finally:
+        await checker.stop()
+    assert committed == len(events)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": 5, "billing": "x"},
+        {"id": 5, "line_items": 3},
+    ],
+)
+async def test_malformed_shop_payload_is_dead_lettered_not_raised(
+    pool: asyncpg.Pool, base_settings: Settings, body: dict[str, Any]
+) -> None:
+    event = raw_event("order.updated", body, source_id="shop-x", kind=SourceKind.WOOCOMMERCE)
+    summary = await BatchProcessor(pool, base_settings).process([_Message(event)])
+    assert summary.rejected == 1 and summary.rejected_codes == ["invalid_payload"]
+
+
+async def test_a_value_the_database_refuses_is_isolated_by_splitting(
+    pool: asyncpg.Pool, base_settings: Settings, source_id: str
+) -> None:
+    good = [
+        raw_event("Pedido", {"codigo": f"P{n}", "total": "1,00"}, source_id=source_id)
+        for n in range(7)
+    ]
+    # Parses as a decimal, but overflows NUMERIC(18, 4): only PostgreSQL can tell.
+    bad = raw_event("Pedido", {"codigo": "BIG", "total": "1" + "0" * 20}, source_id=source_id)
+    summary = await BatchProcessor(pool, base_settings).process(
+        [_Message(e) for e in [*good[:3], bad, *good[3:]]]
+    )
+    assert summary.splits >= 1 and summary.rejected_codes == ["database_error"]
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE source_id = $1", source_id) == 7
+    rejection = await pool.fetchrow(
+        "SELECT * FROM transform_rejections WHERE source_id = $1", source_id
+    )
+    assert rejection["record_key"] == "BIG" and "numeric" in rejection["reason"]
+
+
+class _Message:
+    def __init__(self, event: RawEvent) -> None:
+        self.topic, self.partition, self.offset = "raw", 0, 0
+        self.key, self.value = event.partition_key, event.model_dump_json().encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from ponte.shared import kafka
 from ponte.shared.embedded import free_port
 from ponte.shared.settings import Settings
-from tests.conftest import unique_topic
+from tests.conftest import read_topic, unique_topic
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
@@ -108,7 +109,6 @@ async def test_kill_mid_run_and_restart(
     finally:
         await producer.stop()
 
-    print("produced", time.monotonic())
     first = start_transform(settings)
     processes.append(first)
     seen = await wait_for(pool, source_id, ORDERS // 10, timeout_s=60)
@@ -116,11 +116,9 @@ async def test_kill_mid_run_and_restart(
     first.wait()
     assert 0 < seen < ORDERS, f"the kill was not mid-run ({seen} orders)"
 
-    print("killed", seen, time.monotonic())
     second = start_transform(settings)
     processes.append(second)
     assert await wait_for(pool, source_id, ORDERS, timeout_s=120) == ORDERS
-    print("done", time.monotonic())
     await asyncio.sleep(1)  # anything in flight after the last order
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0, second.stderr.read().decode() if second.stderr else ""
@@ -135,3 +133,18 @@ async def test_kill_mid_run_and_restart(
     )
     assert items == 2 * ORDERS
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    # Every order's newest version was published as a change event (at least once).
+    changes = await read_topic(
+        settings.kafka_bootstrap, settings.changes_topic, expect=2 * ORDERS, timeout_s=30
+    )
+    newest: dict[str, Decimal] = {}
+    for message in changes:
+        change = json.loads(message.value)
+        if change["entity"] == "order" and change["row"].get("total") is not None:
+            newest[change["source_key"]] = max(
+                newest.get(change["source_key"], Decimal(0)), Decimal(change["row"]["total"])
+            )
+    assert len(newest) == ORDERS
+    assert all(
+        total == Decimal(key[1:]) or key == "P0" or key == "P1" for key, total in newest.items()
+    )

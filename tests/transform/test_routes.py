@@ -47,7 +47,24 @@ async def test_parked_references_are_listed_and_counted(
     assert (await client.get("/parked-references", params={"limit": 0})).status_code == 422
 
 
-async def test_rejections_and_unmapped_are_listed(client: httpx.AsyncClient) -> None:
-    for path in ("/rejections", "/unmapped-fields"):
-        response = await client.get(path, params={"source_id": "nobody", "limit": 5})
-        assert response.status_code == 200 and response.json() == {"count": 0, "items": []}
+async def test_rejections_and_unmapped_are_listed(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, base_settings: Settings, source_id: str
+) -> None:
+    from ponte.transform.processor import BatchProcessor
+    from tests.transform.test_consumer import _Message
+
+    events = [
+        raw_event("Empresa", {"codigo": "E1", "cnpj": "123", "cor": "azul"}, source_id=source_id),
+        raw_event("Empresa", {"codigo": "E2", "cor": "verde"}, source_id=source_id),
+    ]
+    await BatchProcessor(pool, base_settings).process([_Message(e) for e in events])
+
+    rejections = (await client.get("/rejections", params={"source_id": source_id})).json()
+    assert rejections["count"] == 1
+    assert rejections["items"][0]["field"] == "Empresa.cnpj"
+    unmapped = (await client.get("/unmapped-fields", params={"source_id": source_id})).json()
+    assert [(u["source_table"], u["field"], u["occurrences"]) for u in unmapped["items"]] == [
+        ("Empresa", "cor", 1)
+    ]  # E1 was rejected at cnpj, before its "cor" was read
+    empty = await client.get("/rejections", params={"source_id": "nobody", "limit": 5})
+    assert empty.json() == {"count": 0, "items": []}

@@ -114,3 +114,7 @@ DELIVER_OUTCOMES = Counter(
     "Change records by target and outcome (delivered, dead_letter, skipped, unreadable).",
     ["target", "outcome"],
 )
+TRANSFORM_OUTBOX_FAILED = Counter(
+    "ponte_transform_outbox_refused_total",
+    "Outbox messages the broker refused (kept in the outbox, retried, alerted on).",
+)

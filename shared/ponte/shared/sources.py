@@ -180,5 +180,16 @@ async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict
 
 
 async def fetch_sources(pool: asyncpg.Pool) -> dict[str, SourceConfig]:
+    """Every valid source. A row that does not validate (edited by hand in the database)
+    is logged and left out rather than stopping every other source's refresh."""
     rows = await pool.fetch(f"SELECT {', '.join(_COLUMNS)} FROM sources")  # noqa: S608
-    return {row["id"]: SourceConfig.model_validate(dict(row)) for row in rows}
+    sources = {}
+    for row in rows:
+        try:
+            sources[row["id"]] = SourceConfig.model_validate(dict(row))
+        except ValueError as error:
+            log.error(
+                "invalid source in the database; ignored",
+                extra={"source": row["id"], "error": str(error)[:300]},
+            )
+    return sources

@@ -55,6 +55,10 @@ COLUMNS = (
 PRUNE_EVERY_S = 3600.0
 
 
+def _text(value: str | None) -> str | None:
+    return value.replace("\x00", "") if value else value
+
+
 @dataclass
 class HistoryEntry:
     received_at: datetime
@@ -73,11 +77,14 @@ class HistoryEntry:
     body: bytes | None = None
 
     def record(self, keep_body_bytes: int) -> tuple[Any, ...]:
+        """The row for COPY. Text from the request (the source id in the path, headers)
+        has NUL removed: PostgreSQL text cannot hold it, and one such row must not stop
+        the history."""
         digest = hashlib.sha256(self.body).hexdigest() if self.body is not None else None
         kept = self.body if self.body is not None and len(self.body) <= keep_body_bytes else None
         return (
             self.received_at,
-            self.source_id[:200],
+            (_text(self.source_id) or "")[:200],
             self.tables,
             self.event_id,
             self.source_event_id,
@@ -88,7 +95,7 @@ class HistoryEntry:
             self.latency_ms,
             self.size_bytes,
             self.client_ip,
-            self.content_type,
+            _text(self.content_type),
             kept,
             digest,
         )
@@ -152,10 +159,11 @@ class HistoryWriter:
         records = [entry.record(self._settings.history_keep_body_bytes) for entry in batch]
         while True:
             try:
-                await self._pool.copy_records_to_table(
-                    "webhook_requests", records=records, columns=COLUMNS, timeout=30
-                )
-                HISTORY_WRITTEN.inc(len(records))
+                await self._copy(records)
+                return
+            except asyncpg.DataError:
+                # A value PostgreSQL refuses: write the rows one by one and drop only it.
+                await self._write_one_by_one(records)
                 return
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 HISTORY_WRITE_ERRORS.inc()
@@ -171,6 +179,23 @@ class HistoryWriter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _copy(self, records: list[tuple[Any, ...]]) -> None:
+        await self._pool.copy_records_to_table(
+            "webhook_requests", records=records, columns=COLUMNS, timeout=30
+        )
+        HISTORY_WRITTEN.inc(len(records))
+
+    async def _write_one_by_one(self, records: list[tuple[Any, ...]]) -> None:
+        for record in records:
+            try:
+                await self._copy([record])
+            except asyncpg.DataError as error:
+                HISTORY_DROPPED.inc()
+                log.error(
+                    "history row refused by the database; dropped",
+                    extra={"error": type(error).__name__},
+                )
 
     async def prune(self) -> int:
         """Delete history rows and receipts past the retention period."""

@@ -48,6 +48,9 @@ class IncomingRequest:
     headers: Mapping[str, str]
     peer: str | None
     body_chunks: AsyncIterator[bytes]
+    forwarded_for: str | None = None
+    """Every X-Forwarded-For line, joined in order: a proxy may append its own line after
+    one the client forged, and only the whole chain read from the right is trustworthy."""
 
 
 @dataclass
@@ -112,7 +115,7 @@ class Intake:
         config = source.config
         headers = request.headers
         trace.client_ip = client_address(
-            request.peer, headers.get("x-forwarded-for"), source.trusted_proxies
+            request.peer, request.forwarded_for, source.trusted_proxies
         )
         check_allowed(trace.client_ip, source.allowed, config.id)
         trace.body = await self._read_body(request, trace)

@@ -39,6 +39,22 @@ class Decoder:
         return self._mappings[key]
 
     def decode(self, value: bytes | None) -> Decoded:
+        """Never raises: whatever a payload does to the code below becomes a rejection
+        (dead letter), so one message cannot stop the consumer or block its partition."""
+        try:
+            return self._decode(value)
+        except Exception as error:  # a payload shape nobody foresaw: isolate it
+            return Decoded(
+                None,
+                rejection=RecordRejected(
+                    "invalid_payload", f"{type(error).__name__}: {error}"[:500]
+                ),
+            )
+
+    def _decode(self, value: bytes | None) -> Decoded:
+        if value and b"\\u0000" in value:
+            # PostgreSQL text and JSONB cannot hold NUL; ERPs do send it in padded fields.
+            value = value.replace(b"\\u0000", b"")
         try:
             event = RawEvent.model_validate_json(value or b"")
         except ValidationError as error:

@@ -382,6 +382,15 @@ def _stub_values(entity: str, value: Any) -> dict[str, Any]:
     return {"code": str(value).strip()} if "code" in ENTITIES[entity].model_fields else {}
 
 
+def version_id(event: RawEvent) -> str:
+    """The tie-breaker when two versions share ``occurred_at`` (common with minute-precision
+    ERP times): the source's own event id, which ERPs number in order, then the row's
+    position in its delivery. Ponte's event id is a hash: it would pick a random winner."""
+    if event.source_event_id:
+        return f"{event.source_event_id}/{event.index:06d}"
+    return event.event_id
+
+
 def normalize_record(
     event: RawEvent,
     mapping: Mapping,
@@ -416,7 +425,7 @@ def normalize_record(
         raise RecordRejected(
             "invalid_value", f"{table_name}: {error}", table_name, walker.unmapped
         ) from None
-    version = Version(version_at or event.occurred_at or event.received_at, event.event_id)
+    version = Version(version_at or event.occurred_at or event.received_at, version_id(event))
     return NormalizedRecord(
         event.source_id, event.event_id, event.operation, version, walker.rows, walker.unmapped
     )

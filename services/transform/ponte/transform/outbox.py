@@ -22,7 +22,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from ponte.shared.db import DbConnection
-from ponte.shared.metrics import TRANSFORM_OUTBOX_PUBLISHED
+from ponte.shared.metrics import TRANSFORM_OUTBOX_FAILED, TRANSFORM_OUTBOX_PUBLISHED
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +73,18 @@ class OutboxRelay:
         async with self._lock, self._pool.acquire() as connection:
             if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 return 0  # another replica is relaying
+            after = 0
             try:
                 while True:
                     rows = await connection.fetch(
-                        "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1",
+                        "SELECT id, topic, key, value, headers FROM outbox WHERE id > $1 "
+                        "ORDER BY id LIMIT $2",
+                        after,
                         RELAY_BATCH,
                     )
                     if not rows:
                         return published
-                    acks = [
+                    futures = [
                         await self._producer.send(
                             row["topic"],
                             key=row["key"].encode(),
@@ -92,11 +95,28 @@ class OutboxRelay:
                         )
                         for row in rows
                     ]
-                    await asyncio.gather(*acks)
-                    await connection.execute(
-                        "DELETE FROM outbox WHERE id = ANY($1::int8[])", [row["id"] for row in rows]
-                    )
-                    published += len(rows)
-                    TRANSFORM_OUTBOX_PUBLISHED.inc(len(rows))
+                    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+                    # Delete what the broker has; a message it refuses stays (logged, counted)
+                    # without holding back the ones after it.
+                    sent = [
+                        row["id"]
+                        for row, outcome in zip(rows, outcomes, strict=True)
+                        if not isinstance(outcome, BaseException)
+                    ]
+                    for row, outcome in zip(rows, outcomes, strict=True):
+                        if isinstance(outcome, BaseException):
+                            TRANSFORM_OUTBOX_FAILED.inc()
+                            log.error(
+                                "outbox message refused by the broker; kept",
+                                extra={
+                                    "outbox_id": row["id"],
+                                    "topic": row["topic"],
+                                    "error": type(outcome).__name__,
+                                },
+                            )
+                    await connection.execute("DELETE FROM outbox WHERE id = ANY($1::int8[])", sent)
+                    published += len(sent)
+                    TRANSFORM_OUTBOX_PUBLISHED.inc(len(sent))
+                    after = rows[-1]["id"]
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)

@@ -15,6 +15,7 @@ the consumer retries the same batch once PostgreSQL is back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -112,28 +113,52 @@ class BatchProcessor:
             await add_messages(connection, [self._change_message(c) for c in result.changes])
         return result.resolved
 
-    async def _apply_splitting(self, items: list[_Item], summary: BatchSummary) -> None:
+    async def _apply_splitting(
+        self, items: list[_Item], summary: BatchSummary, races_left: int = 3
+    ) -> None:
         try:
             await self._apply(items, summary)
         except UNAVAILABLE:
             raise
+        except asyncpg.UniqueViolationError:
+            if races_left == 0:
+                raise
+            # Another replica inserted the same new row meanwhile (a rebalance, or one
+            # record reaching two partitions): the retry finds it and updates it instead.
+            await asyncio.sleep(0.05)
+            await self._apply_splitting(items, summary, races_left - 1)
         except Exception as error:  # the data (or a bug one payload triggers): isolate it
             if len(items) == 1:
-                item = items[0]
-                log.warning(
-                    "record rejected by the database",
-                    extra={"event_id": item.event_id, "error": type(error).__name__},
-                )
-                item.decoded.records = []
-                item.decoded.rejection = RecordRejected(
-                    "database_error", f"{type(error).__name__}: {error}"[:1000]
-                )
-                await self._apply(items, summary)
+                await self._reject_alone(items[0], error, summary)
                 return
             summary.splits += 1
             middle = len(items) // 2
             await self._apply_splitting(items[:middle], summary)
             await self._apply_splitting(items[middle:], summary)
+
+    async def _reject_alone(self, item: _Item, error: Exception, summary: BatchSummary) -> None:
+        """The message the database refuses goes to the dead-letter topic; if even that
+        fails on its payload, it goes without the payload, never blocking the partition."""
+        log.warning(
+            "record rejected by the database",
+            extra={"event_id": item.event_id, "error": type(error).__name__},
+        )
+        item.decoded.records = []
+        item.decoded.unmapped = set()
+        item.decoded.rejection = RecordRejected(
+            "database_error", f"{type(error).__name__}: {error}"[:1000]
+        )
+        try:
+            await self._apply([item], summary)
+        except UNAVAILABLE:
+            raise
+        except Exception:
+            log.exception(
+                "dead letter with payload refused; sending it without the payload",
+                extra={"event_id": item.event_id},
+            )
+            item.decoded.event = None
+            await self._apply([item], summary)
 
     async def _apply(self, items: list[_Item], summary: BatchSummary) -> None:
         now = datetime.now(UTC)

@@ -588,7 +588,11 @@ class BatchApplier:
             "version_at = p.version_at, version_event_id = p.version_event_id "
             "FROM unnest($1::int4[], $2::timestamptz[], $3::text[]) "
             "AS p(id, version_at, version_event_id) "
-            f"WHERE t.{column} = p.id AND t.deleted_at IS NULL AND NOT EXISTS ("
+            f"WHERE t.{column} = p.id AND t.deleted_at IS NULL "
+            # A child written by a newer event of its own is not the older parent's to drop.
+            "AND (COALESCE(t.version_at, '-infinity'), COALESCE(t.version_event_id, '')) "
+            "< (COALESCE(p.version_at, 'infinity'), COALESCE(p.version_event_id, '')) "
+            "AND NOT EXISTS ("
             "SELECT 1 FROM unnest($4::int4[], $5::text[]) AS k(parent_id, key) "
             f"WHERE k.parent_id = t.{column} AND k.key = t.source_key) RETURNING t.*",
             [parent["id"] for parent, _ in parents],

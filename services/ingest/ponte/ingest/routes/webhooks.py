@@ -78,6 +78,7 @@ async def receive_webhook(source_id: str, request: Request, intake: IntakeDep) -
             source_id=source_id,
             headers=request.headers,
             peer=request.client.host if request.client else None,
+            forwarded_for=", ".join(request.headers.getlist("x-forwarded-for")) or None,
             body_chunks=request.stream(),
         )
     )

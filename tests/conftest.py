@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -133,3 +135,36 @@ def event_of(message: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
     assert message.value is not None
     value: dict[str, Any] = json.loads(message.value)
     return value
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a ``ponte <service>`` process needs to use these settings."""
+    import os
+
+    env = {
+        **os.environ,
+        "PONTE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PONTE_DATABASE_URL": settings.database_url,
+        "PONTE_KAFKA_IDEMPOTENCE": "false",
+        "PONTE_KAFKA_REPLICATION_FACTOR": "1",
+        "PONTE_RAW_TOPIC": settings.raw_topic,
+        "PONTE_CHANGES_TOPIC": settings.changes_topic,
+        "PONTE_TRANSFORM_DEAD_LETTER_TOPIC": settings.transform_dead_letter_topic,
+        "PONTE_DELIVER_DEAD_LETTER_TOPIC": settings.deliver_dead_letter_topic,
+        "PONTE_TRANSFORM_GROUP_ID": settings.transform_group_id,
+        "PONTE_DELIVER_GROUP_ID": settings.deliver_group_id,
+        "PONTE_HTTP_PORT": str(free_port()),
+        "PONTE_LOG_LEVEL": "WARNING",
+    }
+    env.update(extra)
+    return env
+
+
+def start_service(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``ponte <service>`` as its own process (stderr kept for the failure message)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ponte.cli", service],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )

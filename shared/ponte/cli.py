@@ -55,7 +55,7 @@ def _serve(service: str, host: str | None, port: int | None) -> None:
     config = server_config(
         create_app(settings), host=host or settings.http_host, port=port or settings.http_port
     )
-    PonteServer(config).run()
+    PonteServer(config, drain_s=settings.shutdown_drain_s).run()
 
 
 @app.command()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -17,9 +15,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from ponte.shared import kafka
-from ponte.shared.embedded import free_port
 from ponte.shared.settings import Settings
-from tests.conftest import read_topic, unique_topic
+from tests.conftest import read_topic, service_env, start_service, unique_topic
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
@@ -27,26 +24,7 @@ ORDERS = 2000
 
 
 def start_transform(settings: Settings) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PONTE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "PONTE_DATABASE_URL": settings.database_url,
-        "PONTE_KAFKA_IDEMPOTENCE": "false",
-        "PONTE_KAFKA_REPLICATION_FACTOR": "1",
-        "PONTE_RAW_TOPIC": settings.raw_topic,
-        "PONTE_CHANGES_TOPIC": settings.changes_topic,
-        "PONTE_TRANSFORM_DEAD_LETTER_TOPIC": settings.transform_dead_letter_topic,
-        "PONTE_TRANSFORM_GROUP_ID": settings.transform_group_id,
-        "PONTE_TRANSFORM_BATCH_SIZE": "100",
-        "PONTE_HTTP_PORT": str(free_port()),
-        "PONTE_LOG_LEVEL": "WARNING",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "ponte.cli", "transform"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return start_service("transform", service_env(settings, PONTE_TRANSFORM_BATCH_SIZE="100"))
 
 
 @pytest.fixture

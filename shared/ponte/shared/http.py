@@ -3,10 +3,12 @@ benchmarks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -33,12 +35,29 @@ def server_config(app: FastAPI, *, host: str, port: int) -> uvicorn.Config:
 
 
 class PonteServer(uvicorn.Server):
-    """uvicorn's server, exiting with status 0 after a graceful SIGTERM/SIGINT shutdown.
+    """uvicorn's server with Ponte's shutdown: drain, then stop, then exit 0.
 
-    uvicorn re-raises the signal it caught once it has shut down, so the process dies of
-    it (status -15) even when everything was flushed and committed; a process manager
-    would read that as a crash. Here the signal only starts the graceful shutdown.
+    On SIGTERM (or Ctrl-C) the app is marked draining, so ``/readyz`` answers 503 and a
+    Kubernetes Service stops routing to the pod; after ``drain_s`` uvicorn stops accepting
+    connections, finishes in-flight requests, and the app's lifespan flushes and commits
+    what it holds (the history queue, the producer, the consumers' current batch).
+    uvicorn itself would re-raise the signal afterwards, so the process would die of it
+    (status -15) even when everything was flushed; here it exits 0.
     """
+
+    def __init__(self, config: uvicorn.Config, *, drain_s: float = 0.0) -> None:
+        super().__init__(config)
+        self.drain_s = drain_s
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app = self.config.app
+        if hasattr(app, "state"):
+            app.state.draining = True
+        if self.drain_s > 0 and not self.should_exit:
+            loop = asyncio.get_event_loop()
+            loop.call_later(self.drain_s, super().handle_exit, sig, frame)
+        else:
+            super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -54,3 +73,8 @@ class PonteServer(uvicorn.Server):
         finally:
             for signum, handler in originals.items():
                 signal.signal(signum, handler)
+
+
+def draining(app: FastAPI) -> bool:
+    """True once a shutdown signal arrived: readiness must fail from then on."""
+    return bool(getattr(app.state, "draining", False))

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    shutdown_drain_s: float = 0.0
+    """On SIGTERM, answer /readyz 503 for this long before closing the listener, so a load
+    balancer stops routing first (Kubernetes: a few seconds; locally: none)."""
 
     @field_validator("database_url")
     @classmethod

@@ -24,6 +24,7 @@ from ponte.deliver.engine import Deliverer
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target, load_targets
 from ponte.shared import db, kafka
+from ponte.shared.http import draining
 from ponte.shared.settings import Settings
 
 router = APIRouter()
@@ -128,7 +129,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"])
 async def readyz(request: Request, pool: PoolDep) -> JSONResponse:
-    checks = {"consumer": request.app.state.consumer.running, "database": await db.ping(pool)}
+    checks = {
+        "consumer": request.app.state.consumer.running,
+        "database": await db.ping(pool),
+        "not_draining": not draining(request.app),
+    }
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ponte.ingest.deps import PoolDep, PublisherDep, RegistryDep
 from ponte.shared import db
+from ponte.shared.http import draining
 
 router = APIRouter(tags=["health"])
 
@@ -21,9 +22,16 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="The broker and the database are reachable")
-async def readyz(publisher: PublisherDep, pool: PoolDep, registry: RegistryDep) -> JSONResponse:
+async def readyz(
+    request: Request, publisher: PublisherDep, pool: PoolDep, registry: RegistryDep
+) -> JSONResponse:
     broker, database = await asyncio.gather(publisher.ready(), db.ping(pool))
-    checks = {"broker": broker, "database": database, "sources_loaded": registry.loaded}
+    checks = {
+        "broker": broker,
+        "database": database,
+        "sources_loaded": registry.loaded,
+        "not_draining": not draining(request.app),
+    }
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

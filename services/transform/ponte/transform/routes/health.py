@@ -3,11 +3,12 @@ database answers."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ponte.shared import db
+from ponte.shared.http import draining
 from ponte.transform.deps import ConsumerDep, PoolDep
 
 router = APIRouter(tags=["health"])
@@ -19,8 +20,12 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Consuming the raw topic, database reachable")
-async def readyz(consumer: ConsumerDep, pool: PoolDep) -> JSONResponse:
-    checks = {"consumer": consumer.running, "database": await db.ping(pool)}
+async def readyz(request: Request, consumer: ConsumerDep, pool: PoolDep) -> JSONResponse:
+    checks = {
+        "consumer": consumer.running,
+        "database": await db.ping(pool),
+        "not_draining": not draining(request.app),
+    }
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -229,7 +229,124 @@ async def test_two_transforms_share_partitions_and_one_leaving_hands_over(
 
 async def applied_by(env: dict[str, str], source_id: str) -> float:
     """Events this worker applied, from its own /metrics."""
+    return await metric(
+        env, f'ponte_transform_events_total{{outcome="applied",source="{source_id}"}}'
+    )
+
+
+async def metric(env: dict[str, str], sample: str) -> float:
     async with httpx.AsyncClient(timeout=5) as client:
         text = (await client.get(f"http://127.0.0.1:{env['PONTE_HTTP_PORT']}/metrics")).text
-    wanted = f'ponte_transform_events_total{{outcome="applied",source="{source_id}"}}'
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample))
+
+
+async def test_two_delivers_share_partitions_and_one_leaving_hands_over(
+    settings: Settings,
+    processes: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    import orjson
+    import uvicorn
+
+    from ponte.shared.embedded import free_port
+    from ponte.shared.http import server_config
+    from tests.stand_ins.hubspot import HubSpotState, create_stand_in
+
+    state = HubSpotState(limit=1000, interval_s=1.0)
+    port = free_port()
+    server = uvicorn.Server(server_config(create_stand_in(state), host="127.0.0.1", port=port))
+    serving = asyncio.create_task(server.serve())
+    settings = settings.model_copy(
+        update={
+            "deliver_group_id": unique_topic("deliver"),
+            "deliver_dead_letter_topic": unique_topic("dlq"),
+        }
+    )
+    source_id = f"ds-{uuid.uuid4().hex[:8]}"
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(
+        json.dumps(
+            {
+                "targets": [
+                    {
+                        "id": "hs",
+                        "kind": "hubspot",
+                        "base_url": f"http://127.0.0.1:{port}",
+                        "token": "pat-test",
+                        "sources": [source_id],
+                        "batch_size": 10,
+                        "rate_limit": {"requests": 1000, "per_seconds": 1},
+                        "objects": {
+                            "company": {
+                                "object_type": "companies",
+                                "properties": {"legal_name": "name"},
+                            }
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    try:
+        await kafka.ensure_topics(settings)
+        producer = kafka.create_producer(settings)
+        await producer.start()
+        try:
+            for minute in (1, 2):
+                for number in range(300):
+                    value = {
+                        "entity": "company",
+                        "source_id": source_id,
+                        "source_key": f"E{number}",
+                        "row_id": number,
+                        "operation": "upsert",
+                        "changed": ["legal_name"],
+                        "row": {"legal_name": f"v{minute}"},
+                        "version": {
+                            "at": f"2024-11-14T15:0{minute}:00+00:00",
+                            "event_id": f"e{minute}",
+                        },
+                    }
+                    await producer.send(
+                        settings.changes_topic,
+                        orjson.dumps(value),
+                        key=f"company/{source_id}/E{number}".encode(),
+                    )
+            await producer.flush()
+        finally:
+            await producer.stop()
+        envs = [service_env(settings, PONTE_TARGETS_FILE=str(targets)) for _ in range(2)]
+        workers = [start_service("deliver", env) for env in envs]
+        processes.extend(workers)
+
+        def delivered() -> int:
+            return sum(
+                1
+                for r in state.objects.get("companies", {}).values()
+                if r["properties"].get("name") == "v2"
+            )
+
+        deadline = time.monotonic() + 60
+        while len(state.writes) < 50:
+            assert time.monotonic() < deadline, "nothing delivered"
+            await asyncio.sleep(0.05)
+        delivered_sample = 'ponte_deliver_records_total{outcome="delivered",target="hs"}'
+        first_share = await metric(envs[0], delivered_sample)
+        workers[0].send_signal(signal.SIGTERM)
+        # Not a blocking wait: the stand-in answers from this very event loop.
+        assert await asyncio.to_thread(workers[0].wait, 30) == 0
+        deadline = time.monotonic() + 60
+        while delivered() < 300:
+            assert time.monotonic() < deadline, f"stuck at {delivered()} of 300"
+            await asyncio.sleep(0.2)
+        assert len(state.objects["companies"]) == 300  # none lost, none duplicated
+        last: dict[str, str] = {}
+        for _, external, properties in state.writes:  # never back in time, per record
+            assert properties["name"] >= last.get(external, "")
+            last[external] = properties["name"]
+        assert first_share > 0 and await metric(envs[1], delivered_sample) > 0  # shared
+        workers[1].send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(workers[1].wait, 30) == 0
+    finally:
+        server.should_exit = True
+        await serving

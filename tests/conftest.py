@@ -100,6 +100,33 @@ def unique_topic(prefix: str = "ponte.raw") -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    """The session's broker and database, with topics and consumer groups of this test's
+    own, so tests never read each other's messages."""
+    return base_settings.model_copy(
+        update={
+            "raw_topic": unique_topic(),
+            "changes_topic": unique_topic("ponte.changes"),
+            "transform_dead_letter_topic": unique_topic("ponte.transform.dlq"),
+            "deliver_dead_letter_topic": unique_topic("ponte.deliver.dlq"),
+            "transform_group_id": unique_topic("transform"),
+            "deliver_group_id": unique_topic("deliver"),
+        }
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Service processes a test starts; killed at the end if the test did not stop them."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 async def read_topic(
     bootstrap: str, topic: str, *, expect: int, timeout_s: float = 10.0
 ) -> list[ConsumerRecord[bytes, bytes]]:

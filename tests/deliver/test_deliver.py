@@ -23,7 +23,7 @@ from ponte.shared import kafka
 from ponte.shared.embedded import free_port
 from ponte.shared.http import server_config
 from ponte.shared.settings import Settings
-from tests.conftest import read_topic, unique_topic
+from tests.conftest import read_topic
 from tests.stand_ins.hubspot import HubSpotState, create_stand_in
 
 pytestmark = pytest.mark.integration
@@ -43,16 +43,8 @@ async def hubspot() -> AsyncIterator[tuple[HubSpotState, str]]:
 
 
 @pytest.fixture
-def settings(base_settings: Settings) -> Settings:
-    return base_settings.model_copy(
-        update={
-            "changes_topic": unique_topic("ponte.changes"),
-            "deliver_dead_letter_topic": unique_topic("ponte.deliver.dlq"),
-            "deliver_group_id": unique_topic("deliver"),
-            "deliver_max_attempts": 4,
-            "deliver_max_age_s": 20.0,
-        }
-    )
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"deliver_max_attempts": 4, "deliver_max_age_s": 20.0})
 
 
 def change(source_id: str, key: str, minute: int, **row: Any) -> dict[str, Any]:

@@ -9,9 +9,9 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -24,35 +24,12 @@ from tests.conftest import (
     read_topic,
     service_env,
     start_service,
-    unique_topic,
     write_sources,
 )
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
 SECRET = "graceful-test-secret"
-
-
-@pytest.fixture
-def settings(base_settings: Settings) -> Settings:
-    return base_settings.model_copy(
-        update={
-            "raw_topic": unique_topic(),
-            "changes_topic": unique_topic("ponte.changes"),
-            "transform_dead_letter_topic": unique_topic("ponte.dlq"),
-            "transform_group_id": unique_topic("transform"),
-        }
-    )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
@@ -167,62 +144,81 @@ async def test_sigterm_under_load_loses_and_doubles_nothing(
     assert second.wait(30) == 0
 
 
+async def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
 async def test_two_transforms_share_partitions_and_one_leaving_hands_over(
     settings: Settings,
     pool: asyncpg.Pool,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
+    """Both workers get partitions and apply events; then one leaves, and the events
+    produced after it left (on every partition) are applied by the other."""
     source_id = f"s-{uuid.uuid4().hex[:8]}"
-    total = 3000
+    half = 1500
     await kafka.ensure_topics(settings)
-    producer = kafka.create_producer(settings)
-    await producer.start()
-    try:
-        for number in range(total):
-            event = raw_event(
-                "Pedido", {"codigo": f"P{number}", "total": f"{number},00"}, source_id=source_id
-            )
-            await producer.send(
-                settings.raw_topic, event.model_dump_json().encode(), key=event.partition_key
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
-
     envs = [service_env(settings, PONTE_TRANSFORM_BATCH_SIZE="50") for _ in range(2)]
     workers = [start_service("transform", env) for env in envs]
     processes.extend(workers)
+    for env, worker in zip(envs, workers, strict=True):
+        await wait_ready(f"http://127.0.0.1:{env['PONTE_HTTP_PORT']}", worker)
+
+    async def produce(numbers: range) -> None:
+        producer = kafka.create_producer(settings)
+        await producer.start()
+        try:
+            for number in numbers:
+                event = raw_event(
+                    "Pedido", {"codigo": f"P{number}", "total": f"{number},00"}, source_id=source_id
+                )
+                await producer.send(
+                    settings.raw_topic, event.model_dump_json().encode(), key=event.partition_key
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
 
     async def stored() -> int:
         return int(
             await pool.fetchval("SELECT count(*) FROM orders WHERE source_id = $1", source_id)
         )
 
+    async def both_worked() -> bool:
+        return all([await applied_by(env, source_id) > 0 for env in envs])
+
+    # A little at a time until both members have applied something: the group may still
+    # be settling when the first events arrive.
+    sent = 0
     deadline = time.monotonic() + 60
-    while await stored() < total // 5:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    first_share = await applied_by(envs[0], source_id)
-    workers[0].send_signal(signal.SIGTERM)  # leaves mid-run: its partitions move over
+    while not await both_worked():
+        assert time.monotonic() < deadline and sent < half, "partitions were not shared"
+        await produce(range(sent, sent + 50))
+        sent += 50
+        await asyncio.sleep(0.3)
+    workers[0].send_signal(signal.SIGTERM)  # leaves: its partitions move to the other
     assert workers[0].wait(30) == 0
-    deadline = time.monotonic() + 90
-    while await stored() < total:
-        assert time.monotonic() < deadline, f"stuck at {await stored()} of {total}"
-        await asyncio.sleep(0.2)
+    await produce(range(sent, 2 * half))  # on every partition: needs the handover
+
+    async def all_stored() -> bool:
+        return await stored() == 2 * half
+
+    await wait_for(all_stored, 90, "every event to be stored")
     rows = await pool.fetch("SELECT source_key, total FROM orders WHERE source_id = $1", source_id)
-    assert len(rows) == total
+    assert len(rows) == 2 * half
     assert all(r["total"] == Decimal(r["source_key"][1:]) for r in rows)
     changes = await read_topic(
-        settings.kafka_bootstrap, settings.changes_topic, expect=total, timeout_s=30
+        settings.kafka_bootstrap, settings.changes_topic, expect=2 * half, timeout_s=30
     )
     keys = {
         json.loads(m.value)["source_key"]
         for m in changes
         if json.loads(m.value)["entity"] == "order"
     }
-    assert len(keys) == total
-    second_share = await applied_by(envs[1], source_id)
-    assert first_share > 0 and second_share > 0  # both worked: the partitions were shared
+    assert len(keys) == 2 * half
     workers[1].send_signal(signal.SIGTERM)
     assert workers[1].wait(30) == 0
 
@@ -256,12 +252,6 @@ async def test_two_delivers_share_partitions_and_one_leaving_hands_over(
     port = free_port()
     server = uvicorn.Server(server_config(create_stand_in(state), host="127.0.0.1", port=port))
     serving = asyncio.create_task(server.serve())
-    settings = settings.model_copy(
-        update={
-            "deliver_group_id": unique_topic("deliver"),
-            "deliver_dead_letter_topic": unique_topic("dlq"),
-        }
-    )
     source_id = f"ds-{uuid.uuid4().hex[:8]}"
     targets = tmp_path / "targets.yaml"
     targets.write_text(
@@ -289,35 +279,44 @@ async def test_two_delivers_share_partitions_and_one_leaving_hands_over(
     )
     try:
         await kafka.ensure_topics(settings)
-        producer = kafka.create_producer(settings)
-        await producer.start()
-        try:
-            for minute in (1, 2):
-                for number in range(300):
-                    value = {
-                        "entity": "company",
-                        "source_id": source_id,
-                        "source_key": f"E{number}",
-                        "row_id": number,
-                        "operation": "upsert",
-                        "changed": ["legal_name"],
-                        "row": {"legal_name": f"v{minute}"},
-                        "version": {
-                            "at": f"2024-11-14T15:0{minute}:00+00:00",
-                            "event_id": f"e{minute}",
-                        },
-                    }
-                    await producer.send(
-                        settings.changes_topic,
-                        orjson.dumps(value),
-                        key=f"company/{source_id}/E{number}".encode(),
-                    )
-            await producer.flush()
-        finally:
-            await producer.stop()
+
+        async def produce_changes(numbers: range) -> None:
+            producer = kafka.create_producer(settings)
+            await producer.start()
+            try:
+                for minute in (1, 2):
+                    for number in numbers:
+                        value = {
+                            "entity": "company",
+                            "source_id": source_id,
+                            "source_key": f"E{number}",
+                            "row_id": number,
+                            "operation": "upsert",
+                            "changed": ["legal_name"],
+                            "row": {"legal_name": f"v{minute}"},
+                            "version": {
+                                "at": f"2024-11-14T15:0{minute}:00+00:00",
+                                "event_id": f"e{minute}",
+                            },
+                        }
+                        await producer.send(
+                            settings.changes_topic,
+                            orjson.dumps(value),
+                            key=f"company/{source_id}/E{number}".encode(),
+                        )
+                await producer.flush()
+            finally:
+                await producer.stop()
+
         envs = [service_env(settings, PONTE_TARGETS_FILE=str(targets)) for _ in range(2)]
         workers = [start_service("deliver", env) for env in envs]
         processes.extend(workers)
+        for env, worker in zip(envs, workers, strict=True):
+            await wait_ready(f"http://127.0.0.1:{env['PONTE_HTTP_PORT']}", worker)
+        delivered_sample = 'ponte_deliver_records_total{outcome="delivered",target="hs"}'
+
+        async def both_worked() -> bool:
+            return all([await metric(env, delivered_sample) > 0 for env in envs])
 
         def delivered() -> int:
             return sum(
@@ -326,25 +325,28 @@ async def test_two_delivers_share_partitions_and_one_leaving_hands_over(
                 if r["properties"].get("name") == "v2"
             )
 
+        async def all_delivered() -> bool:
+            return delivered() == 300
+
+        # Produce a little at a time until both members have delivered something: the
+        # group may still be settling when the first changes arrive.
+        sent = 0
         deadline = time.monotonic() + 60
-        while len(state.writes) < 50:
-            assert time.monotonic() < deadline, "nothing delivered"
-            await asyncio.sleep(0.05)
-        delivered_sample = 'ponte_deliver_records_total{outcome="delivered",target="hs"}'
-        first_share = await metric(envs[0], delivered_sample)
+        while not await both_worked():
+            assert time.monotonic() < deadline and sent < 250, "partitions were not shared"
+            await produce_changes(range(sent, sent + 10))
+            sent += 10
+            await asyncio.sleep(0.3)
         workers[0].send_signal(signal.SIGTERM)
         # Not a blocking wait: the stand-in answers from this very event loop.
         assert await asyncio.to_thread(workers[0].wait, 30) == 0
-        deadline = time.monotonic() + 60
-        while delivered() < 300:
-            assert time.monotonic() < deadline, f"stuck at {delivered()} of 300"
-            await asyncio.sleep(0.2)
+        await produce_changes(range(sent, 300))  # on every partition: needs the handover
+        await wait_for(all_delivered, 60, "every record to be delivered")
         assert len(state.objects["companies"]) == 300  # none lost, none duplicated
         last: dict[str, str] = {}
         for _, external, properties in state.writes:  # never back in time, per record
             assert properties["name"] >= last.get(external, "")
             last[external] = properties["name"]
-        assert first_share > 0 and await metric(envs[1], delivered_sample) > 0  # shared
         workers[1].send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(workers[1].wait, 30) == 0
     finally:

@@ -19,23 +19,15 @@ from ponte.shared.settings import Settings
 from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import BatchProcessor
-from tests.conftest import read_topic, unique_topic
+from tests.conftest import read_topic
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings(base_settings: Settings) -> Settings:
-    return base_settings.model_copy(
-        update={
-            "raw_topic": unique_topic(),
-            "changes_topic": unique_topic("ponte.changes"),
-            "transform_dead_letter_topic": unique_topic("ponte.dlq"),
-            "transform_group_id": unique_topic("transform"),
-            "transform_batch_size": 50,
-        }
-    )
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"transform_batch_size": 50})
 
 
 @pytest.fixture

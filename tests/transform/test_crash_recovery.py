@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import asyncpg
@@ -16,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from ponte.shared import kafka
 from ponte.shared.settings import Settings
-from tests.conftest import read_topic, service_env, start_service, unique_topic
+from tests.conftest import read_topic, service_env, start_service
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
@@ -25,28 +24,6 @@ ORDERS = 2000
 
 def start_transform(settings: Settings) -> subprocess.Popen[bytes]:
     return start_service("transform", service_env(settings, PONTE_TRANSFORM_BATCH_SIZE="100"))
-
-
-@pytest.fixture
-def settings(base_settings: Settings) -> Settings:
-    return base_settings.model_copy(
-        update={
-            "raw_topic": unique_topic(),
-            "changes_topic": unique_topic("ponte.changes"),
-            "transform_dead_letter_topic": unique_topic("ponte.dlq"),
-            "transform_group_id": unique_topic("transform"),
-        }
-    )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 async def wait_for(pool: asyncpg.Pool, source_id: str, at_least: int, timeout_s: float) -> int:

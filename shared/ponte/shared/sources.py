@@ -13,21 +13,17 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
-import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ponte.shared.config_files import load_entries
 from ponte.shared.events import SourceKind
 
 log = logging.getLogger(__name__)
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -92,33 +88,9 @@ class SourceConfig(BaseModel):
         return False
 
 
-def _expand_env(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-
-        def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                raise ValueError(f"{where}: environment variable {name} is not set")
-            return os.environ[name]
-
-        return _ENV_REFERENCE.sub(replace, value)
-    if isinstance(value, list):
-        return [_expand_env(item, where) for item in value]
-    if isinstance(value, dict):
-        return {key: _expand_env(item, f"{where}.{key}") for key, item in value.items()}
-    return value
-
-
 def load_sources_file(path: Path) -> list[SourceConfig]:
     """Parse and validate the sources YAML; errors name the source and the field."""
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    entries = document.get("sources", []) if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a top-level 'sources:' list")
-    configs = [
-        SourceConfig.model_validate(_expand_env(entry, f"sources[{index}]"))
-        for index, entry in enumerate(entries)
-    ]
+    configs = [SourceConfig.model_validate(entry) for entry in load_entries(path, "sources")]
     ids = [config.id for config in configs]
     if len(ids) != len(set(ids)):
         raise ValueError(f"{path}: a source id appears twice")

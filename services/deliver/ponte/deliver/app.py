@@ -12,9 +12,8 @@ from typing import Annotated, Any
 
 import asyncpg
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from ponte.deliver.connectors.base import Connector
@@ -23,7 +22,7 @@ from ponte.deliver.consumer import DeliverConsumer
 from ponte.deliver.engine import Deliverer
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target, load_targets
-from ponte.shared import db, kafka
+from ponte.shared import db, kafka, probes
 from ponte.shared.http import draining
 from ponte.shared.settings import Settings
 
@@ -122,11 +121,6 @@ async def deliveries(
     return {"count": count, "items": [DeliveryState(**dict(row)) for row in rows]}
 
 
-@router.get("/healthz", tags=["health"])
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
 @router.get("/readyz", tags=["health"])
 async def readyz(request: Request, pool: PoolDep) -> JSONResponse:
     checks = {
@@ -138,11 +132,6 @@ async def readyz(request: Request, pool: PoolDep) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Ponte deliver",
@@ -152,4 +141,5 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(probes.router)
     return app

@@ -20,17 +20,13 @@ property map; ``id_property`` is the target's unique property holding Ponte's ex
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ponte.shared.config_files import load_entries
 from ponte.shared.crm import ENTITIES
-
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class RateLimit(BaseModel):
@@ -78,27 +74,5 @@ class Target(BaseModel):
         return entity in self.objects and (not self.sources or source_id in self.sources)
 
 
-def _expand(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-
-        def replace(match: re.Match[str]) -> str:
-            if match.group(1) not in os.environ:
-                raise ValueError(f"{where}: environment variable {match.group(1)} is not set")
-            return os.environ[match.group(1)]
-
-        return _ENV_REFERENCE.sub(replace, value)
-    if isinstance(value, list):
-        return [_expand(item, where) for item in value]
-    if isinstance(value, dict):
-        return {key: _expand(item, f"{where}.{key}") for key, item in value.items()}
-    return value
-
-
 def load_targets(path: Path) -> list[Target]:
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    entries = document.get("targets", []) if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a top-level 'targets:' list")
-    return [
-        Target.model_validate(_expand(entry, f"targets[{i}]")) for i, entry in enumerate(entries)
-    ]
+    return [Target.model_validate(entry) for entry in load_entries(path, "targets")]

@@ -19,7 +19,7 @@ from ponte.ingest.publisher import EventPublisher
 from ponte.ingest.receipts import Receipts
 from ponte.ingest.registry import SourceRegistry
 from ponte.ingest.routes import health, webhooks
-from ponte.shared import db
+from ponte.shared import db, probes
 from ponte.shared.settings import Settings
 from ponte.shared.sources import apply_sources, load_sources_file
 
@@ -64,4 +64,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(webhooks.router)
     app.include_router(health.router)
+    app.include_router(probes.router)
     return app

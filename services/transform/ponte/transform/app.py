@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
-from ponte.shared import db, kafka
+from ponte.shared import db, kafka, probes
 from ponte.shared.metrics import TRANSFORM_PARKED
 from ponte.shared.settings import Settings
 from ponte.transform.consumer import TransformConsumer, sleep_or_stop
@@ -100,5 +100,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(health.router)
+    app.include_router(probes.router)
     app.include_router(model.router)
     return app

@@ -280,8 +280,13 @@ class BatchApplier:
         await self._replace_children(items, by_key)
 
     async def _insert_rows(
-        self, table: sa.Table, rows: list[dict[str, Any]], returning: str = "*"
+        self,
+        table: sa.Table,
+        rows: list[dict[str, Any]],
+        returning: str = "*",
+        conflict: str = "",
     ) -> list[asyncpg.Record]:
+        """One INSERT for all rows: a typed array per column, ``unnest`` into rows."""
         if not rows:
             return []
         columns = sorted({column for row in rows for column in row})
@@ -290,11 +295,11 @@ class BatchApplier:
             f"${i + 1}::{_array_type(table.c[column])}" for i, column in enumerate(columns)
         )
         names = ", ".join(columns)
-        return await self.connection.fetch(
+        sql = (
             f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({casts}) "  # noqa: S608
-            f"RETURNING {returning}",
-            *arrays,
+            f"{conflict} RETURNING {returning}"
         )
+        return await self.connection.fetch(sql, *arrays)
 
     async def _update_rows(
         self,
@@ -383,15 +388,8 @@ class BatchApplier:
             }
             for (source_id, key), ref in stubs
         ]
-        columns = sorted({column for row in rows for column in row})
-        arrays = [[row.get(column) for row in rows] for column in columns]
-        casts = ", ".join(
-            f"${i + 1}::{_array_type(table.c[column])}" for i, column in enumerate(columns)
-        )
-        inserted = await self.connection.fetch(
-            f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({casts}) "  # noqa: S608
-            "ON CONFLICT (source_id, source_key) DO NOTHING RETURNING *",
-            *arrays,
+        inserted = await self._insert_rows(
+            table, rows, conflict="ON CONFLICT (source_id, source_key) DO NOTHING"
         )
         for row in inserted:
             self.result.changes.append(

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ponte.ingest.deps import PoolDep, PublisherDep, RegistryDep
 from ponte.shared import db
 from ponte.shared.http import draining
 
 router = APIRouter(tags=["health"])
-
-
-@router.get("/healthz", summary="The process is alive")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 @router.get("/readyz", summary="The broker and the database are reachable")
@@ -34,8 +28,3 @@ async def readyz(
     }
     ready = all(checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
-
-
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

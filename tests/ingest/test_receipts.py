@@ -20,11 +20,16 @@ async def test_claim_lifecycle(pool: asyncpg.Pool) -> None:
 
     assert (await receipts.claim("rc", key, "evt_1")).claim is Claim.NEW
     assert (await receipts.claim("rc", key, "evt_1")).claim is Claim.IN_FLIGHT
-    await receipts.accept("rc", key)
-    duplicate = await receipts.claim("rc", key, "evt_other")
+    receipts.accept("rc", key, "evt_1")
+    duplicate = await receipts.claim("rc", key, "evt_other")  # from this replica's memory
     assert duplicate.claim is Claim.DUPLICATE and duplicate.event_id == "evt_1"
-    await receipts.release("rc", key)  # releasing an accepted delivery changes nothing
-    assert (await receipts.claim("rc", key, "evt_1")).claim is Claim.DUPLICATE
+    await receipts.flush()
+    # Another replica (no memory of it) learns it from the database.
+    other = Receipts(pool, pending_timeout_s=30)
+    from_database = await other.claim("rc", key, "evt_other")
+    assert from_database.claim is Claim.DUPLICATE and from_database.event_id == "evt_1"
+    await other.release("rc", key)  # releasing an accepted delivery changes nothing
+    assert (await other.claim("rc", key, "evt_1")).claim is Claim.DUPLICATE
 
 
 async def test_released_claim_can_be_retried(pool: asyncpg.Pool) -> None:

@@ -49,6 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await publisher.stop()
+        await receipts.flush()
         await history.stop()
         await registry.stop()
         await pool.close()
@@ -62,6 +63,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Starlette matches routes in order: the plain route serves, the FastAPI one documents.
+    app.router.routes.append(webhooks.FAST_ROUTE)
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(probes.router)

@@ -189,8 +189,7 @@ class Intake:
                 f"event not accepted: {error}; retry later",
                 headers={"Retry-After": str(self._settings.retry_after_s)},
             ) from None
-        if claim.claim is Claim.NEW:
-            await self._receipts.accept(source_id, delivery.dedup_key)
+        self._receipts.accept(source_id, delivery.dedup_key, delivery.delivery_id)
         INGEST_EVENTS.labels(source_id).inc(len(delivery.events))
         INGEST_LAST_ACCEPTED.labels(source_id).set(time.time())
         body = {

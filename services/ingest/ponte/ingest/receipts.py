@@ -17,7 +17,9 @@ produces the same ids and the transform recognises them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -86,8 +88,13 @@ class Receipts:
     """The ``ingest_receipts`` table, written by group commit with a short timeout: the hot
     path never waits long, and concurrent requests share round trips."""
 
+    RECENT_MAX = 100_000
+    """Deliveries this process accepted lately, answered "duplicate" without a query."""
+
     def __init__(self, pool: asyncpg.Pool, *, pending_timeout_s: float, timeout_s: float = 1.0):
         self._pool = pool
+        self._recent: OrderedDict[Key, str] = OrderedDict()
+        self._marking: set[asyncio.Task[None]] = set()
         self._pending_timeout = timedelta(seconds=pending_timeout_s)
         self._timeout_s = timeout_s
         self._claims: GroupCommit[tuple[str, str, str], ClaimResult] = GroupCommit(self._claim)
@@ -95,20 +102,39 @@ class Receipts:
         self._releases: GroupCommit[Key, None] = GroupCommit(self._release)
 
     async def claim(self, source_id: str, dedup_key: str, event_id: str) -> ClaimResult:
+        known = self._recent.get((source_id, dedup_key))
+        if known is not None:  # a sender retrying at this replica: no round trip needed
+            return ClaimResult(Claim.DUPLICATE, known)
         try:
             return await self._claims.submit((source_id, dedup_key, event_id))
         except _DB_ERRORS as error:
             log.warning("dedup check unavailable", extra={"error": type(error).__name__})
             return ClaimResult(Claim.UNCHECKED, event_id)
 
-    async def accept(self, source_id: str, dedup_key: str) -> None:
-        """Mark the delivery accepted after the broker's ack. A failure here only means a
-        later re-delivery is produced again (after the pending timeout) and dropped by the
-        transform, so it is logged, not raised."""
+    def accept(self, source_id: str, dedup_key: str, event_id: str) -> None:
+        """Mark the delivery accepted after the broker's ack, without making the sender
+        wait for it: this replica remembers it at once, and the database row follows by
+        group commit. If the mark is lost (a crash, the database away), the claim stays
+        ``pending``: a re-delivery within the pending timeout is asked to retry (409),
+        after it the delivery is produced again and the transform drops the duplicate by
+        event id. So this never raises."""
+        self._recent[(source_id, dedup_key)] = event_id
+        if len(self._recent) > self.RECENT_MAX:
+            self._recent.popitem(last=False)
+        task = asyncio.create_task(self._mark_accepted((source_id, dedup_key)))
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
+
+    async def _mark_accepted(self, key: Key) -> None:
         try:
-            await self._accepts.submit((source_id, dedup_key))
+            await self._accepts.submit(key)
         except _DB_ERRORS as error:
             log.warning("could not mark delivery accepted", extra={"error": type(error).__name__})
+
+    async def flush(self) -> None:
+        """Wait for the pending marks (at shutdown)."""
+        if self._marking:
+            await asyncio.gather(*self._marking, return_exceptions=True)
 
     async def release(self, source_id: str, dedup_key: str) -> None:
         """Give up a claim whose produce failed, so the sender's retry is accepted."""

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 RELAY_LOCK = 0x706F6E7465  # "ponte": the advisory lock id of the outbox relay
 RELAY_BATCH = 1000
+RELAY_PASS_BATCHES = 10
 
 
 OutboxEntry = tuple[str, str, dict[str, Any], dict[str, str]]
@@ -70,53 +71,54 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish everything pending; returns how many messages went out."""
         published = 0
-        async with self._lock, self._pool.acquire() as connection:
-            if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+        async with self._lock, self._pool.acquire() as connection, connection.transaction():
+            # A transaction-level lock: released by commit or rollback whatever happens,
+            # never left behind on a pooled connection.
+            if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
                 return 0  # another replica is relaying
             after = 0
-            try:
-                while True:
-                    rows = await connection.fetch(
-                        "SELECT id, topic, key, value, headers FROM outbox WHERE id > $1 "
-                        "ORDER BY id LIMIT $2",
-                        after,
-                        RELAY_BATCH,
+            # One transaction per pass, of at most RELAY_PASS_BATCHES batches: the deletes
+            # commit at its end; the next pass (after the next batch, or the relay's
+            # interval) takes the rest.
+            for _ in range(RELAY_PASS_BATCHES):
+                rows = await connection.fetch(
+                    "SELECT id, topic, key, value, headers FROM outbox WHERE id > $1 "
+                    "ORDER BY id LIMIT $2",
+                    after,
+                    RELAY_BATCH,
+                )
+                if not rows:
+                    return published
+                futures = [
+                    await self._producer.send(
+                        row["topic"],
+                        key=row["key"].encode(),
+                        value=row["value"],
+                        headers=[(name, value.encode()) for name, value in row["headers"].items()],
                     )
-                    if not rows:
-                        return published
-                    futures = [
-                        await self._producer.send(
-                            row["topic"],
-                            key=row["key"].encode(),
-                            value=row["value"],
-                            headers=[
-                                (name, value.encode()) for name, value in row["headers"].items()
-                            ],
+                    for row in rows
+                ]
+                outcomes = await asyncio.gather(*futures, return_exceptions=True)
+                # Delete what the broker has; a message it refuses stays (logged, counted)
+                # without holding back the ones after it.
+                sent = [
+                    row["id"]
+                    for row, outcome in zip(rows, outcomes, strict=True)
+                    if not isinstance(outcome, BaseException)
+                ]
+                for row, outcome in zip(rows, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        TRANSFORM_OUTBOX_FAILED.inc()
+                        log.error(
+                            "outbox message refused by the broker; kept",
+                            extra={
+                                "outbox_id": row["id"],
+                                "topic": row["topic"],
+                                "error": type(outcome).__name__,
+                            },
                         )
-                        for row in rows
-                    ]
-                    outcomes = await asyncio.gather(*futures, return_exceptions=True)
-                    # Delete what the broker has; a message it refuses stays (logged, counted)
-                    # without holding back the ones after it.
-                    sent = [
-                        row["id"]
-                        for row, outcome in zip(rows, outcomes, strict=True)
-                        if not isinstance(outcome, BaseException)
-                    ]
-                    for row, outcome in zip(rows, outcomes, strict=True):
-                        if isinstance(outcome, BaseException):
-                            TRANSFORM_OUTBOX_FAILED.inc()
-                            log.error(
-                                "outbox message refused by the broker; kept",
-                                extra={
-                                    "outbox_id": row["id"],
-                                    "topic": row["topic"],
-                                    "error": type(outcome).__name__,
-                                },
-                            )
-                    await connection.execute("DELETE FROM outbox WHERE id = ANY($1::int8[])", sent)
-                    published += len(sent)
-                    TRANSFORM_OUTBOX_PUBLISHED.inc(len(sent))
-                    after = rows[-1]["id"]
-            finally:
-                await connection.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+                await connection.execute("DELETE FROM outbox WHERE id = ANY($1::int8[])", sent)
+                published += len(sent)
+                TRANSFORM_OUTBOX_PUBLISHED.inc(len(sent))
+                after = rows[-1]["id"]
+        return published

@@ -390,6 +390,45 @@ async def check_crm(dsn: str, dataset: Dataset) -> tuple[dict[str, int], list[st
     return rows, problems
 
 
+async def scan_stats(dsn: str) -> dict[str, list[int]]:
+    """Per CRM table: [sequential scans, rows they read, index scans, auto-analyses]
+    (cumulative counters: the difference over a run is what the run did)."""
+    tables = [str(model.__tablename__) for model in ENTITIES.values()]
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) AS idx_scan, "
+            "autoanalyze_count FROM pg_stat_user_tables WHERE relname = ANY($1::text[])",
+            tables,
+        )
+    finally:
+        await connection.close()
+    return {
+        row["relname"]: [
+            row["seq_scan"], row["seq_tup_read"], row["idx_scan"], row["autoanalyze_count"]
+        ]
+        for row in rows
+    }  # fmt: skip
+
+
+def scan_delta(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, Any]:
+    """What a run's queries read: rows read by sequential scans of the CRM tables (each
+    batch's lookups should use the unique (source_id, source_key) index; scans whose cost
+    grows with the table make a long load slow down), and the tables autovacuum analysed
+    meanwhile (statistics taken while a table was small steer the planner to those scans)."""
+    per_table = {
+        table: [a - b for a, b in zip(after[table], before.get(table, [0, 0, 0, 0]), strict=True)]
+        for table in after
+    }
+    return {
+        "seq_scans": sum(v[0] for v in per_table.values()),
+        "seq_rows_read": sum(v[1] for v in per_table.values()),
+        "index_scans": sum(v[2] for v in per_table.values()),
+        "autoanalyzed": sorted(t for t, v in per_table.items() if v[3] > 0),
+        "seq_rows_read_by_table": {t: v[1] for t, v in per_table.items() if v[1]},
+    }
+
+
 async def drop_schema(dsn: str, schema: str) -> None:
     connection = await asyncpg.connect(dsn)
     try:
@@ -411,6 +450,7 @@ def run_transform(
 ) -> dict[str, Any]:
     asyncio.run(reset_crm(stack.dsn))
     busy_before = settle(plan)
+    scans_before = asyncio.run(scan_stats(stack.dsn))
     settings = stack.settings.model_copy(
         update={"transform_group_id": f"bench-transform-{label}-{time.time_ns()}"}
     )
@@ -443,6 +483,8 @@ def run_transform(
         log = (stack.workdir / f"transform-{label}.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"transform worker exited with {code} and no report:\n{log}")
     report: dict[str, Any] = json.loads(result_file.read_text())
+    time.sleep(1.0)  # PostgreSQL publishes table statistics within a second
+    report["scans"] = scan_delta(scans_before, asyncio.run(scan_stats(stack.dsn)))
     rows, problems = asyncio.run(check_crm(stack.dsn, dataset))
     if report["error"]:
         problems.insert(0, f"worker: {report['error']}")
@@ -727,7 +769,9 @@ def transform_line(run: dict[str, Any]) -> str:
         f"peak RSS {run['peak_rss_kib'] / 1024:,.0f} MiB\n"
         f"          events/s by quarter of the run: "
         + " ".join(f"{rate:,.0f}" for rate in run["events_per_s_by_quarter"])
-        + f"; garbage collector {sum(run['gc_seconds']):.2f}s "
+        + f"; rows read by sequential scans {run['scans']['seq_rows_read']:,} "
+        f"(auto-analysed: {', '.join(run['scans']['autoanalyzed']) or 'none'})"
+        + f"\n          garbage collector {sum(run['gc_seconds']):.2f}s "
         f"({pct(sum(run['gc_seconds']), run['cpu_seconds']):.0f}% of the transform's CPU; "
         f"gen2 {run['gc_seconds'][2]:.2f}s in {run['gc_collections'][2]} collections)"
     )

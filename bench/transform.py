@@ -4,9 +4,9 @@
     .venv/bin/python bench/transform.py --quick         # 3,000 events, 1 repeat
     .venv/bin/python bench/transform.py --profile       # plus one py-spy-sampled run
 
-Needs dlt with its PostgreSQL destination (``pip install "dlt[postgres]"``) and, for
-``--profile``, py-spy. Exits 0 when the transform writes rows at least ``TARGET_RATIO``
-times as fast as dlt and every correctness check passes, 1 otherwise.
+Needs the tools in bench/transform_requirements.txt (dlt with its PostgreSQL destination;
+py-spy for ``--profile``). Exits 0 when the transform writes rows at least
+``TARGET_RATIO`` times as fast as dlt and every correctness check passes, 1 otherwise.
 
 What runs:
 - the embedded stack (``ponte.shared.embedded``: Tansu broker and a throwaway
@@ -15,7 +15,7 @@ What runs:
   forward spouse references, products, orders and invoices with their items nested,
   the code table, ``$code`` objects, Brazilian numbers, dates and valid CNPJ/CPF, one
   record per raw event as ingest writes them. All of it is produced to the raw topic
-  before anything is timed;
+  before anything is timed, so the transform drains a backlog;
 - per repeat, the transform (``transform_worker``: the real ``TransformConsumer`` with
   ``BatchProcessor`` and ``OutboxRelay``, in its own process) on empty CRM tables under
   a fresh consumer group, timed from the first batch to the commit of the last; then
@@ -26,9 +26,21 @@ Rows/s counts what each wrote: for the transform, the rows in the CRM tables aft
 (roots, children, codes and placeholder products); for dlt, the rows in its parent and
 child tables. The transform's rows are also checked against what the feed must become
 (counts per entity, no parked or rejected record, references and totals right): a fast
-transform that loses rows would not count. Next to each figure: CPU in % of one core of
-the measured process, of PostgreSQL and of everything else on the machine (on a 2-core
-box a busy neighbour shows up there and makes the run noisy), and the peak RSS.
+transform that loses rows would not count.
+
+Next to each figure, over the same window: CPU in % of one core of the measured process,
+of PostgreSQL (queries, background, exited workers), of the broker and of everything else
+on the machine (on a shared 2-core box a busy neighbour shows up there and makes the run
+noisy: ``--wait-quiet`` waits for it to pass), and the peak RSS. Because other load
+changes rates far more than costs, CPU microseconds per row are reported too. For the
+transform also: its rate in each quarter of the run, the rows its queries read by
+sequential scans (and the tables autovacuum analysed meanwhile), and the time its garbage
+collector took.
+
+``--profile`` adds one run sampled by py-spy with native frames (sampling pauses the
+process, so that run is slower and not counted); the summary, by area and by function,
+is printed and kept with the raw samples in bench/results. ``--gc-freeze`` is an
+experiment: the worker freezes the start-up heap, which the service does not do.
 
 Figures are medians over ``--repeat`` runs. Everything started is stopped on exit,
 Ctrl-C or error. Results go to ``bench/results/transform-<timestamp>.json``;
@@ -86,6 +98,8 @@ BOOKKEEPING_TABLES = ("parked_references", "outbox", "transform_rejections", "un
 
 @dataclass
 class Plan:
+    """What to run, from the command line (recorded with the results)."""
+
     events: int
     repeat: int
     batch_size: int

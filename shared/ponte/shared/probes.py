@@ -3,10 +3,23 @@ service. Each service adds its own ``/readyz``, since what "ready" needs differs
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 router = APIRouter(tags=["health"])
+
+READINESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Ready: every check passed."},
+    503: {"description": "Not ready (or draining): the body's checks say which failed."},
+}
+"""The answers every ``/readyz`` documents."""
+
+IdQuery = Annotated[
+    str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="An id.")
+]
+"""A source, target or state filter: ids are short and plain, anything else is a 422."""
 
 
 @router.get("/healthz", summary="The process is alive")

@@ -24,6 +24,7 @@ from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target, load_targets
 from ponte.shared import db, kafka, probes
 from ponte.shared.http import draining
+from ponte.shared.probes import READINESS_RESPONSES, IdQuery
 from ponte.shared.settings import Settings
 
 router = APIRouter()
@@ -95,9 +96,9 @@ class DeliveryState(BaseModel):
 @router.get("/deliveries", tags=["deliver"], summary="Delivery state per record and target")
 async def deliveries(
     pool: PoolDep,
-    target_id: str | None = None,
-    state: str | None = None,
-    source_id: str | None = None,
+    target_id: IdQuery = None,
+    state: IdQuery = None,
+    source_id: IdQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     where = (
@@ -121,7 +122,7 @@ async def deliveries(
     return {"count": count, "items": [DeliveryState(**dict(row)) for row in rows]}
 
 
-@router.get("/readyz", tags=["health"])
+@router.get("/readyz", tags=["health"], responses=READINESS_RESPONSES)
 async def readyz(request: Request, pool: PoolDep) -> JSONResponse:
     checks = {
         "consumer": request.app.state.consumer.running,

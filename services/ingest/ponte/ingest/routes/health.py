@@ -11,11 +11,14 @@ from fastapi.responses import JSONResponse
 from ponte.ingest.deps import PoolDep, PublisherDep, RegistryDep
 from ponte.shared import db
 from ponte.shared.http import draining
+from ponte.shared.probes import READINESS_RESPONSES
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/readyz", summary="The broker and the database are reachable")
+@router.get(
+    "/readyz", responses=READINESS_RESPONSES, summary="The broker and the database are reachable"
+)
 async def readyz(
     request: Request, publisher: PublisherDep, pool: PoolDep, registry: RegistryDep
 ) -> JSONResponse:

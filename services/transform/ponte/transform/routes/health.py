@@ -8,12 +8,15 @@ from fastapi.responses import JSONResponse
 
 from ponte.shared import db
 from ponte.shared.http import draining
+from ponte.shared.probes import READINESS_RESPONSES
 from ponte.transform.deps import ConsumerDep, PoolDep
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/readyz", summary="Consuming the raw topic, database reachable")
+@router.get(
+    "/readyz", responses=READINESS_RESPONSES, summary="Consuming the raw topic, database reachable"
+)
 async def readyz(request: Request, consumer: ConsumerDep, pool: PoolDep) -> JSONResponse:
     checks = {
         "consumer": consumer.running,

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from ponte.shared.probes import IdQuery
 from ponte.transform.deps import PoolDep
 
 router = APIRouter(tags=["transform"])
@@ -71,7 +72,7 @@ async def _page(
 
 @router.get("/parked-references", summary="References waiting for their target row")
 async def parked_references(
-    pool: PoolDep, source_id: str | None = None, limit: Limit = 100
+    pool: PoolDep, source_id: IdQuery = None, limit: Limit = 100
 ) -> Page[ParkedReference]:
     count, rows = await _page(pool, "parked_references", "parked_at", source_id, limit)
     return Page[ParkedReference](count=count, items=[ParkedReference(**r) for r in rows])
@@ -79,7 +80,7 @@ async def parked_references(
 
 @router.get("/rejections", summary="Records that could not be stored, with field and reason")
 async def rejections(
-    pool: PoolDep, source_id: str | None = None, limit: Limit = 100
+    pool: PoolDep, source_id: IdQuery = None, limit: Limit = 100
 ) -> Page[Rejection]:
     count, rows = await _page(pool, "transform_rejections", "rejected_at DESC", source_id, limit)
     return Page[Rejection](count=count, items=[Rejection(**r) for r in rows])
@@ -87,7 +88,7 @@ async def rejections(
 
 @router.get("/unmapped-fields", summary="Tables and fields the mapping does not place")
 async def unmapped_fields(
-    pool: PoolDep, source_id: str | None = None, limit: Limit = 100
+    pool: PoolDep, source_id: IdQuery = None, limit: Limit = 100
 ) -> Page[UnmappedField]:
     count, rows = await _page(pool, "unmapped_fields", "last_seen DESC", source_id, limit)
     return Page[UnmappedField](count=count, items=[UnmappedField(**r) for r in rows])

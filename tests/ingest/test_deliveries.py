@@ -144,3 +144,19 @@ def test_woocommerce_ping_detection() -> None:
     assert is_woocommerce_ping({}, b"webhook_id=12")
     assert not is_woocommerce_ping({"x-wc-webhook-topic": "order.created"}, b"webhook_id=12")
     assert not is_woocommerce_ping({}, b'{"id": 1}')
+
+
+def test_mapping_keys_keep_a_child_sent_alone_with_its_record() -> None:
+    from ponte.transform.mapping import default_mapping
+
+    keys = default_mapping("erp").record_key_fields()
+    assert keys["Itens pedido"] == ["pedido", "seq"]
+    assert keys["Empresa marca"] == ["empresa", "marca"]
+    item = parse_erp("erp", erp(table="Itens pedido", rows=[{"pedido": "PED-1", "seq": 2}]),
+                     NOW, keys)
+    assert item.events[0].partition_key == b"erp/Itens pedido/PED-1:2"
+    # Without the mapping's keys the same row would be keyed by its content.
+    assert erp_record_key("Itens pedido", {"pedido": "PED-1", "seq": 2}).startswith("sha256:")
+    # A row missing a key field falls back rather than failing.
+    partial = parse_erp("erp", erp(table="Itens pedido", rows=[{"seq": 2}]), NOW, keys)
+    assert partial.events[0].record_key.startswith("sha256:")

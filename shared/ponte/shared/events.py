@@ -130,15 +130,20 @@ def delivery_id_for(source_id: str, dedup_key: str) -> str:
 def erp_record_key(table: str, row: dict[str, Any], key_fields: list[str] | None = None) -> str:
     """The ERP's own key of a row, used to keep one record's events in order.
 
-    Code-table rows are keyed by list and code (``tabela:chave``). Other rows use the
-    declared key fields, else the first of ``KEY_FIELD_CANDIDATES`` present. A row with
-    none of them is keyed by its content's digest: still deterministic, but two versions
-    of such a record may land in different partitions; the transform's version check
-    (occurred_at, then event id) keeps the result right regardless.
+    With ``key_fields`` (from the source's mapping: a child table's parent field, then its
+    own key, e.g. ``pedido``, ``seq``) the key is all of them joined, as the transform
+    keys the row. Without, code-table rows are keyed ``tabela:chave`` and other rows by the
+    first of ``KEY_FIELD_CANDIDATES`` present. A row with none is keyed by its content's
+    digest: still deterministic, but two versions of such a record may land in different
+    partitions; the transform's version check keeps the result right regardless.
     """
+    if key_fields:
+        parts = [row.get(name) for name in key_fields]
+        if all(p not in (None, "") and not isinstance(p, dict | list) for p in parts):
+            return ":".join(str(p).strip() for p in parts)
     if table.strip().lower() in CODE_TABLE_NAMES and "tabela" in row and "chave" in row:
         return f"{row['tabela']}:{row['chave']}"
-    for name in key_fields or KEY_FIELD_CANDIDATES:
+    for name in KEY_FIELD_CANDIDATES:
         value = row.get(name)
         if value not in (None, "") and not isinstance(value, dict | list):
             return str(value).strip()

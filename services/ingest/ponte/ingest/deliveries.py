@@ -26,7 +26,6 @@ from ponte.shared.events import (
     SourceKind,
     delivery_id_for,
     erp_record_key,
-    resource_of,
 )
 
 
@@ -224,12 +223,9 @@ def parse_delivery(
     headers: Mapping[str, str],
     raw: bytes,
     received_at: datetime,
+    key_fields: Mapping[str, list[str]] | None = None,
 ) -> Delivery:
     body = decode_json(raw, headers.get("content-type"))
     if kind is SourceKind.ERP:
-        return parse_erp(source_id, body, received_at)
+        return parse_erp(source_id, body, received_at, key_fields)
     return parse_shop(kind, source_id, headers, raw, body, received_at)
-
-
-def resources_of(kind: SourceKind, tables: list[str]) -> list[str]:
-    return [resource_of(kind, table) for table in tables]

@@ -36,6 +36,7 @@ from ponte.shared.metrics import (
     INGEST_REQUESTS,
 )
 from ponte.shared.settings import Settings
+from ponte.transform.mapping import mapping_for
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Intake:
         self._publisher = publisher
         self._receipts = receipts
         self._history = history
+        self._keys: dict[str, dict[str, list[str]]] = {}
 
     async def handle(self, request: IncomingRequest) -> Answer:
         trace = _Trace(received_at=datetime.now(UTC), started=time.perf_counter())
@@ -128,7 +130,14 @@ class Intake:
             config.secrets,
             tolerance_s=self._settings.signature_tolerance_s,
         )
-        delivery = parse_delivery(config.kind, config.id, headers, trace.body, trace.received_at)
+        delivery = parse_delivery(
+            config.kind,
+            config.id,
+            headers,
+            trace.body,
+            trace.received_at,
+            self._key_fields(config.kind, config.id),
+        )
         trace.delivery = delivery
         for table in delivery.tables:
             if not config.allows_table(table):
@@ -139,6 +148,17 @@ class Intake:
                     field="table",
                 )
         return await self._publish_once(config.id, delivery, headers.get("content-type"))
+
+    def _key_fields(self, kind: SourceKind, source_id: str) -> dict[str, list[str]] | None:
+        """The record keys of the source's mapping (read once per source): ingest shares
+        the transform's mapping files so both key a record the same way."""
+        if kind is not SourceKind.ERP:
+            return None
+        if source_id not in self._keys:
+            self._keys[source_id] = mapping_for(
+                kind.value, source_id, self._settings.mappings_dir
+            ).record_key_fields()
+        return self._keys[source_id]
 
     async def _read_body(self, request: IncomingRequest, trace: _Trace) -> bytes:
         limit = self._settings.max_body_bytes

@@ -180,6 +180,16 @@ class Mapping(BaseModel):
                     _check_foreign_key(field_where, table.entity, spec.column, target)
         return self
 
+    def record_key_fields(self) -> dict[str, list[str]]:
+        """Per table, the fields that identify a record as the transform keys it (a child's
+        parent field first): ingest keys Kafka messages by them, so every event of one
+        record, child tables sent on their own included, stays in one partition."""
+        return {
+            name: ([table.parent.field] if table.parent and table.parent.field else []) + table.key
+            for name, table in self.tables.items()
+            if not table.code_table
+        }
+
     def table(self, name: str) -> TableMapping | None:
         found = self.tables.get(name)
         if found is not None:

@@ -1,21 +1,31 @@
 #!/bin/sh
-# Install what `make dev` and `make test` need and is missing: the PostgreSQL server
-# binaries (Debian/Ubuntu package, when we are root and can apt-get) and a virtualenv with
+# Install what `make dev` and `make test` need and is missing: the PostgreSQL server and
+# promtool (Debian/Ubuntu packages, when we are root and can apt-get) and a virtualenv with
 # Ponte, its test tools and the embedded broker. Safe to run again.
 set -eu
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${PONTE_PG_BINDIR:-}" ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing the PostgreSQL server (apt-get install postgresql)..."
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-    else
-        echo "PostgreSQL server binaries not found: install the 'postgresql' package" \
-             "(or set PONTE_PG_BINDIR to the directory holding initdb and pg_ctl)" >&2
-        exit 1
-    fi
+# System packages: the PostgreSQL server (the embedded database of `make dev` and the
+# tests), and promtool from Debian's prometheus package (only the tests need it: they
+# check the alert rules with it).
+missing=""
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${PONTE_PG_BINDIR:-}" ] \
+    || missing="$missing postgresql"
+command -v promtool >/dev/null || missing="$missing prometheus"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing:$missing (apt-get)..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
+        >/dev/null
 fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${PONTE_PG_BINDIR:-}" ]; then
+    echo "PostgreSQL server binaries not found: install the 'postgresql' package" \
+         "(or set PONTE_PG_BINDIR to the directory holding initdb and pg_ctl)" >&2
+    exit 1
+fi
+command -v promtool >/dev/null || echo "note: promtool not found (Debian package" \
+    "'prometheus'): the alert-rule tests will fail until it is installed" >&2
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "Ponte needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2; exit 1; }

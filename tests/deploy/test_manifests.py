@@ -4,10 +4,11 @@ offline, without a cluster.
 Every overlay is rendered with ``kubectl kustomize`` (or a standalone ``kustomize build``).
 Core kinds are validated against the Kubernetes OpenAPI schemas bundled in
 ``kubernetes-validate`` (strict: an unknown field is an error); the custom resources
-(Strimzi KafkaTopic, KEDA ScaledObject, Prometheus Operator ServiceMonitor) against the
-schemas in ``tests/deploy/schemas``. Then what only this project knows: the topics match
-``ponte.shared.kafka.topics``, every setting reaches the containers, probes, security,
-scaling and network rules line up with the code.
+(Strimzi KafkaTopic, KEDA ScaledObject, Prometheus Operator ServiceMonitor and
+PrometheusRule) against the schemas in ``tests/deploy/schemas``. Then what only this
+project knows: the topics match ``ponte.shared.kafka.topics``, every setting reaches the
+containers, probes, security, scaling and network rules line up with the code. The alerts
+and the dashboard have their own module, ``test_alerts.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ CUSTOM_SCHEMAS = {
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"): "kafkatopic.schema.json",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject.schema.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.schema.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.schema.json",
 }
 
 SERVICES = ("ingest", "transform", "deliver")
@@ -231,8 +233,8 @@ def test_every_tree_renders_without_duplicates(tree: str) -> None:
     kinds = {obj["kind"] for obj in objects}
     expected = {
         "ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
-        "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "KafkaTopic",
-        "NetworkPolicy", "Job",
+        "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "PrometheusRule",
+        "KafkaTopic", "NetworkPolicy", "Job",
     }  # fmt: skip
     assert expected <= kinds, f"{tree} lacks {expected - kinds}"
 

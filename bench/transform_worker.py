@@ -126,12 +126,16 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-async def run(settings: Settings, expected: int, marks: Path | None) -> dict[str, Any]:
+async def run(
+    settings: Settings, expected: int, marks: Path | None, relay: bool = True
+) -> dict[str, Any]:
     pool = await db.create_pool(settings, min_size=2, max_size=10)
     producer = kafka.create_producer(settings)
     await producer.start()
     processor = TimedProcessor(pool, settings, expected, marks)
-    consumer = TransformConsumer(settings, processor, OutboxRelay(pool, producer))
+    consumer = TransformConsumer(
+        settings, processor, OutboxRelay(pool, producer) if relay else None
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     error: str | None = None
@@ -192,15 +196,22 @@ def main(argv: list[str] | None = None) -> int:
         help="Experiment, not what the service does: gc.freeze() once started, so full "
         "collections no longer walk the objects start-up created.",
     )
+    parser.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="Experiment, not what the service does: no outbox publishing between batches "
+        "(change events stay in the outbox), as if another process relayed them.",
+    )
     args = parser.parse_args(argv)
     values = json.loads(args.settings.read_text())
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
     if args.gc_freeze:
         gc.collect()
         gc.freeze()
-    report, loop = run_loop(run(settings, args.events, args.marks))
+    report, loop = run_loop(run(settings, args.events, args.marks, relay=not args.no_relay))
     report["loop"] = loop
     report["gc_freeze"] = args.gc_freeze
+    report["relay"] = not args.no_relay
     args.result.write_text(json.dumps(report, indent=2))
     return 0 if report["error"] is None else 1
 

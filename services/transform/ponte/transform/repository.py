@@ -76,6 +76,27 @@ class ChangeEvent:
     def key(self) -> str:
         return f"{self.entity}/{self.source_id}/{self.source_key}"
 
+    @classmethod
+    def of(
+        cls,
+        entity: str,
+        row: Mapping[str, Any] | asyncpg.Record,
+        operation: str,
+        version: Version | None,
+        changed: list[str],
+    ) -> ChangeEvent:
+        """The change event of a row as written (a record from RETURNING, or the values)."""
+        return cls(
+            entity,
+            row["source_id"],
+            row["source_key"],
+            row["id"],
+            operation,
+            version,
+            changed,
+            dict(row),
+        )
+
 
 @dataclass
 class BatchResult:
@@ -261,16 +282,7 @@ class BatchApplier:
             changed = _changed_columns(row, stored)
             if changed:
                 self.result.changes.append(
-                    ChangeEvent(
-                        entity,
-                        row["source_id"],
-                        row["source_key"],
-                        row["id"],
-                        "upsert",
-                        item.record.version,
-                        changed,
-                        row,
-                    )
+                    ChangeEvent.of(entity, row, "upsert", item.record.version, changed)
                 )
         await self._park(
             entity,
@@ -393,16 +405,7 @@ class BatchApplier:
         )
         for row in inserted:
             self.result.changes.append(
-                ChangeEvent(
-                    entity,
-                    row["source_id"],
-                    row["source_key"],
-                    row["id"],
-                    "upsert",
-                    None,
-                    _changed_columns(row, None),
-                    dict(row),
-                )
+                ChangeEvent.of(entity, row, "upsert", None, _changed_columns(row, None))
             )
         return list(inserted)
 
@@ -473,16 +476,7 @@ class BatchApplier:
                 )
                 for row in updated:
                     self.result.changes.append(
-                        ChangeEvent(
-                            entity,
-                            row["source_id"],
-                            row["source_key"],
-                            row["id"],
-                            "upsert",
-                            _version_of(row),
-                            [column],
-                            dict(row),
-                        )
+                        ChangeEvent.of(entity, row, "upsert", _version_of(row), [column])
                     )
                 self.result.resolved += len(updated)
 
@@ -534,16 +528,7 @@ class BatchApplier:
             self._remember(entity, row["source_id"], row["source_key"], row["id"])
             if stored["deleted_at"] is None:
                 self.result.changes.append(
-                    ChangeEvent(
-                        entity,
-                        row["source_id"],
-                        row["source_key"],
-                        row["id"],
-                        "delete",
-                        item.record.version,
-                        ["deleted_at"],
-                        dict(row),
-                    )
+                    ChangeEvent.of(entity, row, "delete", item.record.version, ["deleted_at"])
                 )
         # A deleted row waits for nothing.
         await self.connection.execute(
@@ -611,16 +596,7 @@ class BatchApplier:
         )
         for row in rows:
             self.result.changes.append(
-                ChangeEvent(
-                    entity,
-                    row["source_id"],
-                    row["source_key"],
-                    row["id"],
-                    "delete",
-                    _version_of(row),
-                    ["deleted_at"],
-                    dict(row),
-                )
+                ChangeEvent.of(entity, row, "delete", _version_of(row), ["deleted_at"])
             )
 
 

@@ -61,7 +61,6 @@ def run(
         pipelines_dir=str(workdir),
         destination=dlt.destinations.postgres(credentials=dsn),
         dataset_name=dataset,
-        progress=None,
     )
     resources = [
         dlt.resource(rows, name=slug(table), table_name=table, write_disposition="append")
@@ -86,12 +85,14 @@ def run(
                 "AND table_name NOT LIKE '\\_dlt\\_%%'",
                 dataset,
             )
+            or ()
         ]
-        written = {
-            name: int(client.execute_sql(f'SELECT count(*) FROM "{dataset}"."{name}"')[0][0])
-            for name in names
-        }
+        written = {}
+        for name in names:
+            counted = client.execute_sql(f'SELECT count(*) FROM "{dataset}"."{name}"')
+            written[name] = int(counted[0][0]) if counted else 0
     trace = pipeline.last_trace
+    assert trace is not None, "pipeline.run leaves a trace"
     normalized = trace.last_normalize_info.row_counts if trace.last_normalize_info else {}
     steps = {step.step: (step.finished_at - step.started_at).total_seconds()
              for step in trace.steps if step.finished_at is not None}  # fmt: skip

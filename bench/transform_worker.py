@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     values = json.loads(args.settings.read_text())
-    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, **values)
     if args.gc_freeze:
         gc.collect()
         gc.freeze()

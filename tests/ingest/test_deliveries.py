@@ -152,8 +152,9 @@ def test_mapping_keys_keep_a_child_sent_alone_with_its_record() -> None:
     keys = default_mapping("erp").record_key_fields()
     assert keys["Itens pedido"] == ["pedido", "seq"]
     assert keys["Empresa marca"] == ["empresa", "marca"]
-    item = parse_erp("erp", erp(table="Itens pedido", rows=[{"pedido": "PED-1", "seq": 2}]),
-                     NOW, keys)
+    item = parse_erp(
+        "erp", erp(table="Itens pedido", rows=[{"pedido": "PED-1", "seq": 2}]), NOW, keys
+    )
     assert item.events[0].partition_key == b"erp/Itens pedido/PED-1:2"
     # Without the mapping's keys the same row would be keyed by its content.
     assert erp_record_key("Itens pedido", {"pedido": "PED-1", "seq": 2}).startswith("sha256:")

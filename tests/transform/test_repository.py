@@ -203,3 +203,19 @@ async def test_three_levels_deep_land_linked(
     item = await row(pool, "order_items", source_id, "E1/C1/P1/2")
     assert contact["company_id"] == company["id"] and order_row["contact_id"] == contact["id"]
     assert item["order_id"] == order_row["id"] and item["unit_price"] == Decimal("2.00")
+
+
+async def test_a_resolved_reference_is_a_newer_change_than_the_row_without_it(
+    pool: asyncpg.Pool, source_id: str
+) -> None:
+    """Deliver skips versions it already has: the change that fills a parked reference must
+    sort after the change that stored the row without it."""
+    first = await apply(pool, raw_event("Pedido", order(), source_id=source_id, minute=1))
+    stored = next(c for c in first.changes if c.entity == "order")
+    later = await apply(
+        pool, raw_event("Empresa", {"codigo": "000123"}, source_id=source_id, minute=0)
+    )
+    resolved = next(c for c in later.changes if c.entity == "order")
+    assert resolved.changed == ["company_id"] and resolved.row["company_id"] is not None
+    assert stored.version is not None and resolved.version is not None
+    assert resolved.version.newer_than(stored.version)

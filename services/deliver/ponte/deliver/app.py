@@ -23,7 +23,7 @@ from ponte.deliver.engine import Deliverer
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target, load_targets
 from ponte.shared import db, kafka, probes
-from ponte.shared.http import draining
+from ponte.shared.http import draining, freeze_startup_heap
 from ponte.shared.probes import READINESS_RESPONSES, IdQuery
 from ponte.shared.settings import Settings
 
@@ -58,6 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.pool, app.state.consumer = pool, consumer
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
+    freeze_startup_heap()
     try:
         yield
     finally:

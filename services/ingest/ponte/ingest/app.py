@@ -20,6 +20,7 @@ from ponte.ingest.receipts import Receipts
 from ponte.ingest.registry import SourceRegistry
 from ponte.ingest.routes import health, webhooks
 from ponte.shared import db, probes
+from ponte.shared.http import freeze_startup_heap
 from ponte.shared.settings import Settings
 from ponte.shared.sources import apply_sources, load_sources_file
 
@@ -45,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.publisher = publisher
     app.state.intake = Intake(settings, registry, publisher, receipts, history)
     app.state.registry = registry
+    freeze_startup_heap()
     try:
         yield
     finally:

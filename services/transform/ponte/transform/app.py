@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
 from ponte.shared import db, kafka, probes
+from ponte.shared.http import freeze_startup_heap
 from ponte.shared.metrics import TRANSFORM_PARKED
 from ponte.shared.settings import Settings
 from ponte.transform.consumer import TransformConsumer, sleep_or_stop
@@ -69,6 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(*tasks)
 
     runner = asyncio.create_task(run(), name="transform")
+    freeze_startup_heap()
     try:
         yield
     finally:

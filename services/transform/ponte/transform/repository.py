@@ -476,9 +476,18 @@ class BatchApplier:
                 )
                 for row in updated:
                     self.result.changes.append(
-                        ChangeEvent.of(entity, row, "upsert", _version_of(row), [column])
+                        ChangeEvent.of(
+                            entity, row, "upsert", self._resolution_version(row), [column]
+                        )
                     )
                 self.result.resolved += len(updated)
+
+    def _resolution_version(self, row: asyncpg.Record) -> Version:
+        """The version of a change that only resolved a parked reference: the row's own
+        version, then when it was resolved, so it sorts after the change that stored the
+        row without the reference. Consumers that skip versions they have (deliver) would
+        otherwise drop it, and the CRM would never learn the order's company."""
+        return Version(row["version_at"], f"{row['version_event_id'] or ''}~{self.now.isoformat()}")
 
     # --- deletes ----------------------------------------------------------------------
 

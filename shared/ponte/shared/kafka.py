@@ -8,9 +8,11 @@ broker cannot answer InitProducerId; against real Kafka it stays on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -19,6 +21,9 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from ponte.shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+Client = TypeVar("Client", bound=Any)
+"""An aiokafka producer or consumer (untyped library: anything with start and stop)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,35 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = 
             log.info("created topics", extra={"topics": [t.name for t in missing]})
     finally:
         await admin.close()
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep, or return True as soon as ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+async def connect(make: Callable[[], Client], stop: asyncio.Event, what: str) -> Client | None:
+    """Start a fresh client (producer or consumer) until the broker answers, backing off
+    from 0.2 s to 5 s; None if ``stop`` is set first. Services start, and answer their
+    probes, while the broker is still away."""
+    delay = 0.2
+    while not stop.is_set():
+        client = make()
+        try:
+            await client.start()
+            return client
+        except (KafkaError, OSError) as error:
+            with contextlib.suppress(Exception):
+                await client.stop()
+            log.warning(
+                "broker not reachable yet",
+                extra={"client": what, "error": type(error).__name__, "retry_in_s": delay},
+            )
+            await sleep_or_stop(stop, delay)
+            delay = min(delay * 2, 5.0)
+    return None
 
 
 async def broker_reachable(producer: AIOKafkaProducer, timeout_s: float = 1.0) -> bool:

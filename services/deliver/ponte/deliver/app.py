@@ -51,12 +51,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     targets = load_targets(settings.targets_file) if settings.targets_file else []
     pool = await db.create_pool(settings, wait_s=60)
-    producer = kafka.create_producer(settings)
-    await producer.start()
+    stop = asyncio.Event()
+    # Without the broker there is nothing to deliver: wait for it before serving.
+    producer = await kafka.connect(
+        lambda: kafka.create_producer(settings), stop, "dead-letter producer"
+    )
+    assert producer is not None  # stop is never set before the broker answers
     connectors, clients = build_connectors(targets, settings)
     consumer = DeliverConsumer(settings, Deliverer(settings, pool, producer, connectors))
     app.state.pool, app.state.consumer = pool, consumer
-    stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     freeze_startup_heap()
     try:

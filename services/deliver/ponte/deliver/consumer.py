@@ -9,7 +9,6 @@ sees at most a repeat of the newest version, never an older one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer
@@ -17,6 +16,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from ponte.deliver.changes import Change, parse_change
 from ponte.deliver.engine import Deliverer
+from ponte.shared import kafka
 from ponte.shared.metrics import DELIVER_OUTCOMES
 from ponte.shared.settings import Settings
 
@@ -32,23 +32,19 @@ class DeliverConsumer:
         self.running = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
-            self._settings.changes_topic,
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            client_id=f"{self._settings.kafka_client_id}-deliver",
-            group_id=self._settings.deliver_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=1000,
-        )
-        while not stop.is_set():
-            try:
-                await consumer.start()
-                break
-            except (KafkaError, OSError) as error:
-                log.warning("broker not reachable yet", extra={"error": type(error).__name__})
-                await _sleep_or_stop(stop, 1.0)
-        else:
+        def make() -> AIOKafkaConsumer:
+            return AIOKafkaConsumer(
+                self._settings.changes_topic,
+                bootstrap_servers=self._settings.kafka_bootstrap,
+                client_id=f"{self._settings.kafka_client_id}-deliver",
+                group_id=self._settings.deliver_group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=1000,
+            )
+
+        consumer = await kafka.connect(make, stop, "deliver consumer")
+        if consumer is None:
             return
         self.running = True
         try:
@@ -84,9 +80,3 @@ class DeliverConsumer:
         finally:
             self.running = False
             await consumer.stop()
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()

@@ -49,33 +49,24 @@ class EventPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._connector: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Connect in the background; ingest serves (503) until the broker answers."""
         self._connector = asyncio.create_task(self._connect_forever(), name="producer-connect")
 
     async def _connect_forever(self) -> None:
-        delay = 0.2
-        while True:
-            producer = kafka.create_producer(self._settings)
-            try:
-                await producer.start()
-            except (KafkaError, OSError) as error:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                log.warning(
-                    "broker not reachable yet",
-                    extra={"error": type(error).__name__, "retry_in_s": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._producer = producer
-            self.started.set()
-            log.info("producer connected", extra={"bootstrap": self._settings.kafka_bootstrap})
+        producer = await kafka.connect(
+            lambda: kafka.create_producer(self._settings), self._stopping, "producer"
+        )
+        if producer is None:
             return
+        self._producer = producer
+        self.started.set()
+        log.info("producer connected", extra={"bootstrap": self._settings.kafka_bootstrap})
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):

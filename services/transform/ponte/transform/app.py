@@ -15,9 +15,10 @@ from fastapi import FastAPI
 
 from ponte.shared import db, kafka, probes
 from ponte.shared.http import freeze_startup_heap
+from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.metrics import TRANSFORM_PARKED
 from ponte.shared.settings import Settings
-from ponte.transform.consumer import TransformConsumer, sleep_or_stop
+from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import UNAVAILABLE, BatchProcessor
 from ponte.transform.routes import health, model
@@ -40,11 +41,10 @@ async def _every(
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     pool = await db.create_pool(settings, min_size=2, max_size=10, wait_s=60)
-    producer = kafka.create_producer(settings)
     stop = asyncio.Event()
     processor = BatchProcessor(pool, settings)
-    relay = OutboxRelay(pool, producer)
-    consumer = TransformConsumer(settings, processor, relay)
+    consumer = TransformConsumer(settings, processor, relay=None)
+    producers: list[AIOKafkaProducer] = []
     app.state.pool = pool
     app.state.consumer = consumer
 
@@ -52,7 +52,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         TRANSFORM_PARKED.set(await pool.fetchval("SELECT count(*) FROM parked_references"))
 
     async def run() -> None:
-        await _start_producer(producer, stop)
+        producer = await kafka.connect(
+            lambda: kafka.create_producer(settings), stop, "outbox producer"
+        )
+        if producer is None:
+            return
+        producers.append(producer)
+        relay = consumer.relay = OutboxRelay(pool, producer)
         tasks = [
             asyncio.create_task(consumer.run(stop), name="transform-consumer"),
             asyncio.create_task(
@@ -77,20 +83,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(runner, 30)
-        await producer.stop()
+        for producer in producers:
+            await producer.stop()
         await pool.close()
-
-
-async def _start_producer(producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
-    delay = 0.2
-    while not stop.is_set():
-        try:
-            await producer.start()
-            return
-        except (KafkaError, OSError) as error:
-            log.warning("broker not reachable yet", extra={"error": type(error).__name__})
-            await sleep_or_stop(stop, delay)
-            delay = min(delay * 2, 5.0)
 
 
 def create_app(settings: Settings) -> FastAPI:

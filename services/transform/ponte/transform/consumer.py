@@ -13,12 +13,13 @@ nothing to flush: the new owner starts from the last committed offset.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from ponte.shared import kafka
+from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.settings import Settings
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import UNAVAILABLE, BatchProcessor, Message
@@ -32,7 +33,7 @@ class TransformConsumer:
     ) -> None:
         self._settings = settings
         self._processor = processor
-        self._relay = relay
+        self.relay = relay
         self.running = False
         self.batches = 0
 
@@ -48,7 +49,7 @@ class TransformConsumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = await self._start(stop)
+        consumer = await kafka.connect(self._consumer, stop, "transform consumer")
         if consumer is None:
             return
         self.running = True
@@ -77,21 +78,6 @@ class TransformConsumer:
             self.running = False
             await consumer.stop()
 
-    async def _start(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
-        delay = 0.2
-        while not stop.is_set():
-            consumer = self._consumer()
-            try:
-                await consumer.start()
-                return consumer
-            except (KafkaError, OSError) as error:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                log.warning("broker not reachable yet", extra={"error": type(error).__name__})
-                await sleep_or_stop(stop, delay)
-                delay = min(delay * 2, 5.0)
-        return None
-
     async def _process_until_done(self, messages: list[Message], stop: asyncio.Event) -> bool:
         """Apply the batch, waiting out database outages. False if asked to stop first."""
         delay = 0.5
@@ -109,17 +95,10 @@ class TransformConsumer:
                 delay = min(delay * 2, 10.0)
 
     async def _publish_outbox(self) -> None:
-        if self._relay is None:
+        if self.relay is None:
             return
         try:
-            await self._relay.publish_pending()
+            await self.relay.publish_pending()
         except (KafkaError, *UNAVAILABLE) as error:
             # The messages stay in the outbox; the relay loop publishes them later.
             log.warning("outbox publish failed; will retry", extra={"error": type(error).__name__})
-
-
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep, or return True early if asked to stop."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()

@@ -3,51 +3,18 @@ rejected records and fields the mapping does not place."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from ponte.shared.crm import ParkedReference, TransformRejection, UnmappedField
 from ponte.shared.probes import IdQuery
 from ponte.transform.deps import PoolDep
 
 router = APIRouter(tags=["transform"])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
-
-
-class ParkedReference(BaseModel):
-    source_id: str
-    entity: str
-    row_id: int
-    column_name: str
-    field: str
-    target_entity: str
-    target_key: str
-    event_id: str
-    parked_at: datetime
-
-
-class Rejection(BaseModel):
-    event_id: str
-    source_id: str
-    source_table: str
-    record_key: str
-    field: str | None
-    reason: str
-    rejected_at: datetime
-    payload: dict[str, Any]
-
-
-class UnmappedField(BaseModel):
-    source_id: str
-    source_table: str
-    field: str
-    occurrences: int
-    first_seen: datetime
-    last_seen: datetime
-    example_event_id: str
 
 
 T = TypeVar("T")
@@ -81,9 +48,9 @@ async def parked_references(
 @router.get("/rejections", summary="Records that could not be stored, with field and reason")
 async def rejections(
     pool: PoolDep, source_id: IdQuery = None, limit: Limit = 100
-) -> Page[Rejection]:
+) -> Page[TransformRejection]:
     count, rows = await _page(pool, "transform_rejections", "rejected_at DESC", source_id, limit)
-    return Page[Rejection](count=count, items=[Rejection(**r) for r in rows])
+    return Page[TransformRejection](count=count, items=[TransformRejection(**r) for r in rows])
 
 
 @router.get("/unmapped-fields", summary="Tables and fields the mapping does not place")

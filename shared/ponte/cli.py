@@ -120,7 +120,7 @@ def replay(
 
 
 @app.command()
-def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "heads") -> None:
     """Bring the PostgreSQL schema up to date (PONTE_DATABASE_URL)."""
     from ponte.shared.db import migrate as run_migrations
 

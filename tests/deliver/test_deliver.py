@@ -15,6 +15,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from ponte.deliver.app import build_connectors
+from ponte.deliver.connectors.hubspot import HubSpotTarget
 from ponte.deliver.consumer import DeliverConsumer
 from ponte.deliver.engine import Deliverer
 from ponte.deliver.replay import replay
@@ -96,8 +97,8 @@ async def run_deliver(
         await producer.stop()
 
 
-def target_for(url: str, source_id: str) -> Target:
-    return Target(
+def target_for(url: str, source_id: str) -> HubSpotTarget:
+    return HubSpotTarget(
         id=f"hs-{source_id}",
         kind="hubspot",
         base_url=url,

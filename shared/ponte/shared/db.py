@@ -42,7 +42,7 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-def migrate(settings: Settings, revision: str = "head") -> None:
+def migrate(settings: Settings, revision: str = "heads") -> None:
     """Bring the schema to ``revision``. Synchronous: call it before an event loop runs,
     or through ``asyncio.to_thread`` (Alembic's env starts a loop of its own)."""
     command.upgrade(alembic_config(settings), revision)

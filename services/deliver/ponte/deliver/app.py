@@ -16,8 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from ponte.deliver.connectors.base import Connector
-from ponte.deliver.connectors.hubspot import HubSpotConnector
+from ponte.deliver.connectors import TARGET_KINDS, Connector
 from ponte.deliver.consumer import DeliverConsumer
 from ponte.deliver.engine import Deliverer
 from ponte.deliver.ratelimit import TokenBucket
@@ -39,10 +38,7 @@ def build_connectors(
         client = httpx.AsyncClient(base_url=target.base_url, timeout=settings.deliver_timeout_s)
         clients.append(client)
         bucket = TokenBucket(target.rate_limit.requests, target.rate_limit.per_seconds)
-        connectors[target.id] = (
-            target,
-            HubSpotConnector(client, bucket, id_property=target.id_property, token=target.token),
-        )
+        connectors[target.id] = (target, TARGET_KINDS[target.kind].build(target, client, bucket))
     return connectors, clients
 
 

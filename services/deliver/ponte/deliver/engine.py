@@ -155,8 +155,8 @@ class Deliverer:
                 return await connector.upsert_batch(
                     object_type,
                     [
-                        Outgoing(change.external_id, properties_for(target, change))
-                        for change, _ in items
+                        Outgoing(change.external_id, properties_for(target, change), crm_id)
+                        for change, crm_id in items
                     ],
                 )
 

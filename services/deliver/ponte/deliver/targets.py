@@ -1,5 +1,8 @@
 """CRM targets: where committed changes go, declared in YAML.
 
+Every target has the fields below; each kind (``hubspot``, ...) adds its own (credentials,
+lookup rules) in its connector module, and ``connectors.TARGET_KINDS`` lists the kinds.
+
 ```yaml
 targets:
   - id: hubspot-main
@@ -21,7 +24,7 @@ property map; ``id_property`` is the target's unique property holding Ponte's ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,14 +48,14 @@ class ObjectMapping(BaseModel):
 
 
 class Target(BaseModel):
+    """What every target kind shares; a kind's own model subclasses this."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    kind: Literal["hubspot"]
+    kind: str
     base_url: str
-    token: str = Field(repr=False)
     sources: list[str] = Field(default_factory=list)
-    id_property: str = "ponte_id"
     rate_limit: RateLimit = RateLimit(requests=100, per_seconds=10)
     concurrency: int = Field(default=4, gt=0)
     batch_size: int = Field(default=100, gt=0, le=100)
@@ -74,5 +77,22 @@ class Target(BaseModel):
         return entity in self.objects and (not self.sources or source_id in self.sources)
 
 
+def parse_target(entry: dict[str, Any]) -> Target:
+    """One target entry as its kind's model; an unknown kind is an error naming the kinds."""
+    from ponte.deliver.connectors import TARGET_KINDS  # the kinds import this module
+
+    kind = entry.get("kind") if isinstance(entry, dict) else None
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {sorted(TARGET_KINDS)}")
+    return TARGET_KINDS[kind].model.model_validate(entry)
+
+
 def load_targets(path: Path) -> list[Target]:
-    return [Target.model_validate(entry) for entry in load_entries(path, "targets")]
+    targets = []
+    for index, entry in enumerate(load_entries(path, "targets")):
+        try:
+            targets.append(parse_target(entry))
+        except ValueError as error:
+            name = entry.get("id", "?") if isinstance(entry, dict) else "?"
+            raise ValueError(f"{path}: targets[{index}] ({name}): {error}") from None
+    return targets

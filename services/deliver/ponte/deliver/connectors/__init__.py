@@ -1,1 +1,14 @@
-"""Connectors: one per CRM API, all behind ``Connector``."""
+"""Every kind of target Ponte delivers to, by the ``kind:`` of its YAML entry.
+
+A new kind is one module (its settings model, a subclass of ``Target``, and its connector)
+and one line here.
+"""
+
+from ponte.deliver.connectors.base import Connector, TargetKind
+from ponte.deliver.connectors.hubspot import HubSpotConnector, HubSpotTarget
+
+TARGET_KINDS: dict[str, TargetKind] = {
+    "hubspot": TargetKind(HubSpotTarget, HubSpotConnector.for_target),
+}
+
+__all__ = ["TARGET_KINDS", "Connector", "TargetKind"]

@@ -8,16 +8,25 @@ batch (HubSpot's 207) are returned, not raised, so the records that worked are k
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import httpx
+
+from ponte.deliver.ratelimit import TokenBucket
+from ponte.deliver.targets import Target
 
 
 @dataclass
 class Outgoing:
-    """One record to write: Ponte's external id and the target's properties."""
+    """One record to write: Ponte's external id, the target's properties, and the CRM's
+    own id when an earlier delivery stored it (so a CRM without upsert-by-external-id is
+    updated in place rather than searched again)."""
 
     external_id: str
     properties: dict[str, Any]
+    crm_id: str | None = None
 
 
 @dataclass
@@ -52,6 +61,22 @@ class TerminalError(DeliveryError):
 
 
 class Connector(Protocol):
-    async def upsert_batch(self, object_type: str, records: list[Outgoing]) -> BatchOutcome: ...
+    """One CRM's API as the engine uses it. Every method raises ``RetryableError`` or
+    ``TerminalError``; per-record refusals in a batch go in ``BatchOutcome.failed``."""
 
-    async def delete_batch(self, object_type: str, crm_ids: list[str]) -> None: ...
+    async def upsert_batch(self, object_type: str, records: list[Outgoing]) -> BatchOutcome:
+        """Create or update each record by Ponte's external id (never a duplicate)."""
+        ...
+
+    async def delete_batch(self, object_type: str, crm_ids: list[str]) -> None:
+        """Delete (or archive) records by the CRM's own ids."""
+        ...
+
+
+@dataclass
+class TargetKind:
+    """A kind of target: its settings model and how to build its connector."""
+
+    model: type[Target]
+    build: Callable[[Any, httpx.AsyncClient, TokenBucket], Connector]
+    """(the target, an HTTP client on its base URL, its token bucket) -> the connector."""

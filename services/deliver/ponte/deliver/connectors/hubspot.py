@@ -8,9 +8,10 @@ some written, ``errors[]`` name the inputs that were not; 429: ``policyName`` an
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import Field
 
 from ponte.deliver.connectors.base import (
     BatchOutcome,
@@ -19,6 +20,16 @@ from ponte.deliver.connectors.base import (
     TerminalError,
 )
 from ponte.deliver.ratelimit import TokenBucket
+from ponte.deliver.targets import Target
+
+
+class HubSpotTarget(Target):
+    """``kind: hubspot``: a private app's token and the unique property for Ponte's id."""
+
+    kind: Literal["hubspot"]
+    base_url: str = "https://api.hubapi.com"
+    token: str = Field(repr=False)
+    id_property: str = "ponte_id"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -37,6 +48,12 @@ class HubSpotConnector:
         self._bucket = bucket
         self._id_property = id_property
         self._headers = {"Authorization": f"Bearer {token}"}
+
+    @classmethod
+    def for_target(
+        cls, target: HubSpotTarget, client: httpx.AsyncClient, bucket: TokenBucket
+    ) -> HubSpotConnector:
+        return cls(client, bucket, id_property=target.id_property, token=target.token)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         await self._bucket.acquire()

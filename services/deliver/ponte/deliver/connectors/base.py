@@ -72,6 +72,16 @@ class Connector(Protocol):
         """Delete (or archive) records by the CRM's own ids."""
         ...
 
+    async def associate(self, from_type: str, to_type: str, pairs: list[tuple[str, str]]) -> None:
+        """Link records (CRM ids, from -> to) with the CRM's default association; a CRM
+        that links by a field instead (Ploomes' ``ContactId``) does it in the upsert and
+        says so by raising ``TerminalError`` here."""
+        ...
+
+    async def read_back(self, object_type: str, crm_id: str) -> dict[str, Any] | None:
+        """The record as the CRM has it now (None: not there): for checks and support."""
+        ...
+
 
 @dataclass
 class TargetKind:

@@ -120,6 +120,24 @@ def replay(
 
 
 @app.command()
+def classify(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run/--write", help="Only print the counts (default).")
+    ] = True,
+) -> None:
+    """Rank companies on the ABC curve and file them in portfolios now
+    (PONTE_CLASSIFICATION_FILE); the transform service also does it on schedule."""
+    from ponte.transform.classification import classify_companies
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    counts = asyncio.run(classify_companies(settings, dry_run=dry_run))
+    for abc_class, count in counts.items():
+        typer.echo(f"{abc_class}\t{count}")
+    typer.echo("computed, nothing written" if dry_run else "written", err=True)
+
+
+@app.command()
 def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "heads") -> None:
     """Bring the PostgreSQL schema up to date (PONTE_DATABASE_URL)."""
     from ponte.shared.db import migrate as run_migrations

@@ -86,6 +86,11 @@ class Company(CrmRow, table=True):
     segment_id: int | None = Field(default=None, foreign_key="codes.id")
     salesperson_id: int | None = Field(default=None, foreign_key="salespeople.id", index=True)
     active: bool | None = None
+    # Derived (DERIVED_COLUMNS): written by the classification job, never by a mapping.
+    abc_class: str | None = None
+    portfolio: str | None = None
+    abc_revenue: Decimal | None = Field(default=None, sa_type=_MONEY)
+    classified_at: datetime | None = Field(default=None, sa_type=_AWARE)
 
 
 class Contact(CrmRow, table=True):
@@ -257,6 +262,12 @@ ENTITIES: dict[str, type[CrmRow]] = {
 
 BOOKKEEPING_COLUMNS = frozenset(CrmRow.model_fields)
 """Columns every entity has; a mapping may not write them."""
+
+DERIVED_COLUMNS: dict[str, frozenset[str]] = {
+    "company": frozenset({"abc_class", "portfolio", "abc_revenue", "classified_at"}),
+}
+"""Columns Ponte computes (``ponte.transform.classification``); a mapping may not write
+them, and a transform update leaves them as they are."""
 
 
 # --- the transform's own bookkeeping ------------------------------------------------------

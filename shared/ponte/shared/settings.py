@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     """How often pending change events and dead letters are published if no batch ran."""
     parked_sweep_interval_s: float = 30.0
     """How often every parked reference is re-checked against rows other replicas wrote."""
+    classification_enabled: bool = True
+    """Rank companies on an ABC curve and file them in portfolios (seed 001's rule)."""
+    classification_file: Path | None = None
+    """YAML of the ABC curve and portfolio rules (classification.example.yaml); none: defaults."""
+    classification_interval_s: float = 3600.0
+    """How often companies are re-ranked even when no order changed (the window moves)."""
+    classification_debounce_s: float = 30.0
+    """After orders or invoices change, wait this long for more before re-ranking."""
 
     # --- deliver --------------------------------------------------------------------------
     targets_file: Path | None = None
@@ -96,6 +104,13 @@ class Settings(BaseSettings):
     history_queue_max: int = 100_000
     history_keep_body_bytes: int = 5 * 1024 * 1024
     """Bodies up to this size are kept in the history; larger ones keep their digest only."""
+
+    # --- ops (API and page) ---------------------------------------------------------------
+    ops_token: SecretStr | None = None
+    """Bearer token of the ops API and page (a secret; the ops service refuses to start
+    without one)."""
+    history_max_days: int = 7
+    """Longest period one history export may span (seed 001: at most 7 days per query)."""
 
     # --- process --------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -18,6 +18,7 @@ from ponte.shared.http import freeze_startup_heap
 from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.metrics import TRANSFORM_PARKED
 from ponte.shared.settings import Settings
+from ponte.transform.classification import Classifier, load_config
 from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import UNAVAILABLE, BatchProcessor
@@ -73,6 +74,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             ),
             asyncio.create_task(_every(5.0, stop, count_parked, "parked count")),
         ]
+        if settings.classification_enabled:
+            classifier = Classifier(
+                pool,
+                load_config(settings.classification_file),
+                processor.queue_changes,
+                interval_s=settings.classification_interval_s,
+                debounce_s=settings.classification_debounce_s,
+            )
+            processor.on_commit.append(classifier.revenue_changed)
+            tasks.append(asyncio.create_task(classifier.run(stop), name="classification"))
         await asyncio.gather(*tasks)
 
     runner = asyncio.create_task(run(), name="transform")

@@ -41,7 +41,7 @@ from pydantic import (
 )
 from sqlmodel import SQLModel
 
-from ponte.shared.crm import BOOKKEEPING_COLUMNS, ENTITIES
+from ponte.shared.crm import BOOKKEEPING_COLUMNS, DERIVED_COLUMNS, ENTITIES
 from ponte.transform.parsers import PARSERS
 
 ValueType = Literal[
@@ -150,7 +150,11 @@ class Mapping(BaseModel):
             model = ENTITIES.get(table.entity)
             if model is None:
                 raise ValueError(f"{where}: unknown entity {table.entity!r}")
-            columns = set(model.model_fields) - BOOKKEEPING_COLUMNS
+            columns = (
+                set(model.model_fields)
+                - BOOKKEEPING_COLUMNS
+                - DERIVED_COLUMNS.get(table.entity, frozenset())
+            )
             if table.parent is not None:
                 _check_column(f"{where} parent", table.parent.column, columns)
                 if table.parent.entity not in ENTITIES:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -96,6 +97,9 @@ class BatchProcessor:
         self._pool = pool
         self._settings = settings
         self._decoder = decoder or Decoder(settings.mappings_dir)
+        self.on_commit: list[Callable[[Sequence[str]], None]] = []
+        """Called after each committed batch with the entities it changed (the
+        classification re-runs when orders or invoices change)."""
 
     async def process(self, messages: list[Message]) -> BatchSummary:
         started = time.perf_counter()
@@ -110,8 +114,12 @@ class BatchProcessor:
         replica, or before this process started); returns how many were resolved."""
         async with self._pool.acquire() as connection, connection.transaction():
             result = await BatchApplier(connection).sweep_parked()
-            await add_messages(connection, [self._change_message(c) for c in result.changes])
+            await self.queue_changes(connection, result.changes)
         return result.resolved
+
+    async def queue_changes(self, connection: DbConnection, changes: list[ChangeEvent]) -> None:
+        """Change events into the outbox, inside the caller's transaction."""
+        await add_messages(connection, [self.change_message(c) for c in changes])
 
     async def _apply_splitting(
         self, items: list[_Item], summary: BatchSummary, races_left: int = 3
@@ -171,7 +179,7 @@ class BatchProcessor:
         rejected = [item for item in items if item.decoded.rejection is not None]
         async with self._pool.acquire() as connection, connection.transaction():
             result = await BatchApplier(connection, now).apply(records)
-            messages = [self._change_message(change) for change in result.changes]
+            messages = [self.change_message(change) for change in result.changes]
             messages += [self._dead_letter(item, now) for item in rejected]
             await add_messages(connection, messages)
             await _record_rejections(connection, rejected, now)
@@ -183,6 +191,10 @@ class BatchProcessor:
         summary.changes += len(result.changes)
         for change in result.changes:
             TRANSFORM_CHANGES.labels(change.entity).inc()
+        if result.changes:
+            entities = sorted({change.entity for change in result.changes})
+            for listener in self.on_commit:
+                listener(entities)
         for item in items:
             source = item.decoded.event.source_id if item.decoded.event else "unknown"
             if item.decoded.rejection is not None:
@@ -195,7 +207,7 @@ class BatchProcessor:
             if item.decoded.unmapped:
                 TRANSFORM_UNMAPPED.labels(source).inc(len(item.decoded.unmapped))
 
-    def _change_message(
+    def change_message(
         self, change: ChangeEvent
     ) -> tuple[str, str, dict[str, Any], dict[str, str]]:
         value = {

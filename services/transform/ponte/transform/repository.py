@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import SQLModel
 
-from ponte.shared.crm import CHILDREN, ENTITIES
+from ponte.shared.crm import CHILDREN, DERIVED_COLUMNS, ENTITIES
 from ponte.shared.db import DbConnection
 from ponte.shared.events import Operation
 from ponte.transform.normalize import NormalizedRecord, NormalizedRow, Reference, Version
@@ -261,17 +261,21 @@ class BatchApplier:
             (r["source_id"], r["source_key"]): r["id"]
             for r in await self._insert_rows(table, inserts, returning=_KEY_COLUMNS)
         }
-        ids.update(
-            {
-                (r["source_id"], r["source_key"]): r["id"]
-                for r in await self._update_rows(table, updates, returning=_T_KEY_COLUMNS)
-            }
-        )
+        # Derived columns (an ABC class) are not the transform's: they come back as the
+        # row holds them now, so a change event never carries a value the classification
+        # job replaced meanwhile.
+        derived = sorted(DERIVED_COLUMNS.get(entity, ()))
+        returning = ", ".join([_T_KEY_COLUMNS, *(f"t.{column}" for column in derived)])
+        updated = await self._update_rows(table, updates, returning=returning)
+        ids.update({(r["source_id"], r["source_key"]): r["id"] for r in updated})
+        now_derived = {(r["source_id"], r["source_key"]): r for r in updated}
         by_key: dict[RowKey, dict[str, Any]] = {}
         for values in inserts:
             by_key[(values["source_id"], values["source_key"])] = values
         for values, stored in updates:
-            by_key[(values["source_id"], values["source_key"])] = {**dict(stored), **values}
+            key = (values["source_id"], values["source_key"])
+            by_key[key] = {**dict(stored), **values}
+            by_key[key].update({column: now_derived[key][column] for column in derived})
         for item, stored in items:
             key = (item.record.source_id, item.row.source_key)
             row = by_key[key]

@@ -3,6 +3,8 @@ rejected records and fields the mapping does not place."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query
@@ -59,3 +61,40 @@ async def unmapped_fields(
 ) -> Page[UnmappedField]:
     count, rows = await _page(pool, "unmapped_fields", "last_seen DESC", source_id, limit)
     return Page[UnmappedField](count=count, items=[UnmappedField(**r) for r in rows])
+
+
+class CompanyClass(BaseModel):
+    id: int
+    source_id: str
+    source_key: str
+    legal_name: str | None
+    document: str | None
+    abc_class: str | None
+    portfolio: str | None
+    abc_revenue: Decimal | None
+    classified_at: datetime | None
+
+
+@router.get(
+    "/classification",
+    summary="Companies' ABC class and portfolio, largest revenue first (seed 001's rule)",
+)
+async def classification(
+    pool: PoolDep,
+    source_id: IdQuery = None,
+    abc_class: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,16}$")] = None,
+    limit: Limit = 100,
+) -> Page[CompanyClass]:
+    where = (
+        "WHERE deleted_at IS NULL AND ($1::text IS NULL OR source_id = $1) "
+        "AND ($2::text IS NULL OR abc_class = $2)"
+    )
+    count = await pool.fetchval(f"SELECT count(*) FROM companies {where}", source_id, abc_class)  # noqa: S608
+    rows = await pool.fetch(
+        f"SELECT {', '.join(CompanyClass.model_fields)} FROM companies {where} "  # noqa: S608
+        "ORDER BY abc_revenue DESC NULLS LAST, id LIMIT $3",
+        source_id,
+        abc_class,
+        limit,
+    )
+    return Page[CompanyClass](count=int(count), items=[CompanyClass(**dict(r)) for r in rows])

@@ -6,7 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint bench-ingest clean
+.PHONY: dev test lint audit bench-ingest clean
 
 $(BIN)/.installed: pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) sh scripts/bootstrap.sh
@@ -21,6 +21,10 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared services
+
+# Known vulnerabilities in the installed dependencies (needs PyPI's JSON API or OSV).
+audit: $(BIN)/.installed
+	$(BIN)/pip-audit --local --skip-editable --progress-spinner off
 
 bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py

@@ -88,7 +88,8 @@ NOISY_OTHER_CPU = 25.0
 report warns that the machine was not quiet."""
 
 sys.path.insert(0, str(BENCH_DIR))
-from pyspy import py_spy_binary, start_recording, summarize  # noqa: E402 - needs the path above
+from common import machine_ticks, process_table, raise_keyboard_interrupt, stack_settings  # noqa: E402 - needs the path above
+from pyspy import py_spy_binary, start_recording, summarize  # noqa: E402
 from signed_requests import write_requests  # noqa: E402
 
 # --- options ---------------------------------------------------------------------------------
@@ -436,28 +437,6 @@ class Stack:
     broker_port: int
 
 
-def _process_table() -> dict[int, tuple[int, str, int]]:
-    """pid -> (parent pid, command line, CPU ticks used so far)."""
-    table: dict[int, tuple[int, str, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = (entry / "stat").read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            table[int(entry.name)] = (int(fields[1]), command, int(fields[11]) + int(fields[12]))
-    return table
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all cores, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return total - idle, total
-
-
 @contextlib.contextmanager
 def cpu_usage(server: Server, stack: Stack, into: dict[str, float]) -> Iterator[None]:
     """CPU used during the block, in % of one core: the server, our PostgreSQL (postmaster
@@ -469,14 +448,14 @@ def cpu_usage(server: Server, stack: Stack, into: dict[str, float]) -> Iterator[
     with contextlib.suppress(OSError, ValueError, IndexError):
         postmaster = int(stack.postmaster_pid_file.read_text().split()[0])
     broker_mark = f"127.0.0.1:{stack.broker_port}"
-    before = _process_table()
-    machine_before = _machine_ticks()
+    before = process_table()
+    machine_before = machine_ticks()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     yield
     wall = max(time.monotonic() - started, 1e-9)
-    after = _process_table()
-    machine_after = _machine_ticks()
+    after = process_table()
+    machine_after = machine_ticks()
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     def used(select: Callable[[int, int, str], bool]) -> float:
@@ -937,9 +916,9 @@ def wait_until_quiet(
     deadline = time.monotonic() + limit_s
     cores = os.cpu_count() or 1
     while True:
-        first = _machine_ticks()
+        first = machine_ticks()
         time.sleep(window_s)
-        second = _machine_ticks()
+        second = machine_ticks()
         busy = 100.0 * cores * (second[0] - first[0]) / max(second[1] - first[1], 1)
         if busy < busy_pct or time.monotonic() >= deadline:
             return busy
@@ -974,14 +953,7 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> int:
         ),
         encoding="utf-8",
     )
-    settings = Settings(
-        _env_file=None,
-        kafka_bootstrap=broker.bootstrap,
-        database_url=database.url,
-        kafka_idempotence=False,
-        kafka_replication_factor=1,
-        sources_file=sources_file,
-    )
+    settings = stack_settings(broker, database, sources_file=sources_file)
     db.migrate(settings)
     asyncio.run(ensure_topics(settings))
     env = server_env(settings)
@@ -1093,16 +1065,12 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> int:
     return 0 if passed else 1
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     plan = parse_args(argv)
     # Ctrl-C and SIGTERM both clean up; SIGINT explicitly, as a shell that starts this in
     # the background (`... &`) hands it SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     stack = contextlib.ExitStack()
     try:
         return run(plan, stack)

@@ -82,6 +82,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 sys.path.insert(0, str(BENCH_DIR))
+from common import Children, git_state, raise_keyboard_interrupt, stack_settings  # noqa: E402
 from transform_data import (  # type: ignore[import-not-found]  # noqa: E402 - the path above
     Dataset,
     generate,
@@ -173,51 +174,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         no_relay=args.no_relay,
         command=shlex.join([".venv/bin/python", "bench/transform.py", *(argv or sys.argv[1:])]),
     )
-
-
-# --- processes ---------------------------------------------------------------------------
-
-
-class Children:
-    """Every process this script starts, so that all of them stop on exit or Ctrl-C."""
-
-    def __init__(self) -> None:
-        self._running: list[subprocess.Popen[bytes]] = []
-
-    def start(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self._running.append(process)
-        return process
-
-    def wait(self, process: subprocess.Popen[bytes], timeout_s: float) -> int:
-        try:
-            return process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.stop(process)
-            raise
-
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
-
-    def stop_all(self) -> None:
-        for process in reversed(self._running):
-            self.stop(process)
-        self._running.clear()
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 # --- CPU accounting ----------------------------------------------------------------------
@@ -709,22 +665,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def git_state() -> dict[str, Any]:
-    """The commit, and the files that differ from it: the working tree is what ran."""
-
-    def git(*args: str) -> str:
-        result = subprocess.run(
-            ["git", *args], cwd=REPO_DIR, capture_output=True, text=True, check=False
-        )
-        return result.stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "modified": [line[3:] for line in git("status", "--porcelain").splitlines()
-                     if line[3:].startswith(("services/", "shared/"))],
-    }  # fmt: skip
-
-
 def machine_busy_pct(seconds: float = 2.0) -> float:
     """How busy the machine is right now, in % of one core: measured before each run, when
     nothing of ours is working, it is other people's load, which makes a run noisy."""
@@ -825,8 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = parse_args(argv)
     # Ctrl-C and kill both unwind through the finally blocks that stop what was started
     # (SIGINT too: a shell's background job starts with it ignored).
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, raise_keyboard_interrupt)
     started_at = datetime.now(UTC)
     stamp = started_at.strftime("%Y%m%d-%H%M%S")
     print(f"generating {plan.events:,} raw events ...", flush=True)
@@ -841,7 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"a full run needs at least {FULL_MIN_ROWS:,} rows; raise --events "
             f"({dataset.total_rows:,} now)"
         )
-    children = Children()
+    children = Children(grace_s=10)
     results: dict[str, Any] = {
         "started_at": started_at.isoformat(),
         "command": plan.command,
@@ -865,12 +805,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             embedded_stack() as (broker, database),
         ):
             workdir = Path(scratch)
-            settings = Settings(
-                _env_file=None,
-                kafka_bootstrap=broker.bootstrap,
-                database_url=database.url,
-                kafka_idempotence=False,
-                kafka_replication_factor=1,
+            settings = stack_settings(
+                broker,
+                database,
                 transform_batch_size=plan.batch_size,
                 raw_topic_partitions=plan.partitions,
                 log_level="WARNING",

@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-import uvicorn
 import yaml
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
@@ -78,22 +77,12 @@ async def serve_ingest(
 ) -> AsyncIterator[RunningIngest]:
     """Run the real ingest app over real HTTP (uvicorn) inside the test's event loop."""
     from ponte.ingest.app import create_app
-    from ponte.shared.http import server_config
+    from tests.stand_ins.serve import serve
 
     if create_topics:
         await ensure_topics(settings)
-    port = free_port()
-    server = uvicorn.Server(server_config(create_app(settings), host="127.0.0.1", port=port))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield RunningIngest(f"http://127.0.0.1:{port}", settings)
-    finally:
-        server.should_exit = True
-        await task
+    async with serve(create_app(settings)) as url:
+        yield RunningIngest(url, settings)
 
 
 def unique_topic(prefix: str = "ponte.raw") -> str:
@@ -187,11 +176,27 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+_SERVICE_LOGS: dict[int, Path] = {}
+
+
 def start_service(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``ponte <service>`` as its own process (stderr kept for the failure message)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "ponte.cli", service],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    """``ponte <service>`` as its own process, its log in a file (``service_log``): a pipe
+    nobody reads fills up and blocks the service once it logs enough."""
+    import tempfile
+
+    log = Path(tempfile.mkstemp(prefix=f"ponte-{service}-", suffix=".log")[1])
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ponte.cli", service],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+        )
+    _SERVICE_LOGS[process.pid] = log
+    return process
+
+
+def service_log(process: subprocess.Popen[bytes], tail: int = 4000) -> str:
+    """The end of a ``start_service`` process's log, for a failure message."""
+    log = _SERVICE_LOGS.get(process.pid)
+    return log.read_text(errors="replace")[-tail:] if log and log.exists() else ""

@@ -4,11 +4,13 @@
     ponte ingest     the webhook service (production: env vars point at Kafka/PostgreSQL)
     ponte transform  raw events into the CRM model in PostgreSQL, change events out
     ponte deliver    change events out to CRM APIs (rate limits, retries, dead letters)
+    ponte ops        the operations API and page (sources, history export, replay)
     ponte replay     re-deliver dead letters after a fix (--dry-run by default)
     ponte migrate    bring the database schema up to date
     ponte topics     create the Kafka topics Ponte uses
     ponte sources    validate a sources file and store it in PostgreSQL
     ponte sign       print a signed curl for a test delivery to an ERP source
+    ponte pull       run a source's scheduled pull now
 
 ``ponte deliver`` covers HubSpot so far (issue #5 lists the other connectors).
 """
@@ -50,6 +52,8 @@ def _serve(service: str, host: str | None, port: int | None) -> None:
         from ponte.ingest.app import create_app
     elif service == "transform":
         from ponte.transform.app import create_app
+    elif service == "ops":
+        from ponte.ops.app import create_app
     else:
         from ponte.deliver.app import create_app
     config = server_config(
@@ -79,6 +83,14 @@ def deliver(host: Host = None, port: Port = None) -> None:
 
     Serves /healthz, /readyz, /metrics and /deliveries on the given port."""
     _serve("deliver", host, port)
+
+
+@app.command()
+def ops(host: Host = None, port: Port = None) -> None:
+    """Run the ops service: the operations API (/ops/..., PONTE_OPS_TOKEN) and page (/).
+
+    Serves /healthz, /readyz and /metrics too; OpenAPI at /docs."""
+    _serve("ops", host, port)
 
 
 @app.command()
@@ -135,6 +147,26 @@ def classify(
     for abc_class, count in counts.items():
         typer.echo(f"{abc_class}\t{count}")
     typer.echo("computed, nothing written" if dry_run else "written", err=True)
+
+
+@app.command()
+def pull(
+    source_id: Annotated[str, typer.Argument(help="The ERP source whose pull runs now.")],
+) -> None:
+    """Run a source's scheduled pull now (PONTE_PULLS_FILE), under the same lock as the
+    ingest replicas; prints the run and exits 1 if it failed, 2 if one was already going."""
+    from ponte.ingest.pulls.scheduler import UnknownPull, pull_once
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        run = asyncio.run(pull_once(settings, source_id))
+    except UnknownPull:
+        typer.echo(f"no pull is defined for source {source_id!r}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(run.public(), ensure_ascii=False, indent=2))
+    if run.status != "ok":
+        raise typer.Exit(2 if run.status == "skipped_locked" else 1)
 
 
 @app.command()

@@ -2,9 +2,9 @@
 
 Starts a throwaway PostgreSQL and a Tansu broker on loopback (``ponte.shared.embedded``),
 migrates the schema, creates the topics, writes a sources file with demo sources and fresh
-secrets, serves ingest, and prints a signed curl to try. A raw-topic tail prints each
-event as it lands so the flow is visible. Ctrl-C (or SIGTERM) stops the services, the
-broker and the database, and removes their files.
+secrets, serves ingest, transform and the ops page, and prints a signed curl to try. A
+tail prints each raw and change event as it lands so the flow is visible. Ctrl-C (or
+SIGTERM) stops the services, the broker and the database, and removes their files.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import uvicorn
 import yaml
 from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
 
 from ponte.cli import EXAMPLE_ENVELOPE, signed_curl
 from ponte.shared import db
@@ -102,41 +103,53 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+def _next_port(port: int) -> int:
+    return port if _port_free(port) else free_port()
+
+
 async def _serve(settings: Settings, port: int, secret: str) -> None:
     from ponte.ingest.app import create_app as create_ingest
+    from ponte.ops.app import create_app as create_ops
     from ponte.shared.http import server_config
     from ponte.transform.app import create_app as create_transform
 
     await ensure_topics(settings)
-    transform_port = free_port() if not _port_free(port + 1) else port + 1
-    transform = _QuietServer(
-        server_config(create_transform(settings), host="127.0.0.1", port=transform_port)
-    )
-    transforming = asyncio.create_task(transform.serve())
-    server = _QuietServer(server_config(create_ingest(settings), host="127.0.0.1", port=port))
-    serving = asyncio.create_task(server.serve())
+    ports = {"ingest": port, "transform": _next_port(port + 1), "ops": _next_port(port + 2)}
+    apps = {
+        "ingest": create_ingest(settings),
+        "transform": create_transform(settings),
+        "ops": create_ops(settings),
+    }
+    servers = {
+        name: _QuietServer(server_config(app, host="127.0.0.1", port=ports[name]))
+        for name, app in apps.items()
+    }
+    tasks = [asyncio.create_task(server.serve(), name=name) for name, server in servers.items()]
 
-    def stop_both() -> None:
-        server.should_exit = transform.should_exit = True
+    def stop_all() -> None:
+        for server in servers.values():
+            server.should_exit = True
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop_both)
-    while not (server.started and transform.started):
-        if serving.done() or transforming.done():
-            transform.should_exit = server.should_exit = True
-            await asyncio.gather(serving, transforming)
+        loop.add_signal_handler(signum, stop_all)
+    while not all(server.started for server in servers.values()):
+        if any(task.done() for task in tasks):
+            stop_all()
+            await asyncio.gather(*tasks, return_exceptions=True)
             return
         await asyncio.sleep(0.05)
     url = f"http://127.0.0.1:{port}/webhooks/erp-demo"
     body = json.dumps(EXAMPLE_ENVELOPE, ensure_ascii=False).encode()
+    token = settings.ops_token.get_secret_value() if settings.ops_token else ""
     print("\nPonte is running.", flush=True)
     print(f"  webhooks:  {url}   (also /webhooks/shopify-demo, /webhooks/woo-demo)")
     print(f"  ingest:    http://127.0.0.1:{port}/docs  /metrics  /readyz")
     print(
-        f"  transform: http://127.0.0.1:{transform_port}/docs  /parked-references  "
-        "/rejections  /unmapped-fields  /metrics"
+        f"  transform: http://127.0.0.1:{ports['transform']}/docs  /parked-references  "
+        "/rejections  /unmapped-fields  /classification  /metrics"
     )
+    print(f"  ops page:  http://127.0.0.1:{ports['ops']}/   token: {token}  (API: /docs)")
     print(f"  broker:    {settings.kafka_bootstrap}   database: {settings.asyncpg_dsn}")
     print(
         "\nSend an order (the signature is valid for 5 minutes; `ponte sign --url ... "
@@ -145,13 +158,13 @@ async def _serve(settings: Settings, port: int, secret: str) -> None:
     print(signed_curl(url, secret, body), "\n\nCtrl-C stops everything.\n", flush=True)
     tail = asyncio.create_task(_tail(settings))
     try:
-        await serving
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         tail.cancel()
-        transform.should_exit = True
+        stop_all()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await tail
-        await transforming
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -184,6 +197,8 @@ def run_dev(*, port: int = 8000, durable: bool = False) -> None:
                 "kafka_idempotence": False,  # Tansu cannot answer InitProducerId
                 "kafka_replication_factor": 1,
                 "sources_file": sources_file,
+                # A fresh token per run unless one is configured: the page is on loopback.
+                "ops_token": base.ops_token or SecretStr(secrets.token_urlsafe(24)),
             }
         )
         db.migrate(settings)

@@ -6,26 +6,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
-import orjson
 import pytest
-import uvicorn
-from aiokafka import AIOKafkaProducer
 
-from ponte.deliver.app import build_connectors
 from ponte.deliver.connectors.hubspot import HubSpotTarget
-from ponte.deliver.consumer import DeliverConsumer
-from ponte.deliver.engine import Deliverer
 from ponte.deliver.replay import replay
 from ponte.deliver.targets import Target
-from ponte.shared import kafka
-from ponte.shared.embedded import free_port
-from ponte.shared.http import server_config
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic
+from tests.deliver.conftest import company_change, count_deliveries, produce, run_deliver
 from tests.stand_ins.hubspot import HubSpotState, create_stand_in
+from tests.stand_ins.serve import serve
 
 pytestmark = pytest.mark.integration
 
@@ -33,68 +25,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def hubspot() -> AsyncIterator[tuple[HubSpotState, str]]:
     state = HubSpotState(limit=20, interval_s=1.0)
-    port = free_port()
-    server = uvicorn.Server(server_config(create_stand_in(state), host="127.0.0.1", port=port))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    yield state, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serve(create_stand_in(state)) as url:
+        yield state, url
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"deliver_max_attempts": 4, "deliver_max_age_s": 20.0})
-
-
-def change(source_id: str, key: str, minute: int, **row: Any) -> dict[str, Any]:
-    return {
-        "entity": "company",
-        "source_id": source_id,
-        "source_key": key,
-        "row_id": 1,
-        "operation": "upsert",
-        "changed": list(row),
-        "version": {"at": f"2024-11-14T15:{minute:02d}:00+00:00", "event_id": f"e{minute}"},
-        "row": {"legal_name": None, "document": None, **row},
-    }
-
-
-async def produce(settings: Settings, changes: list[dict[str, Any]]) -> None:
-    await kafka.ensure_topics(settings)
-    producer: AIOKafkaProducer = kafka.create_producer(settings)
-    await producer.start()
-    try:
-        for value in changes:
-            key = f"{value['entity']}/{value['source_id']}/{value['source_key']}"
-            await producer.send(settings.changes_topic, orjson.dumps(value), key=key.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def run_deliver(
-    settings: Settings, pool: asyncpg.Pool, target: Target, done: Any, timeout_s: float = 30.0
-) -> None:
-    producer = kafka.create_producer(settings)
-    await producer.start()
-    connectors, clients = build_connectors([target], settings)
-    consumer = DeliverConsumer(settings, Deliverer(settings, pool, producer, connectors))
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not await done():
-            assert asyncio.get_running_loop().time() < deadline, "deliver did not finish"
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await task
-        for client in clients:
-            await client.aclose()
-        await producer.stop()
 
 
 def target_for(url: str, source_id: str) -> HubSpotTarget:
@@ -114,14 +51,6 @@ def target_for(url: str, source_id: str) -> HubSpotTarget:
     )
 
 
-async def delivered_count(pool: asyncpg.Pool, target: Target, state: str = "delivered") -> int:
-    return int(
-        await pool.fetchval(
-            "SELECT count(*) FROM deliveries WHERE target_id = $1 AND state = $2", target.id, state
-        )
-    )
-
-
 async def test_latest_versions_arrive_once_through_rate_limits_and_5xx(
     settings: Settings, pool: asyncpg.Pool, hubspot: tuple[HubSpotState, str]
 ) -> None:
@@ -129,7 +58,7 @@ async def test_latest_versions_arrive_once_through_rate_limits_and_5xx(
     source_id = f"d-{uuid.uuid4().hex[:8]}"
     target = target_for(url, source_id).model_copy(update={"batch_size": 5})
     changes = [
-        change(source_id, f"E{n}", minute, legal_name=f"Acme {n} v{minute}")
+        company_change(source_id, f"E{n}", minute, legal_name=f"Acme {n} v{minute}")
         for n in range(150)
         for minute in (1, 2)
     ]
@@ -137,7 +66,7 @@ async def test_latest_versions_arrive_once_through_rate_limits_and_5xx(
     await produce(settings, changes)
 
     async def done() -> bool:
-        return await delivered_count(pool, target) == 150
+        return await count_deliveries(pool, target) == 150
 
     await run_deliver(settings, pool, target, done, timeout_s=60)
 
@@ -170,15 +99,15 @@ async def test_refused_records_dead_letter_and_replay_after_fix(
     await produce(
         settings,
         [
-            change(source_id, "OK", 1, legal_name="Fine Ltda", document="11222333000181"),
-            change(source_id, "BAD", 1, legal_name="Bad Ltda", document="00000000000000"),
+            company_change(source_id, "OK", 1, legal_name="Fine Ltda", document="11222333000181"),
+            company_change(source_id, "BAD", 1, legal_name="Bad Ltda", document="00000000000000"),
         ],
     )
 
     async def done() -> bool:
         return (
-            await delivered_count(pool, target) == 1
-            and await delivered_count(pool, target, "failed") == 1
+            await count_deliveries(pool, target) == 1
+            and await count_deliveries(pool, target, "failed") == 1
         )
 
     await run_deliver(settings, pool, target, done)
@@ -207,4 +136,4 @@ async def test_refused_records_dead_letter_and_replay_after_fix(
 
 
 async def _delivered(pool: asyncpg.Pool, target: Target, count: int) -> bool:
-    return await delivered_count(pool, target) == count
+    return await count_deliveries(pool, target) == count

@@ -5,7 +5,7 @@ The rule groups are taken from the rendered PrometheusRule and given to ``promto
 ``tests/deploy/alerts_test.yaml``, which feeds series and says when each alert fires and
 when it stays quiet. promtool is Debian's ``prometheus`` package (see PROMTOOL_INSTALL);
 without it these tests fail, they do not skip. Every metric the rules, the dashboard and
-docs/alerts.md name must be one ``ponte.shared.metrics`` defines (or one of the few
+docs/alerts.md name must be one the modules of METRIC_MODULES define (or one of the few
 external ones listed here), so renaming a metric in the code breaks this test.
 """
 
@@ -24,6 +24,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from ponte.deliver import status_back
 from ponte.shared import metrics
 from ponte.shared.settings import Settings
 from tests.deploy.test_manifests import OVERLAYS, REPO, of_kind, render
@@ -35,6 +36,10 @@ DASHBOARD_CONFIGMAP = "ponte-grafana-dashboard"
 
 PROMTOOL_INSTALL = "apt-get install -y --no-install-recommends prometheus"
 
+METRIC_MODULES = (metrics, status_back)
+"""Where Ponte's metrics are defined: ``ponte.shared.metrics``, and the status-back
+counter, which lives beside the code that counts it."""
+
 EXTERNAL_METRICS = {
     # Strimzi's Kafka Exporter (spec.kafkaExporter of the Kafka resource): lag per partition.
     "kafka_consumergroup_lag": "Kafka Exporter",
@@ -45,7 +50,7 @@ CLIENT_METRICS = {"process_start_time_seconds"}
 """From prometheus_client's default collectors: checked against what it really exports."""
 
 DASHBOARD_MUST_SHOW = {
-    "ponte_ingest_last_accepted_timestamp_seconds",
+    "ponte_source_last_success_timestamp_seconds",
     "ponte_ingest_events_total",
     "ponte_transform_events_total",
     "ponte_transform_rejections_total",
@@ -56,6 +61,7 @@ DASHBOARD_MUST_SHOW = {
     "ponte_transform_outbox_published_total",
     "ponte_transform_parked_references",
     "kafka_consumergroup_lag",
+    "ponte_status_back_events_total",
 }
 
 PROMQL_WORDS = {
@@ -113,8 +119,8 @@ def dashboard_exprs(board: dict[str, Any]) -> list[str]:
 
 
 def defined_metrics(families: bool = False) -> set[str]:
-    """The sample names ``ponte.shared.metrics`` exports (``_total``, ``_bucket``, …), and
-    with ``families`` the histograms' own names too (prose speaks of those)."""
+    """The sample names the METRIC_MODULES export (``_total``, ``_bucket``, …), and with
+    ``families`` the histograms' own names too (prose speaks of those)."""
     suffixes = {
         "counter": ("_total",),
         "gauge": ("",),
@@ -122,7 +128,8 @@ def defined_metrics(families: bool = False) -> set[str]:
         "summary": ("_sum", "_count", ""),
     }
     names = set()
-    for collector in vars(metrics).values():
+    collectors = [value for module in METRIC_MODULES for value in vars(module).values()]
+    for collector in collectors:
         if isinstance(collector, MetricWrapperBase):
             for family in collector.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])

@@ -7,13 +7,15 @@ Core kinds are validated against the Kubernetes OpenAPI schemas bundled in
 (Strimzi KafkaTopic, KEDA ScaledObject, Prometheus Operator ServiceMonitor and
 PrometheusRule) against the schemas in ``tests/deploy/schemas``. Then what only this
 project knows: the topics match ``ponte.shared.kafka.topics``, every setting reaches the
-containers, probes, security, scaling and network rules line up with the code. The alerts
+containers (a secret only the one that needs it), probes, security, scaling, the Ingress
+routes and network rules line up with the code. The alerts
 and the dashboard have their own module, ``test_alerts.py``.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import ipaddress
 import json
 import os
@@ -21,7 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import SecretStr
+from starlette.routing import BaseRoute
 
 from ponte.shared.kafka import TopicSpec, topics
 from ponte.shared.settings import Settings
@@ -52,8 +56,12 @@ CUSTOM_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.schema.json",
 }
 
-SERVICES = ("ingest", "transform", "deliver")
+SERVICES = ("ingest", "transform", "deliver", "ops")
 """The long-running services: one Deployment, Service and PodDisruptionBudget each."""
+
+FIXED_REPLICAS = {"ponte-ops": (1, 2)}
+"""Deployments no autoscaler owns, with the replica count they may set (ops: a page and an
+API for a few people; two for node drains, more only multiply PostgreSQL connections)."""
 
 NOT_PROVIDED: dict[str, str] = {
     # Deliberate exceptions to "every setting reaches every service container".
@@ -64,6 +72,28 @@ NOT_PROVIDED: dict[str, str] = {
 
 SECRET_NAME = "ponte-secrets"
 OPTIONAL_SECRETS = {"ponte-source-secrets", "ponte-target-secrets"}
+
+PER_SERVICE_SECRETS: dict[str, tuple[str, str]] = {
+    # Secret settings that reach one service only, as service -> (Secret, key). Every
+    # other service must NOT get them: the ops token never reaches ingest, which faces
+    # the internet, nor deliver, which calls out to it.
+    "PONTE_OPS_TOKEN": ("ops", "ponte-ops-secrets"),
+}
+
+INGRESS_CONTROLLER_NAMESPACE = "ingress-nginx"
+"""Where the ingress controller runs (networkpolicy.yaml admits it by this name)."""
+
+PUBLIC_ROUTES: dict[str, Callable[[str], bool]] = {
+    # What each service may serve through the Ingress, as a test on its route paths;
+    # the Ingress must route exactly these, no more (``/deliveries``, ``/metrics``, the
+    # OpenAPI pages stay inside) and no fewer.
+    "ingest": lambda path: path.startswith(("/webhooks/", "/files/")),
+    "transform": lambda path: False,
+    "deliver": lambda path: path.startswith("/crm-webhooks/"),
+    "ops": lambda path: (
+        path in ("/", "/login", "/logout") or path.startswith(("/ops/", "/sources/"))
+    ),
+}
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -236,7 +266,7 @@ def test_every_tree_renders_without_duplicates(tree: str) -> None:
     expected = {
         "ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
         "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "PrometheusRule",
-        "KafkaTopic", "NetworkPolicy", "Job",
+        "KafkaTopic", "NetworkPolicy", "Job", "Ingress",
     }  # fmt: skip
     assert expected <= kinds, f"{tree} lacks {expected - kinds}"
 
@@ -344,11 +374,15 @@ def test_every_setting_reaches_every_service(tree: str) -> None:
     objects = render(tree)
     known = {f"PONTE_{name.upper()}" for name in Settings.model_fields}
     assert set(NOT_PROVIDED) <= known, "NOT_PROVIDED names a setting that does not exist"
+    assert set(PER_SERVICE_SECRETS) <= known, "PER_SERVICE_SECRETS names an unknown setting"
     for service in SERVICES:
         container = deployment(objects, service)["spec"]["template"]["spec"]["containers"][0]
         env = container_env(objects, container)
-        missing = known - set(env) - set(NOT_PROVIDED)
+        others = {name for name, (owner, _) in PER_SERVICE_SECRETS.items() if owner != service}
+        missing = known - set(env) - set(NOT_PROVIDED) - others
         assert not missing, f"{tree}: ponte-{service} lacks {sorted(missing)}"
+        leaked = others & set(env)
+        assert not leaked, f"{tree}: ponte-{service} gets another service's {sorted(leaked)}"
         unknown = {name for name in env if name.startswith("PONTE_")} - known
         assert not unknown, f"{tree}: ponte-{service} sets unknown settings {sorted(unknown)}"
 
@@ -369,7 +403,11 @@ def test_configured_settings_are_valid_and_fit_the_pods(
             "ingest": settings.sources_file,
             "transform": settings.mappings_dir,
             "deliver": settings.targets_file,
+            "ops": None,  # reads PostgreSQL only: nothing to mount
         }[service]
+        if service == "ops":
+            assert needed is None and set(mounts) == {"/tmp"}, f"{tree}: ops mounts {mounts}"
+            continue
         assert needed is not None
         directory = needed if service == "transform" else needed.parent
         assert str(directory) in mounts, f"{tree}: {service} does not mount {directory}"
@@ -399,6 +437,9 @@ def test_sources_and_targets_files_are_valid(
 def test_secrets_are_only_referenced(tree: str) -> None:
     objects = render(tree)
     assert not of_kind(objects, "Secret"), "secret values never live in the repository"
+    pod_labels = {
+        where: template["metadata"]["labels"] for where, template in pod_templates(objects)
+    }
     sensitive = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|DATABASE_URL|API_KEY", re.IGNORECASE)
     credentials_in_url = re.compile(r"://[^/@\s]+:[^/@\s]+@")
     for obj in of_kind(objects, "ConfigMap"):
@@ -418,6 +459,15 @@ def test_secrets_are_only_referenced(tree: str) -> None:
             assert database["name"] == SECRET_NAME
             assert database["key"] == "PONTE_DATABASE_URL"
             assert not database.get("optional", False), "no database, no service"
+            component = pod_labels[where]["app.kubernetes.io/component"]
+            for name, (owner, secret) in PER_SERVICE_SECRETS.items():
+                if component != owner:
+                    assert name not in env, f"{tree}: {where} gets {name}"
+                    continue
+                reference = env[name]["valueFrom"]["secretKeyRef"]
+                assert (reference["name"], reference["key"]) == (secret, name), where
+                # The service refuses to start without it: say so at scheduling.
+                assert not reference.get("optional", False), f"{where}: {name} optional"
             for source in container.get("envFrom", []):
                 if "secretRef" in source:
                     assert source["secretRef"]["name"] in OPTIONAL_SECRETS
@@ -583,9 +633,15 @@ def test_scaling(tree: str, monkeypatch: pytest.MonkeyPatch) -> None:
         "ponte-ingest": ["HorizontalPodAutoscaler"],
         "ponte-transform": ["ScaledObject"],
         "ponte-deliver": ["ScaledObject"],
+        "ponte-ops": [],
     }, tree
     for name, obj in deployments.items():
-        assert "replicas" not in obj["spec"], f"{tree}: {name} replicas belong to its autoscaler"
+        if name in FIXED_REPLICAS:
+            low, high = FIXED_REPLICAS[name]
+            # Without a replicas field the API server sets 1; say it, so overlays patch it.
+            assert low <= obj["spec"].get("replicas", 0) <= high, f"{tree}: {name} replicas"
+        else:
+            assert "replicas" not in obj["spec"], f"{tree}: {name} replicas are its autoscaler's"
 
     hpa = named(objects, "HorizontalPodAutoscaler", "ponte-ingest")["spec"]
     assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
@@ -623,6 +679,8 @@ def test_prod_keeps_two_replicas_of_everything() -> None:
     assert named(objects, "HorizontalPodAutoscaler", "ponte-ingest")["spec"]["minReplicas"] >= 2
     for scaled in of_kind(objects, "ScaledObject"):
         assert scaled["spec"]["minReplicaCount"] >= 2, scaled["metadata"]["name"]
+    for name in FIXED_REPLICAS:
+        assert named(objects, "Deployment", name)["spec"]["replicas"] >= 2, name
 
 
 def test_prometheus_scrapes_every_service(tree: str) -> None:
@@ -638,6 +696,130 @@ def test_prometheus_scrapes_every_service(tree: str) -> None:
         assert endpoint["path"] == "/metrics"
         for svc in selected.values():
             assert endpoint["port"] in {port["name"] for port in svc["spec"]["ports"]}
+
+
+# --- ingress ------------------------------------------------------------------------------
+
+
+def route_paths(routes: list[BaseRoute], prefix: str = "") -> Iterator[str]:
+    """Every path of a route list, descending into included routers (FastAPI 0.165 keeps
+    them as one route each, with the router and its prefix; older ones flattened them)."""
+    for route in routes:
+        if hasattr(route, "path"):
+            yield prefix + route.path
+        elif hasattr(route, "original_router"):
+            included = prefix + route.include_context.prefix  # type: ignore[attr-defined]
+            yield from route_paths(route.original_router.routes, included)
+        else:
+            pytest.fail(f"a route this test cannot read: {route!r}")
+
+
+@functools.cache
+def app_routes(service: str) -> frozenset[str]:
+    """The route paths a service's app serves, from the app itself (built, not started)."""
+    module = importlib.import_module(f"ponte.{service}.app")
+    settings = Settings(_env_file=None, ops_token=SecretStr("a-token-for-building-the-app"))
+    paths = frozenset(route_paths(module.create_app(settings).routes))
+    assert "/healthz" in paths, f"ponte.{service}.app: the route reading missed /healthz"
+    return paths
+
+
+def ingress_paths(objects: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(host, path entry) for every path of every Ingress rule."""
+    for ingress in of_kind(objects, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for entry in rule["http"]["paths"]:
+                yield rule.get("host", ""), entry
+
+
+def ingress_matches(entry: dict[str, Any], path: str) -> bool:
+    """Whether an Ingress path entry routes a request path (Kubernetes' rules: Exact is the
+    whole path; Prefix compares whole path elements, a trailing slash ignored)."""
+    if entry["pathType"] == "Exact":
+        return bool(entry["path"] == path)
+    prefix = [element for element in entry["path"].split("/") if element]
+    elements = [element for element in path.split("/") if element]
+    return elements[: len(prefix)] == prefix
+
+
+def request_path(route: str) -> str:
+    """A path a client could send to a route: each ``{parameter}`` filled in."""
+    return re.sub(r"\{[^}]+\}", "x", route)
+
+
+def exposed_routes(objects: tuple[dict[str, Any], ...]) -> dict[str, set[str]]:
+    """service -> the routes of its app that some Ingress path reaches."""
+    services = {svc["metadata"]["name"]: svc for svc in of_kind(objects, "Service")}
+    exposed: dict[str, set[str]] = {service: set() for service in SERVICES}
+    for host, entry in ingress_paths(objects):
+        backend = entry["backend"]["service"]
+        assert backend["name"] in services, f"{host}{entry['path']}: no Service {backend['name']}"
+        service = services[backend["name"]]["spec"]["selector"]["app.kubernetes.io/component"]
+        ports = {port["name"] for port in services[backend["name"]]["spec"]["ports"]}
+        assert backend["port"].get("name") in ports, f"{host}{entry['path']}: port {backend}"
+        # ImplementationSpecific means whatever the controller makes of it: not checkable.
+        assert entry["pathType"] in ("Exact", "Prefix"), f"{host}{entry['path']}"
+        reached = {r for r in app_routes(service) if ingress_matches(entry, request_path(r))}
+        assert reached, f"{host}{entry['path']} reaches no route of ponte-{service}"
+        exposed[service] |= reached
+    return exposed
+
+
+def nginx_size(value: str) -> int:
+    """An nginx size ("5m", "512k", "1048576") in bytes (nginx's k and m are binary)."""
+    match = re.fullmatch(r"([0-9]+)([kKmMgG]?)", value)
+    assert match, f"not an nginx size: {value!r}"
+    return int(match.group(1)) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match.group(2).lower()]
+
+
+def test_ingress_routes_exactly_the_public_routes(tree: str) -> None:
+    exposed = exposed_routes(render(tree))
+    for service in SERVICES:
+        public = {route for route in app_routes(service) if PUBLIC_ROUTES[service](route)}
+        assert exposed[service] == public, (
+            f"{tree}: ponte-{service} exposes {sorted(exposed[service] - public)} it must not, "
+            f"and not {sorted(public - exposed[service])}"
+        )
+    # The routes this exists for, named, in case PUBLIC_ROUTES or an app drifts.
+    assert "/webhooks/{source_id}" in exposed["ingest"], tree
+    assert "/crm-webhooks/hubspot/{target_id}" in exposed["deliver"], tree
+    assert {"/", "/login", "/ops/sources"} <= exposed["ops"], tree
+    assert "/deliveries" in app_routes("deliver") and "/deliveries" not in exposed["deliver"]
+    for service, routes in exposed.items():
+        assert not routes & {"/metrics", "/readyz", "/healthz", "/docs", "/openapi.json"}, service
+
+
+def test_ingress_is_https_only_and_takes_whole_webhooks(
+    tree: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = render(tree)
+    max_body_bytes = configured_settings(tree, "ingest", monkeypatch).max_body_bytes
+    ingresses = of_kind(objects, "Ingress")
+    assert ingresses, f"{tree}: no Ingress"
+    hosts = [rule.get("host") for ingress in ingresses for rule in ingress["spec"]["rules"]]
+    assert all(hosts) and len(hosts) == len(set(hosts)), f"{tree}: hosts {hosts}"
+    for ingress in ingresses:
+        name = ingress["metadata"]["name"]
+        assert ingress["spec"].get("ingressClassName"), f"{tree}: {name} has no class"
+        with_tls = {
+            host for tls in ingress["spec"].get("tls", []) if tls.get("secretName")
+            for host in tls["hosts"]
+        }  # fmt: skip
+        for rule in ingress["spec"]["rules"]:
+            assert rule["host"] in with_tls, f"{tree}: {name} serves {rule['host']} without TLS"
+            if any(
+                entry["backend"]["service"]["name"] == "ponte-ingest"
+                for entry in rule["http"]["paths"]
+            ):
+                size = (
+                    ingress["metadata"]
+                    .get("annotations", {})
+                    .get(
+                        "nginx.ingress.kubernetes.io/proxy-body-size",
+                        "1m",  # nginx's default
+                    )
+                )
+                assert nginx_size(size) >= max_body_bytes, f"{tree}: {name} body size {size}"
 
 
 # --- network ------------------------------------------------------------------------------
@@ -703,6 +885,8 @@ def allowed(
 def test_network_policy(tree: str) -> None:
     objects = render(tree)
     kafka_namespaces = {t["metadata"]["namespace"] for t in of_kind(objects, "KafkaTopic")}
+    behind_ingress = {service for service, routes in exposed_routes(objects).items() if routes}
+    assert {"ingest", "deliver", "ops"} <= behind_ingress, behind_ingress
     public_crm, private_service = "104.18.0.1", "10.0.0.1"
     for where, template in pod_templates(objects):
         labels = template["metadata"]["labels"]
@@ -724,6 +908,11 @@ def test_network_policy(tree: str) -> None:
         else:
             from_monitoring = allowed(objects, labels, "Ingress", 8000, namespace="monitoring")
             assert from_monitoring == (component != "migrate"), where
+            # The ingress controller reaches the pods behind an Ingress, and no others.
+            from_controller = allowed(
+                objects, labels, "Ingress", 8000, namespace=INGRESS_CONTROLLER_NAMESPACE
+            )
+            assert from_controller == (component in behind_ingress), where
             assert not allowed(objects, labels, "Ingress", 8000, namespace="default"), where
             assert not allowed(objects, labels, "Ingress", 8000, address=public_crm), where
         assert not allowed(objects, labels, "Ingress", 5432, namespace="monitoring"), where

@@ -327,6 +327,23 @@ def _erp(body: dict[str, Any] | bytes, **kwargs: Any) -> tuple[bytes, dict[str, 
             "body_too_large",
             "65536",
         ),
+        (
+            "wh-erp",
+            lambda: _erp(b'{"id": "deep", "rows": [' + b"[" * 5000 + b"]" * 5000 + b"]}"),
+            400,
+            "invalid_json",
+            "",
+        ),
+        (
+            "wh-erp",
+            lambda: _erp(
+                json.dumps(envelope()).encode(), content_type="application/json; charset=klingon"
+            ),
+            415,
+            "unknown_charset",
+            "klingon",
+        ),
+        ("wh-erp", lambda: _erp(b'{"id": "\xff\xfe"}'), 400, "bad_encoding", ""),
     ],
     ids=[
         "unknown",
@@ -340,6 +357,9 @@ def _erp(body: dict[str, Any] | bytes, **kwargs: Any) -> tuple[bytes, dict[str, 
         "empty-rows",
         "bad-date",
         "too-large",
+        "deeply-nested",
+        "unknown-charset",
+        "not-utf8",
     ],
 )
 async def test_rejections_name_the_reason_and_are_recorded(

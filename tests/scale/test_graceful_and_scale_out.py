@@ -23,6 +23,7 @@ from ponte.shared.settings import Settings
 from tests.conftest import (
     read_topic,
     service_env,
+    service_log,
     start_service,
     write_sources,
 )
@@ -36,7 +37,7 @@ async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: floa
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            assert process.poll() is None, service_log(process)
             try:
                 if (await client.get(f"{url}/readyz")).status_code == 200:
                     return

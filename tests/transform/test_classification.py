@@ -255,3 +255,13 @@ async def test_revenue_changes_trigger_a_run_after_the_debounce(
         stop.set()
         await task
     assert f"company/{source_id}/E1" in {c.key for c in published.changes}
+
+
+def test_the_example_file_is_valid() -> None:
+    from pathlib import Path
+
+    from ponte.transform.classification import load_config
+
+    config = load_config(Path(__file__).parents[2] / "classification.example.yaml")
+    assert [rule.portfolio for rule in config.portfolios][:2] == ["Inativos", "Key accounts"]
+    assert config.default_portfolio == "Geral"

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from ponte.shared import kafka
 from ponte.shared.settings import Settings
-from tests.conftest import read_topic, service_env, start_service
+from tests.conftest import read_topic, service_env, service_log, start_service
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ async def test_kill_mid_run_and_restart(
     assert await wait_for(pool, source_id, ORDERS, timeout_s=120) == ORDERS
     await asyncio.sleep(1)  # anything in flight after the last order
     second.send_signal(signal.SIGTERM)
-    assert second.wait(30) == 0, second.stderr.read().decode() if second.stderr else ""
+    assert second.wait(30) == 0, service_log(second)
 
     totals = await pool.fetch(
         "SELECT source_key, total FROM orders WHERE source_id = $1", source_id

@@ -219,3 +219,34 @@ async def test_a_resolved_reference_is_a_newer_change_than_the_row_without_it(
     assert resolved.changed == ["company_id"] and resolved.row["company_id"] is not None
     assert stored.version is not None and resolved.version is not None
     assert resolved.version.newer_than(stored.version)
+
+
+SQL_LIKE = [
+    "Robert'); DROP TABLE companies;--",
+    "1 OR 1=1",
+    "'; SELECT pg_sleep(10); --",
+    '" OR ""="',
+    "$1::text; TRUNCATE orders",
+]
+
+
+async def test_sql_like_strings_in_every_field_are_stored_as_data(
+    pool: asyncpg.Pool, source_id: str
+) -> None:
+    fields = ("razao_social", "nome_fantasia", "endereco", "cidade", "telefone", "pais")
+    for n, text in enumerate(SQL_LIKE):
+        row = {"codigo": f"{text}-{n}", **{name: text for name in fields}}
+        await apply(pool, raw_event("Empresa", row, source_id=source_id, minute=n))
+    stored = await pool.fetch(
+        "SELECT source_key, legal_name, trade_name, street, city, phone, country "
+        "FROM companies WHERE source_id = $1 ORDER BY source_key",
+        source_id,
+    )
+    assert len(stored) == len(SQL_LIKE)
+    for row in stored:
+        text = row["source_key"].rsplit("-", 1)[0]
+        assert text in SQL_LIKE
+        assert {
+            row[c] for c in ("legal_name", "trade_name", "street", "city", "phone", "country")
+        } == {text}
+    assert await pool.fetchval("SELECT to_regclass('companies') IS NOT NULL")

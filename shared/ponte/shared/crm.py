@@ -347,6 +347,7 @@ CHILDREN: dict[str, tuple[tuple[str, str], ...]] = {
 # deletes) and the last version delivered, or why it failed.
 class Delivery(SQLModel, table=True):
     __tablename__ = "deliveries"
+    __table_args__ = (sa.Index("ix_deliveries_row", "target_id", "entity", "row_id"),)
     target_id: str = Field(primary_key=True)
     entity: str = Field(primary_key=True)
     source_id: str = Field(primary_key=True)
@@ -360,3 +361,57 @@ class Delivery(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = None
     updated_at: datetime = Field(sa_type=_AWARE)
+
+
+# One declared link of one delivered record with one target (``ponte.deliver.associations``;
+# migration 0004).
+class Association(SQLModel, table=True):
+    __tablename__ = "associations"
+    __table_args__ = (sa.Index("ix_associations_to", "target_id", "to_entity", "to_row_id"),)
+    target_id: str = Field(primary_key=True)
+    from_entity: str = Field(primary_key=True)
+    from_row_id: int = Field(primary_key=True)
+    column_name: str = Field(primary_key=True)
+    to_entity: str
+    to_row_id: int
+    state: str
+    """waiting, associated or failed."""
+    from_crm_id: str | None = None
+    """The pair of CRM ids last sent (associated with, or refused)."""
+    to_crm_id: str | None = None
+    attempts: int = 0
+    status: int | None = None
+    last_error: str | None = None
+    updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
+# What became of one CRM webhook event sent back to its origin (``ponte.deliver.status_back``;
+# migration 0006): the dedup key when the CRM re-sends, and the record of what was done.
+class StatusBackEvent(SQLModel, table=True):
+    __tablename__ = "status_updates"
+    __table_args__ = (
+        sa.Index(
+            "ix_status_updates_origin_record",
+            "source_id",
+            "entity",
+            "source_key",
+            "occurred_at",
+            postgresql_where=sa.text("state = 'applied'"),
+        ),
+    )
+    target_id: str = Field(primary_key=True)
+    event_id: str = Field(primary_key=True)
+    crm_id: str
+    stage: str | None = None
+    occurred_at: datetime = Field(sa_type=_AWARE)
+    entity: str | None = None
+    source_id: str | None = None
+    source_key: str | None = None
+    origin_kind: str | None = None
+    origin_status: str | None = None
+    state: str
+    """applied, ignored, stale or failed."""
+    reason: str | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    recorded_at: datetime = Field(sa_type=_AWARE)

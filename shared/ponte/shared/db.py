@@ -34,6 +34,19 @@ DbConnection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 """A connection, bare or borrowed from a pool: what repositories take."""
 
 
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+)
+"""Errors that say the database cannot work right now, not that the data is bad."""
+
+
 def alembic_config(settings: Settings) -> Config:
     """An Alembic config that needs no alembic.ini: the scripts ship inside the package."""
     config = Config()
@@ -96,6 +109,13 @@ async def create_pool(
             # Ponte keeps no session state on a connection (no LISTEN, advisory locks are
             # released explicitly), so asyncpg's reset query on every release is pure cost.
             reset=_no_reset,
+            # asyncpg prepares every statement. After a few executions PostgreSQL may settle
+            # on a generic plan, which for Ponte's batch lookups (``= ANY`` / ``unnest`` of
+            # arrays whose size varies per batch) can read a whole table per key: the
+            # deliver benchmark measured 0.2-5.7 s per 1,000-change lookup on a generic plan
+            # and milliseconds on a custom one (docs/benchmarks-deliver.md). Planning each
+            # execution costs far less than that.
+            server_settings={"plan_cache_mode": "force_custom_plan"},
         )
         return pool
 

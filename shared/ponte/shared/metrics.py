@@ -118,3 +118,20 @@ TRANSFORM_OUTBOX_FAILED = Counter(
     "ponte_transform_outbox_refused_total",
     "Outbox messages the broker refused (kept in the outbox, retried, alerted on).",
 )
+
+# Per source, exported by the ops service (one query per refresh, whatever the traffic):
+# what the "source without success for longer than its maximum" alert compares.
+SOURCE_LAST_SUCCESS = Gauge(
+    "ponte_source_last_success_timestamp_seconds",
+    "Unix time of each source's last success: a webhook accepted or a pull run that "
+    "ended ok (0: never).",
+    ["source"],
+)
+SOURCE_MAX_SILENCE = Gauge(
+    "ponte_source_max_silence_seconds",
+    "Each source's maximum time without success (seed 001's 'Tempo máximo sem sucesso').",
+    ["source"],
+)
+SOURCE_ACTIVE = Gauge(
+    "ponte_source_active", "1 for an active source, 0 for an inactive one.", ["source"]
+)

@@ -82,3 +82,69 @@ class IngestReceipt(SQLModel, table=True):
     state: str = Field(max_length=16)
     claimed_at: datetime = Field(sa_column=_utc_column(index=True))
     accepted_at: datetime | None = Field(default=None, sa_column=_utc_column(nullable=True))
+
+
+# What the ops page shows and edits about a source beyond its ingest settings (seed 001's
+# "Informações Gerais"). Kept apart from ``sources`` so the YAML file, which rewrites
+# ``sources`` when it changes, never resets a consultant's text.
+class SourceOps(SQLModel, table=True):
+    __tablename__ = "source_ops"
+
+    source_id: str = Field(primary_key=True, max_length=64)
+    business_rule: str = ""
+    """Seed 001's "Regra de negócio da integração", free text."""
+    max_silence_hours: float = 24.0
+    """Seed 001's "Tempo máximo sem sucesso na integração"."""
+    deployment_status: str = Field(default="in_progress", max_length=16)
+    """Seed 001's "Situação da implantação": in_progress or completed."""
+    updated_at: datetime = Field(sa_column=_utc_column())
+
+
+# Who changed what through the ops API, and when; secrets appear as fingerprints only.
+class OpsAudit(SQLModel, table=True):
+    __tablename__ = "ops_audit"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True))
+    at: datetime = Field(sa_column=_utc_column(index=True))
+    actor: str = Field(max_length=100)
+    source_id: str | None = Field(default=None, max_length=64, index=True)
+    field: str = Field(max_length=64)
+    old_value: Any = Field(default=None, sa_column=sa.Column(pg.JSONB))
+    new_value: Any = Field(default=None, sa_column=sa.Column(pg.JSONB))
+
+
+# One pull run of one source: when, how it ended, what it pulled, where the cursor was.
+class PullRun(SQLModel, table=True):
+    __tablename__ = "pull_runs"
+    __table_args__ = (sa.Index("ix_pull_runs_source_started", "source_id", "started_at"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True))
+    source_id: str = Field(max_length=64)
+    trigger: str = Field(max_length=16)
+    """schedule or manual ("Executar agora", ``ponte pull``)."""
+    status: str = Field(max_length=16)
+    """running, ok, failed or skipped_locked."""
+    started_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    finished_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True)
+    )
+    duration_ms: float | None = None
+    pages: int = 0
+    rows_pulled: int = 0
+    rows_rejected: int = 0
+    cursor_before: str | None = None
+    cursor_after: str | None = None
+    error: str | None = None
+    rejected: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=sa.Column(pg.JSONB, nullable=False)
+    )
+
+
+# The cursor a source's pulls have reached: moved only by a run whose rows Kafka acked.
+class PullCursor(SQLModel, table=True):
+    __tablename__ = "pull_cursors"
+
+    source_id: str = Field(primary_key=True, max_length=64)
+    cursor: str | None = None
+    run_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     """Retry-After sent with a 503 when the broker cannot take an event."""
     dedup_pending_timeout_s: float = 30.0
     """A claimed delivery that never reached the broker (crash) may be retried after this."""
+    pulls_file: Path | None = None
+    """YAML of scheduled pulls from ERP REST APIs (see pulls.example.yaml); a file that is
+    not there means no pulls (logged)."""
 
     # --- transform ------------------------------------------------------------------------
     transform_group_id: str = "ponte-transform"
@@ -96,6 +99,18 @@ class Settings(BaseSettings):
     """A change still failing after this long goes to the dead-letter topic."""
     deliver_timeout_s: float = 30.0
     """Timeout of one CRM call."""
+    deliver_linger_ms: int = Field(default=1000, ge=0)
+    """Wait up to this long for a fuller batch (up to 1,000 changes) before delivering:
+    under a CRM's rate limit, fewer and fuller calls (ponte.deliver.consumer)."""
+
+    # --- status back to the origin (CRM webhooks -> shop or ERP) -------------------------
+    status_topic: str = "ponte.status"
+    """Signed CRM webhook events (HubSpot deal stage changes), keyed by target and deal."""
+    status_topic_partitions: int = 3
+    status_dead_letter_topic: str = "ponte.status.deadletter"
+    """Status updates an origin refused or that kept failing, with the reason in headers."""
+    status_group_id: str = "ponte-status-back"
+    """Consumer group of the status topic (retries, timeout: the deliver_* settings)."""
 
     # --- request history ------------------------------------------------------------------
     history_retention_days: int = 30
@@ -111,6 +126,12 @@ class Settings(BaseSettings):
     without one)."""
     history_max_days: int = 7
     """Longest period one history export may span (seed 001: at most 7 days per query)."""
+    ops_cookie_secure: bool = True
+    """Mark the ops page's session cookie ``Secure``. Behind the TLS ingress the app sees
+    plain HTTP (X-Forwarded-Proto is not trusted, like X-Forwarded-For), so it cannot tell
+    by itself. Browsers keep a Secure cookie from http://127.0.0.1 and http://localhost
+    (secure contexts), so ``ponte dev`` works with it; false only to reach the page over
+    plain HTTP on another address."""
 
     # --- process --------------------------------------------------------------------------
     log_level: str = "INFO"

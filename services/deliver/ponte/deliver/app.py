@@ -20,6 +20,8 @@ from ponte.deliver.connectors import TARGET_KINDS, Connector
 from ponte.deliver.consumer import DeliverConsumer
 from ponte.deliver.engine import Deliverer
 from ponte.deliver.ratelimit import TokenBucket
+from ponte.deliver.status_back import StatusBack, load_config
+from ponte.deliver.status_back import router as status_back_router
 from ponte.deliver.targets import Target, load_targets
 from ponte.shared import db, kafka, probes
 from ponte.shared.http import draining, freeze_startup_heap
@@ -46,6 +48,7 @@ def build_connectors(
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     targets = load_targets(settings.targets_file) if settings.targets_file else []
+    status_config = load_config(settings.targets_file)  # invalid: fail before waiting
     pool = await db.create_pool(settings, wait_s=60)
     stop = asyncio.Event()
     # Without the broker there is nothing to deliver: wait for it before serving.
@@ -57,6 +60,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     consumer = DeliverConsumer(settings, Deliverer(settings, pool, producer, connectors))
     app.state.pool, app.state.consumer = pool, consumer
     task = asyncio.create_task(consumer.run(stop))
+    # CRM webhooks -> the origin's status (docs/status-back.md): same producer and stop.
+    status_back = StatusBack(settings, pool, producer, status_config)
+    app.state.status_back = status_back
+    status_task = asyncio.create_task(status_back.run(stop))
     freeze_startup_heap()
     try:
         yield
@@ -64,6 +71,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 60)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(status_task, 60)
+        await status_back.aclose()
         for client in clients:
             await client.aclose()
         await producer.stop()
@@ -142,5 +152,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(router)
+    app.include_router(status_back_router)
     app.include_router(probes.router)
     return app

@@ -8,7 +8,17 @@ retried with exponential backoff and jitter, never sooner than the server's Retr
 after ``deliver_max_attempts`` or ``deliver_max_age_s`` its records go to the dead-letter
 topic, as do records the CRM refuses (4xx, or a 207 error for that record) at once.
 Every outcome is recorded in ``deliveries`` (state, the CRM's id, version, attempts,
-reason). The caller commits offsets only after ``deliver`` returns.
+reason).
+
+Then, for targets that declare ``associations``, the links (``ponte.deliver.associations``):
+only after the upserts succeeded and their CRM ids are recorded, because a link needs
+both records' ids. The order is fixed: record deliveries, record the links the delivered
+rows declare, then send every link touching a delivered row whose two records now both
+have ids (so a deal that arrived before its company is linked in the step that delivers
+the company). Link calls go through the same token bucket, concurrency limit and retry
+discipline; a link that still fails is kept visible as ``failed`` with its reason in the
+``associations`` table, not dead-lettered. The caller commits offsets only after
+``deliver`` returns.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from tenacity import (
     stop_after_delay,
 )
 
+from ponte.deliver import associations
+from ponte.deliver.associations import Link, LinkFailure, PairsRefused
 from ponte.deliver.changes import Change, latest_per_record, properties_for
 from ponte.deliver.connectors.base import (
     BatchOutcome,
@@ -63,6 +75,9 @@ class TargetResult:
     delivered: list[tuple[Change, str | None]] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     skipped: int = 0
+    linked: int = 0
+    """Associations made in this step."""
+    link_failures: list[LinkFailure] = field(default_factory=list)
 
 
 def _wait(state: RetryCallState) -> float:
@@ -89,6 +104,11 @@ class Deliverer:
             target_id: asyncio.Semaphore(target.concurrency)
             for target_id, (target, _) in connectors.items()
         }
+        for target_id, (target, _) in connectors.items():
+            try:  # a kind's model may not check its links at load: never start with bad ones
+                associations.check_associations(target.objects)
+            except ValueError as error:
+                raise ValueError(f"target {target_id}: {error}") from None
 
     async def deliver(self, changes: list[Change]) -> dict[str, TargetResult]:
         results = await asyncio.gather(
@@ -100,7 +120,24 @@ class Deliverer:
         outcome = dict(zip(self._connectors, results, strict=True))
         await self._dead_letter(outcome)
         await self._record(outcome)
+        await asyncio.gather(
+            *(
+                self._associate(target, connector, outcome[target.id])
+                for target, connector in self._connectors.values()
+                if associations.links_anything(target)
+            )
+        )
         return outcome
+
+    def _retrying(self) -> AsyncRetrying:
+        """Retry what may pass (``RetryableError``) until the attempts or the age run out."""
+        return AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            stop=stop_after_attempt(self._settings.deliver_max_attempts)
+            | stop_after_delay(self._settings.deliver_max_age_s),
+            wait=_wait,
+            reraise=True,
+        )
 
     async def _deliver_to(
         self, target: Target, connector: Connector, changes: list[Change]
@@ -161,13 +198,7 @@ class Deliverer:
                 )
 
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RetryableError),
-                stop=stop_after_attempt(self._settings.deliver_max_attempts)
-                | stop_after_delay(self._settings.deliver_max_age_s),
-                wait=_wait,
-                reraise=True,
-            ):
+            async for attempt in self._retrying():
                 with attempt:
                     outcome = await call()
         except (RetryableError, TerminalError) as error:
@@ -207,6 +238,57 @@ class Deliverer:
             if change.external_id in outcome.failed
         ]
         return delivered, failed
+
+    async def _associate(self, target: Target, connector: Connector, result: TargetResult) -> None:
+        """Link what this step delivered, and what was waiting for it (see the module)."""
+        delivered = [change for change, _ in result.delivered]
+        if not delivered:
+            return
+        await associations.note_references(self._pool, target, delivered)
+        due = await associations.due_links(self._pool, target, delivered)
+        calls = [
+            self._link(target, connector, from_type, to_type, links)
+            for from_type, to_type, links in associations.calls_for(target, due)
+        ]
+        linked: list[tuple[Link, int]] = []
+        for made, failed in await asyncio.gather(*calls):
+            linked += made
+            result.link_failures += failed
+        result.linked = len(linked)
+        await associations.record_outcomes(self._pool, target.id, linked, result.link_failures)
+
+    async def _link(
+        self, target: Target, connector: Connector, from_type: str, to_type: str, links: list[Link]
+    ) -> tuple[list[tuple[Link, int]], list[LinkFailure]]:
+        attempts = 0
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    attempts += 1
+                    async with self._limits[target.id]:
+                        await connector.associate(from_type, to_type, [x.pair for x in links])
+        except PairsRefused as error:
+            log.warning(
+                "associations refused",
+                extra={"target": target.id, "from": from_type, "to": to_type,
+                       "refused": len(error.refused)},
+            )  # fmt: skip
+            made = [(x, attempts) for x in links if x.pair not in error.refused]
+            return made, [
+                LinkFailure(x, f"refused: {error.refused[x.pair]}", error.status, attempts)
+                for x in links
+                if x.pair in error.refused
+            ]
+        except (RetryableError, TerminalError) as error:
+            kind = "gave up after retries" if isinstance(error, RetryableError) else "refused"
+            log.warning(
+                "associations failed",
+                extra={"target": target.id, "from": from_type, "to": to_type,
+                       "links": len(links), "status": error.status, "attempts": attempts},
+            )  # fmt: skip
+            reason = f"{kind}: {error} {error.excerpt}".strip()
+            return [], [LinkFailure(x, reason, error.status, attempts) for x in links]
+        return [(x, attempts) for x in links], []
 
     async def _known(
         self, target: Target, changes: list[Change]

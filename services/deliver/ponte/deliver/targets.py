@@ -45,6 +45,10 @@ class ObjectMapping(BaseModel):
     object_type: str
     properties: dict[str, str] = Field(default_factory=dict)
     """CRM-model column -> target property."""
+    associations: dict[str, str] = Field(default_factory=dict)
+    """Foreign-key column -> the CRM-model entity it points to (``company_id: company``):
+    the record is linked to that entity's record in the CRM (``ponte.deliver.associations``
+    checks the column really is such a key)."""
 
 
 class Target(BaseModel):

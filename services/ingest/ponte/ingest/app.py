@@ -16,9 +16,10 @@ from fastapi import FastAPI
 from ponte.ingest.history import HistoryWriter
 from ponte.ingest.intake import Intake
 from ponte.ingest.publisher import EventPublisher
+from ponte.ingest.pulls.scheduler import build_scheduler
 from ponte.ingest.receipts import Receipts
 from ponte.ingest.registry import SourceRegistry
-from ponte.ingest.routes import health, webhooks
+from ponte.ingest.routes import health, intake_files, webhooks
 from ponte.shared import db, probes
 from ponte.shared.http import freeze_startup_heap
 from ponte.shared.settings import Settings
@@ -46,10 +47,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.publisher = publisher
     app.state.intake = Intake(settings, registry, publisher, receipts, history)
     app.state.registry = registry
+    app.state.pulls = await build_scheduler(settings, pool, publisher)
+    await app.state.pulls.start()
     freeze_startup_heap()
     try:
         yield
     finally:
+        await app.state.pulls.stop()
         await publisher.stop()
         await receipts.flush()
         await history.stop()
@@ -68,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Starlette matches routes in order: the plain route serves, the FastAPI one documents.
     app.router.routes.append(webhooks.FAST_ROUTE)
     app.include_router(webhooks.router)
+    app.include_router(intake_files.router)
     app.include_router(health.router)
     app.include_router(probes.router)
     return app

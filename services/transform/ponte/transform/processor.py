@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from ponte.shared import db
 from ponte.shared.db import DbConnection
 from ponte.shared.metrics import (
     TRANSFORM_BATCH_SECONDS,
@@ -42,17 +43,7 @@ from ponte.transform.repository import BatchApplier, ChangeEvent
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.TransactionRollbackError,
-)
-"""Errors that say the database cannot work right now, not that the data is bad."""
+UNAVAILABLE = db.UNAVAILABLE
 
 
 class Message(Protocol):

@@ -1,0 +1,658 @@
+"""``kind: rest``: a CRM with a plain REST API, as configuration instead of code.
+
+Most small CRMs offer the same handful of calls: log in (or take a static API key), create a
+record, update it by its id, search by a field, delete by id. This connector drives those
+calls from the target's YAML (``docs/connectors/rest.md`` has a worked example, loaded by
+the tests so it cannot rot). One call per record (no batch endpoint is assumed), at most
+``concurrency`` at once, each through the target's token bucket.
+
+Templating is deliberately tiny, so a config reads the same everywhere:
+- ``{crm_id}``, ``{key}`` (the natural key's value), ``{from_id}``/``{to_id}`` in paths,
+  query values and body strings, replaced as plain text (a value's braces are never read
+  as another placeholder); values in paths are URL-quoted;
+- dotted JSON paths (``data.items``, ``item.id``, ``data.0.id``) to read an answer and,
+  on the property side, to build nested JSON (``custom_fields.cnpj`` ->
+  ``{"custom_fields": {"cnpj": ...}}``).
+
+How a record is written (``RestConnector._upsert_one``):
+1. a known CRM id (``Outgoing.crm_id`` from ``deliveries``, or one learned earlier in this
+   process) goes straight to update; a 404 there means someone deleted it in the CRM, so
+   the record falls back to the steps below;
+2. with a natural key (a CRM-model column such as ``document``, the CNPJ, when the API has
+   no external-id field) and ``search_before_create``, search by it and update what is
+   found (more than one match is refused: Ponte does not guess which is right);
+3. else create, and read the new id from the answer.
+
+Two rules for CRMs that misbehave, each off unless configured:
+- ``create_error_may_have_saved``: a create answered with a 5xx (or a status listed in
+  ``create_error_statuses``), or that timed out, may have saved the record anyway. Ponte
+  searches by the natural key before creating again and updates what it finds, instead of
+  retrying the create into a duplicate.
+- ``create_returns_no_id``: the create's answer carries no id, so Ponte searches by the
+  natural key afterwards to learn it (without the rule, an answer without an id is an
+  error: the record would be created again on its next version).
+
+Failures: 429, 5xx, timeouts and connection errors raise ``RetryableError`` (with the
+server's Retry-After); any other 4xx puts that record in ``BatchOutcome.failed`` with the
+answer's excerpt, and the others of the batch carry on. If any record of a batch hit a
+retryable error, the batch raises after every record was tried; the retry is idempotent
+because ids learned in this attempt are remembered (``_learned``) and a record whose
+create failed uncertainly is searched first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ponte.deliver.associations import PairsRefused
+from ponte.deliver.connectors.base import (
+    BatchOutcome,
+    DeliveryError,
+    Outgoing,
+    RetryableError,
+    TerminalError,
+)
+from ponte.deliver.ratelimit import TokenBucket
+from ponte.deliver.targets import ObjectMapping, Target
+
+LEARNED_IDS_KEPT = 50_000
+"""CRM ids learned in this process, kept so a retried batch updates instead of creating
+again; the durable copy is the ``deliveries`` table."""
+
+# --- templates and JSON paths -------------------------------------------------------------
+
+
+def get_path(document: Any, path: str) -> Any:
+    """The value at a dotted path (``data.items.0.id``), or None when any step is missing.
+    An empty path is the document itself."""
+    value = document
+    for step in path.split(".") if path else []:
+        if isinstance(value, dict):
+            value = value.get(step)
+        elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+            value = value[int(step)]
+        else:
+            return None
+    return value
+
+
+def set_path(document: dict[str, Any], path: str, value: Any) -> None:
+    """Put ``value`` at a dotted path, building the nested objects on the way."""
+    *parents, last = path.split(".")
+    for step in parents:
+        document = document.setdefault(step, {})
+    document[last] = value
+
+
+def fill(template: Any, values: dict[str, str]) -> Any:
+    """Placeholders replaced in every string of a JSON template, as plain text."""
+    if isinstance(template, str):
+        for name, value in values.items():
+            template = template.replace("{" + name + "}", value)
+        return template
+    if isinstance(template, list):
+        return [fill(item, values) for item in template]
+    if isinstance(template, dict):
+        return {key: fill(item, values) for key, item in template.items()}
+    return template
+
+
+def fill_path(template: str, values: dict[str, str]) -> str:
+    return str(fill(template, {name: quote(value, safe="") for name, value in values.items()}))
+
+
+# --- configuration ------------------------------------------------------------------------
+
+_DOTTED = r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$"
+"""A dotted JSON path: ``data.id``, ``data.items.0.item.id``."""
+_OPTIONAL_DOTTED = r"^$|" + _DOTTED
+
+
+class Call(BaseModel):
+    """One HTTP call: a method and a path template relative to the target's base URL."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(pattern=r"^/")
+
+
+class SearchCall(Call):
+    """Search by the natural key: ``{key}`` in the path or in a query value; ``results``
+    is the path of the list of matches in the answer, ``id`` the path of the id in one."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    query: dict[str, str] = Field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    results: str = Field(default="", pattern=_OPTIONAL_DOTTED)
+    id: str = Field(default="id", pattern=_DOTTED)
+
+    @model_validator(mode="after")
+    def _uses_key(self) -> SearchCall:
+        texts = [self.path, *self.query.values(), repr(self.body)]
+        if not any("{key}" in text for text in texts):
+            raise ValueError("search: {key} appears in neither path, query nor body")
+        return self
+
+
+class AssociateCall(Call):
+    """Link two records: ``{from_id}`` and ``{to_id}`` in the path or the body."""
+
+    body: dict[str, Any] | None = None
+
+
+class HeaderAuth(BaseModel):
+    """A static header on every call: ``Authorization: Bearer ${TOKEN}``, ``X-Api-Key``."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    type: Literal["header"]
+    header: str = "Authorization"
+    value: str = Field(repr=False)
+
+
+class LoginAuth(BaseModel):
+    """A login call whose token is reused until shortly before it expires, and renewed
+    once when a call answers 401 (that call is then retried once)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    type: Literal["login"]
+    method: Literal["POST", "PUT", "GET"] = "POST"
+    path: str = Field(pattern=r"^/")
+    body: dict[str, Any] = Field(default_factory=dict, repr=False)
+    """JSON body, credentials as ``${ENV}`` (expanded when the targets file is read)."""
+    token: str = Field(pattern=_DOTTED)
+    """Path of the token in the login answer."""
+    header: str = "Authorization"
+    prefix: str = "Bearer "
+    expires_in: str | None = Field(default=None, pattern=_DOTTED)
+    """Path of the token's lifetime in seconds in the answer, if the API says it."""
+    expires_after_s: float | None = Field(default=None, gt=0)
+    """The lifetime when the answer does not say it (documented by the CRM)."""
+    refresh_margin_s: float = Field(default=30.0, ge=0)
+    """Renew this long before the expiry, so no call carries a token about to lapse."""
+
+
+class RestObject(ObjectMapping):
+    """One CRM-model entity as the REST API writes it. ``properties`` (column -> dotted
+    target path) build the body; ``constants`` (dotted path -> value) are added to it."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    create: Call
+    id_path: str = Field(default="id", pattern=_OPTIONAL_DOTTED)
+    """Path of the new record's id in the create answer."""
+    update: Call
+    search: SearchCall | None = None
+    delete: Call | None = None
+    read: Call | None = None
+    read_path: str = Field(default="", pattern=_OPTIONAL_DOTTED)
+    """Path of the record in the read answer (``data``); empty: the whole answer."""
+    associate: dict[str, AssociateCall] = Field(default_factory=dict)
+    """Object type linked to -> the call that links a record to it."""
+    constants: dict[str, Any] = Field(default_factory=dict)
+    natural_key: str | None = None
+    """CRM-model column that identifies the record in the CRM (``document``)."""
+    search_before_create: bool = True
+    create_error_may_have_saved: bool = False
+    create_error_statuses: list[int] = Field(default_factory=list)
+    create_returns_no_id: bool = False
+
+    @field_validator("update", "delete", "read")
+    @classmethod
+    def _uses_crm_id(cls, call: Call | None) -> Call | None:
+        if call is not None and "{crm_id}" not in call.path:
+            raise ValueError(f"path {call.path!r} has no {{crm_id}}")
+        return call
+
+    @field_validator("create_error_statuses")
+    @classmethod
+    def _error_statuses(cls, statuses: list[int]) -> list[int]:
+        for status in statuses:
+            if not 400 <= status <= 599:
+                raise ValueError(f"{status} is not an HTTP error status")
+        return statuses
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RestObject:
+        if self.natural_key is not None:
+            if self.natural_key not in self.properties:
+                raise ValueError(
+                    f"natural_key: {self.natural_key!r} must be one of the mapped properties' "
+                    "columns, so its value is sent and can be searched by"
+                )
+            if self.search is None:
+                raise ValueError("natural_key: set search too (how to find a record by it)")
+        for rule in ("create_error_may_have_saved", "create_returns_no_id"):
+            if getattr(self, rule) and self.natural_key is None:
+                raise ValueError(f"{rule}: needs natural_key and search to find the record")
+        overlap = set(self.constants) & set(self.properties.values())
+        if overlap:
+            raise ValueError(f"constants: {sorted(overlap)} also mapped from a column")
+        return self
+
+    @property
+    def key_path(self) -> str | None:
+        """The target path holding the natural key's value in ``Outgoing.properties``."""
+        return self.properties[self.natural_key] if self.natural_key else None
+
+
+class RestTarget(Target):
+    """``kind: rest``: the auth scheme and, per entity, the calls that write it."""
+
+    # Errors name the field but never echo the input: it may hold a password or token.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    kind: Literal["rest"]
+    auth: Annotated[HeaderAuth | LoginAuth, Field(discriminator="type")] | None = None
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    """Sent on every call (an ``Accept`` the API insists on, a tenant id)."""
+    objects: dict[str, RestObject]  # type: ignore[assignment]
+
+    @field_validator("objects")
+    @classmethod
+    def _one_entity_per_object_type(cls, objects: dict[str, RestObject]) -> dict[str, RestObject]:
+        seen: dict[str, str] = {}
+        for entity, mapping in objects.items():
+            if mapping.object_type in seen:
+                raise ValueError(
+                    f"objects.{entity}.object_type: {mapping.object_type!r} is already used "
+                    f"by {seen[mapping.object_type]}"
+                )
+            seen[mapping.object_type] = entity
+        return objects
+
+
+# --- the connector ------------------------------------------------------------------------
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    """429/5xx -> RetryableError, other 4xx -> TerminalError, 2xx/3xx -> nothing."""
+    status = response.status_code
+    if status == 429 or status >= 500:
+        kind = "rate limited" if status == 429 else "server error"
+        raise RetryableError(
+            f"{kind} {status} on {what}",
+            status=status,
+            excerpt=response.text,
+            retry_after=_retry_after(response),
+        )
+    if status >= 400:
+        raise TerminalError(
+            f"refused with {status} on {what}", status=status, excerpt=response.text
+        )
+
+
+class RestConnector:
+    def __init__(self, target: RestTarget, client: httpx.AsyncClient, bucket: TokenBucket) -> None:
+        self._target = target
+        self._client = client
+        self._bucket = bucket
+        self._objects = {mapping.object_type: mapping for mapping in target.objects.values()}
+        self._calls = asyncio.Semaphore(target.concurrency)
+        self._token: str | None = None
+        self._token_expires = float("inf")
+        self._login_lock = asyncio.Lock()
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._learned: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._uncertain: set[tuple[str, str]] = set()
+        """(object type, external id) whose create failed in a way that may have saved it."""
+
+    @classmethod
+    def for_target(
+        cls, target: RestTarget, client: httpx.AsyncClient, bucket: TokenBucket
+    ) -> RestConnector:
+        return cls(target, client, bucket)
+
+    # --- HTTP, auth ---
+
+    async def _login(self, stale: str | None) -> str:
+        """A valid token. ``stale``: the token a 401 came back for; a new one is fetched
+        unless another call already replaced it (one login for many concurrent 401s)."""
+        auth = self._target.auth
+        assert isinstance(auth, LoginAuth)
+        async with self._login_lock:
+            fresh = time.monotonic() < self._token_expires - auth.refresh_margin_s
+            if self._token is not None and self._token != stale and fresh:
+                return self._token
+            what = f"login {auth.method} {auth.path}"
+            await self._bucket.acquire()
+            try:
+                response = await self._client.request(
+                    auth.method, auth.path, json=auth.body or None, headers=self._target.headers
+                )
+            except (httpx.TimeoutException, httpx.TransportError) as error:
+                raise RetryableError(f"{type(error).__name__} on {what}") from None
+            _raise_for(response, what)
+            answer = _json(response)
+            token = get_path(answer, auth.token)
+            if not isinstance(token, str) or not token:
+                raise TerminalError(f"{what}: no token at {auth.token!r} in the answer")
+            lifetime = get_path(answer, auth.expires_in) if auth.expires_in else None
+            if not isinstance(lifetime, int | float):
+                lifetime = auth.expires_after_s
+            self._token = token
+            self._token_expires = time.monotonic() + float(lifetime) if lifetime else float("inf")
+            return token
+
+    async def _auth_headers(self, stale: str | None = None) -> tuple[dict[str, str], str | None]:
+        auth = self._target.auth
+        if isinstance(auth, HeaderAuth):
+            return {auth.header: auth.value}, None
+        if isinstance(auth, LoginAuth):
+            token = await self._login(stale)
+            return {auth.header: auth.prefix + token}, token
+        return {}, None
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """One call through the bucket, with auth; a 401 under a login token renews the
+        token once and repeats the call once. Raises RetryableError for transport errors
+        and 429; returns every other answer for the caller to judge (a 404 or a 5xx on
+        create means something there)."""
+        what = f"{method} {path}"
+        headers, token = await self._auth_headers()
+        for renewed in (False, True):
+            await self._bucket.acquire()
+            try:
+                response = await self._client.request(
+                    method, path, json=json, params=params,
+                    headers={**self._target.headers, **headers},
+                )  # fmt: skip
+            except (httpx.TimeoutException, httpx.TransportError) as error:
+                raise RetryableError(f"{type(error).__name__} on {what}") from None
+            if response.status_code == 401 and token is not None and not renewed:
+                headers, token = await self._auth_headers(stale=token)
+                continue
+            break
+        if response.status_code == 429 or (
+            response.status_code == 503 and _retry_after(response) is not None
+        ):
+            wait = _retry_after(response) or 10.0
+            self._bucket.pause(wait)
+            raise RetryableError(
+                f"rate limited {response.status_code} on {what}",
+                status=response.status_code,
+                excerpt=response.text,
+                retry_after=wait,
+            )
+        return response
+
+    # --- one record ---
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def _learn(self, object_type: str, external_id: str, crm_id: str) -> str:
+        self._learned[(object_type, external_id)] = crm_id
+        self._learned.move_to_end((object_type, external_id))
+        while len(self._learned) > LEARNED_IDS_KEPT:
+            self._learned.popitem(last=False)
+        return crm_id
+
+    async def _search(self, mapping: RestObject, key: str) -> str | None:
+        """The CRM id of the record whose natural key is ``key``; None: there is none."""
+        search = mapping.search
+        assert search is not None
+        values = {"key": key}
+        response = await self._request(
+            search.method,
+            fill_path(search.path, values),
+            params=fill(search.query, values) or None,
+            json=fill(search.body, values),
+        )
+        what = f"search {mapping.object_type} by {mapping.natural_key}"
+        _raise_for(response, what)
+        results = get_path(_json(response), search.results)
+        if results is None:
+            return None
+        if not isinstance(results, list):
+            raise TerminalError(f"{what}: {search.results!r} in the answer is not a list")
+        ids = {str(get_path(item, search.id)) for item in results if get_path(item, search.id)}
+        if len(ids) > 1:
+            raise TerminalError(
+                f"{what}: {len(ids)} records in the CRM have {mapping.natural_key} {key!r} "
+                f"(ids {sorted(ids)}); merge them in the CRM, Ponte will not guess"
+            )
+        return ids.pop() if ids else None
+
+    async def _update(self, mapping: RestObject, crm_id: str, body: dict[str, Any]) -> bool:
+        """Write ``body`` over the record; False: it is not there (404 or 410)."""
+        call = mapping.update
+        response = await self._request(
+            call.method, fill_path(call.path, {"crm_id": crm_id}), json=body
+        )
+        if response.status_code in (404, 410):
+            return False
+        _raise_for(response, f"update {mapping.object_type} {crm_id}")
+        return True
+
+    async def _create(
+        self, mapping: RestObject, record: Outgoing, body: dict[str, Any], key: str | None
+    ) -> str:
+        call = mapping.create
+        what = f"create {mapping.object_type}"
+        uncertain = (mapping.object_type, record.external_id)
+        may_have_saved = mapping.create_error_may_have_saved and key is not None
+        try:
+            response = await self._request(call.method, call.path, json=body)
+        except RetryableError as error:
+            if may_have_saved and error.status != 429:  # a timeout: saved or not, unknown
+                self._uncertain.add(uncertain)
+            raise
+        status = response.status_code
+        if may_have_saved and (status >= 500 or status in mapping.create_error_statuses):
+            assert key is not None
+            self._uncertain.add(uncertain)
+            found = await self._search(mapping, key)
+            if found is not None and await self._update(mapping, found, body):
+                self._uncertain.discard(uncertain)
+                return found
+            raise RetryableError(
+                f"{what} answered {status} and no record with {mapping.natural_key} {key!r} "
+                "is there (yet); the create will be retried after a search",
+                status=status,
+                excerpt=response.text,
+                retry_after=_retry_after(response),
+            )
+        _raise_for(response, what)
+        crm_id = get_path(_json(response), mapping.id_path)
+        if crm_id is not None and crm_id != "":
+            return str(crm_id)
+        if mapping.create_returns_no_id and key is not None:
+            found = await self._search(mapping, key)
+            if found is not None:
+                return found
+            self._uncertain.add(uncertain)  # created, but the search cannot see it yet
+            raise RetryableError(
+                f"{what} answered {status} without an id and a search by "
+                f"{mapping.natural_key} {key!r} does not find it yet"
+            )
+        raise TerminalError(
+            f"{what} answered {status} without an id at {mapping.id_path!r}; if the CRM never "
+            "returns one, set create_returns_no_id with a natural_key",
+            status=status,
+            excerpt=response.text,
+        )
+
+    async def _upsert_one(self, mapping: RestObject, record: Outgoing) -> str:
+        """Write one record; its CRM id.
+
+        Serialised per key: lookup-then-write is two calls, and two writers of the same key
+        that both search before either creates would both create. The key is the natural
+        key's value when there is one (two external ids can carry the same CNPJ, and the CRM
+        must end up with one organisation), else the external id. Different keys still run
+        concurrently; the lock is only held for one record's calls, and is dropped once
+        nobody holds it (weak values), so the map does not grow with every key ever seen.
+        """
+        key_path = mapping.key_path
+        raw_key = record.properties.get(key_path) if key_path else None
+        key = str(raw_key) if raw_key not in (None, "") else None
+        body: dict[str, Any] = {}
+        for path, value in mapping.constants.items():
+            set_path(body, path, value)
+        for path, value in record.properties.items():
+            set_path(body, path, value)
+        object_type = mapping.object_type
+        lock = self._lock((object_type, f"key:{key}" if key else f"ext:{record.external_id}"))
+        async with lock:
+            crm_id = record.crm_id or self._learned.get((object_type, record.external_id))
+            if crm_id and await self._update(mapping, crm_id, body):
+                return self._learn(object_type, record.external_id, crm_id)
+            uncertain = (object_type, record.external_id) in self._uncertain
+            if key is not None and (mapping.search_before_create or uncertain):
+                found = await self._search(mapping, key)
+                if found is not None and await self._update(mapping, found, body):
+                    self._uncertain.discard((object_type, record.external_id))
+                    return self._learn(object_type, record.external_id, found)
+            crm_id = await self._create(mapping, record, body, key)
+            self._uncertain.discard((object_type, record.external_id))
+            return self._learn(object_type, record.external_id, crm_id)
+
+    def _mapping(self, object_type: str) -> RestObject:
+        mapping = self._objects.get(object_type)
+        if mapping is None:
+            raise TerminalError(f"object type {object_type!r} is not configured")
+        return mapping
+
+    async def _bounded(self, work: Any) -> Any:
+        async with self._calls:
+            return await work
+
+    # --- the Connector protocol ---
+
+    async def upsert_batch(self, object_type: str, records: list[Outgoing]) -> BatchOutcome:
+        mapping = self._mapping(object_type)
+        results = await asyncio.gather(
+            *(self._bounded(self._upsert_one(mapping, record)) for record in records),
+            return_exceptions=True,
+        )
+        outcome = BatchOutcome()
+        retryable: list[RetryableError] = []
+        for record, result in zip(records, results, strict=True):
+            if isinstance(result, TerminalError):
+                excerpt = f": {result.excerpt}" if result.excerpt else ""
+                outcome.failed[record.external_id] = f"{result}{excerpt}"
+            elif isinstance(result, RetryableError):
+                retryable.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                outcome.delivered[record.external_id] = result
+        if retryable:
+            # The records that worked are written; on the retry they are updates by the ids
+            # learned now, so re-sending them is harmless.
+            raise _slowest(retryable)
+        return outcome
+
+    async def delete_batch(self, object_type: str, crm_ids: list[str]) -> None:
+        mapping = self._mapping(object_type)
+        call = mapping.delete
+        if call is None:
+            raise TerminalError(f"delete is not configured for {object_type}")
+
+        async def delete(crm_id: str) -> None:
+            response = await self._request(call.method, fill_path(call.path, {"crm_id": crm_id}))
+            if response.status_code not in (404, 410):  # already gone is what we wanted
+                _raise_for(response, f"delete {object_type} {crm_id}")
+
+        results = await asyncio.gather(
+            *(self._bounded(delete(crm_id)) for crm_id in crm_ids), return_exceptions=True
+        )
+        _raise_first(results)
+
+    async def read_back(self, object_type: str, crm_id: str) -> dict[str, Any] | None:
+        mapping = self._mapping(object_type)
+        if mapping.read is None:
+            raise TerminalError(f"read is not configured for {object_type}")
+        response = await self._request(
+            mapping.read.method, fill_path(mapping.read.path, {"crm_id": crm_id})
+        )
+        if response.status_code in (404, 410):
+            return None
+        _raise_for(response, f"read {object_type} {crm_id}")
+        record = get_path(_json(response), mapping.read_path)
+        return record if isinstance(record, dict) else None
+
+    async def associate(self, from_type: str, to_type: str, pairs: list[tuple[str, str]]) -> None:
+        call = self._mapping(from_type).associate.get(to_type)
+        if call is None:
+            raise TerminalError(
+                f"associations from {from_type} to {to_type} are not configured for target "
+                f"{self._target.id} (objects.<entity>.associate.{to_type})"
+            )
+
+        async def link(from_id: str, to_id: str) -> None:
+            values = {"from_id": from_id, "to_id": to_id}
+            response = await self._request(
+                call.method, fill_path(call.path, values), json=fill(call.body, values)
+            )
+            _raise_for(response, f"associate {from_type} {from_id} -> {to_type} {to_id}")
+
+        results = await asyncio.gather(
+            *(self._bounded(link(a, b)) for a, b in pairs), return_exceptions=True
+        )
+        # One call per pair: a refused pair is reported as such, the others stay linked.
+        refused = {
+            pair: f"{result}: {result.excerpt}" if result.excerpt else str(result)
+            for pair, result in zip(pairs, results, strict=True)
+            if isinstance(result, TerminalError)
+        }
+        _raise_first(result for result in results if not isinstance(result, TerminalError))
+        if refused:
+            first = next(r for r in results if isinstance(r, TerminalError))
+            raise PairsRefused(refused, status=first.status or 400, excerpt=first.excerpt)
+
+
+def _slowest(errors: list[RetryableError]) -> RetryableError:
+    """The error to retry the batch on: the one asking for the longest wait."""
+    return max(errors, key=lambda error: error.retry_after or 0.0)
+
+
+def _raise_first(results: Iterable[Any]) -> None:
+    """After every call of a batch was tried: a retryable error first (the batch may pass
+    later), else the first refusal."""
+    errors = [result for result in results if isinstance(result, BaseException)]
+    for error in errors:
+        if not isinstance(error, DeliveryError):
+            raise error
+    retryable = [error for error in errors if isinstance(error, RetryableError)]
+    if retryable:
+        raise _slowest(retryable)
+    if errors:
+        raise errors[0]

@@ -1,0 +1,300 @@
+"""Pull definitions: which ERP source is pulled, when, from where, and how the answer
+becomes envelope rows. Read from the YAML file ``PONTE_PULLS_FILE`` (top-level ``pulls:``
+list; see ``pulls.example.yaml``), secrets written as ``${ENV_VAR}``.
+
+A definition is validated on its own here (errors name ``pulls[i].<field>``) and against
+the sources in PostgreSQL by ``check_sources`` (the source must exist and be an ERP): a pull
+produces the same raw events a webhook of that source would, so it needs its source.
+
+JSON paths are dotted keys from the root of the response (``data.items``; a number picks a
+list element, ``""`` is the root itself): enough for the REST APIs ERPs expose, and
+nothing to learn.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ponte.shared.config_files import load_entries
+from ponte.shared.events import SourceKind
+from ponte.shared.sources import SourceConfig
+
+log = logging.getLogger(__name__)
+
+ONLINE_INTERVAL_S = 20
+"""Seed 001's "Online": the ERP is asked for changes every 20 seconds."""
+FREQUENT_WARNING_MINUTES = 30
+"""Below this, ``every_minutes`` is allowed but logged: the seed warns that frequent full
+syncs load the ERP, and most ERPs' REST APIs are rate limited."""
+_HH_MM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+
+
+class Schedule(BaseModel):
+    """Exactly one of ``daily`` ("Diário às HH:MM"), ``every_minutes`` ("A cada N
+    minutos") or ``online`` (every 20 s)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily: str | None = Field(default=None, description="Local time of day, HH:MM.")
+    timezone: str = Field(
+        default="America/Sao_Paulo", description="Time zone of ``daily`` (IANA name)."
+    )
+    every_minutes: int | None = Field(default=None, ge=1, le=24 * 60)
+    online: bool = False
+
+    @field_validator("daily")
+    @classmethod
+    def _hh_mm(cls, value: str | None) -> str | None:
+        if value is not None and not _HH_MM.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not a time of day HH:MM (00:00 to 23:59)")
+        return value.strip() if value else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Schedule:
+        chosen = [
+            name
+            for name, is_set in (
+                ("daily", self.daily is not None),
+                ("every_minutes", self.every_minutes is not None),
+                ("online", self.online),
+            )
+            if is_set
+        ]
+        if len(chosen) != 1:
+            raise ValueError(
+                "set exactly one of daily (HH:MM), every_minutes (N) or online (true); "
+                f"got {', '.join(chosen) or 'none'}"
+            )
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def describe(self) -> str:
+        """The schedule as seed 001's screen says it."""
+        if self.daily is not None:
+            return f"Diário às {self.daily} ({self.timezone})"
+        if self.every_minutes is not None:
+            return f"A cada {self.every_minutes} minutos"
+        return f"Online (a cada {ONLINE_INTERVAL_S} s)"
+
+
+class Cursor(BaseModel):
+    """The incremental cursor: sent as query parameter ``param`` (omitted on the very first
+    run unless ``initial`` is set), and read back after the run from ``response_path`` (the
+    last page that has it wins) or as the greatest ``record_field`` among the records
+    pulled. Saved only once every pulled record is in Kafka."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    param: str = Field(min_length=1, description="Query parameter, e.g. updated_since.")
+    response_path: str | None = Field(
+        default=None, description="Where the next cursor is in a response, e.g. meta.next_since."
+    )
+    record_field: str | None = Field(
+        default=None,
+        description="Or: the greatest value of this record field (e.g. updated_at).",
+    )
+    initial: str | None = Field(default=None, description="Cursor of the very first run.")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Cursor:
+        if (self.response_path is None) == (self.record_field is None):
+            raise ValueError("set exactly one of response_path or record_field")
+        return self
+
+
+class Pagination(BaseModel):
+    """How to get the next page of one run:
+
+    - ``next_token``: the response's ``token_path`` holds a token, sent back as ``param``;
+      the run ends when it is missing or empty.
+    - ``next_link``: the response's ``link_path`` holds the next page's URL (absolute, or
+      relative to ``base_url``); the run ends when it is missing or empty.
+    - ``page_number``: ``param`` counts up from ``start`` until a page has no records.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    style: Literal["next_token", "next_link", "page_number"]
+    param: str | None = None
+    token_path: str | None = None
+    link_path: str | None = None
+    start: int = 1
+    max_pages: int = Field(
+        default=10_000, ge=1, description="A run stops with an error past this many pages."
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_style(self) -> Pagination:
+        needed = {
+            "next_token": ("param", "token_path"),
+            "next_link": ("link_path",),
+            "page_number": ("param",),
+        }[self.style]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"style {self.style} needs {', '.join(missing)}")
+        return self
+
+
+class RestRequest(BaseModel):
+    """The ERP's REST endpoint. ``headers`` carry the authentication, written as
+    ``${ENV_VAR}`` in the file; they are never logged nor stored in a run's error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(pattern=r"^https?://[^\s]+$")
+    path: str = Field(default="", description="Appended to base_url, e.g. /api/v1/pedidos.")
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    timeout_s: float = Field(default=30.0, gt=0)
+    cursor: Cursor | None = None
+    pagination: Pagination | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_not_empty(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not value.strip():
+                raise ValueError(f"header {name} is empty (is its ${{ENV_VAR}} set?)")
+        return headers
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + ("/" + self.path.lstrip("/") if self.path else "")
+
+
+class RowMapping(BaseModel):
+    """How a response becomes envelope rows: the list at ``list_path`` holds one record per
+    element; fields are renamed (``renames``: ERP API name -> envelope name) and the rest
+    kept as they are, so the transform's mapping reads them like a webhook's rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    list_path: str = Field(description="Where the records are, e.g. data.")
+    table: str = Field(min_length=1, max_length=120, description="The ERP table, e.g. Pedido.")
+    key: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Key fields (after renames); default: the source's mapping's key.",
+    )
+    renames: dict[str, str] = Field(default_factory=dict)
+    occurred_at_field: str | None = Field(
+        default=None,
+        description="A record field with its change time (after renames); default: run start.",
+    )
+    operation: Literal["upsert", "delete"] = "upsert"
+
+
+class PullDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    active: bool = True
+    schedule: Schedule
+    request: RestRequest
+    rows: RowMapping
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def parse_definitions(entries: list[Any], where: str = "pulls") -> list[PullDefinition]:
+    """Validate ``pulls:`` entries; the error names ``pulls[i].field`` and says why."""
+    definitions = []
+    for index, entry in enumerate(entries):
+        try:
+            definition = PullDefinition.model_validate(entry)
+        except ValidationError as error:
+            first = error.errors()[0]
+            location = _field_path(first["loc"])
+            field = f"{where}[{index}]" + (f".{location}" if location else "")
+            raise ValueError(f"{field}: {first['msg']}") from None
+        every = definition.schedule.every_minutes
+        if every is not None and every < FREQUENT_WARNING_MINUTES:
+            log.warning(
+                "pull scheduled more often than every 30 minutes; check the ERP can take it",
+                extra={"source": definition.source_id, "every_minutes": every},
+            )
+        definitions.append(definition)
+    seen: set[str] = set()
+    for index, definition in enumerate(definitions):
+        if definition.source_id in seen:
+            raise ValueError(
+                f"{where}[{index}].source_id: source {definition.source_id!r} has two pulls"
+            )
+        seen.add(definition.source_id)
+    return definitions
+
+
+def load_pulls_file(path: Path) -> list[PullDefinition]:
+    return parse_definitions(load_entries(path, "pulls"))
+
+
+def check_sources(
+    definitions: list[PullDefinition], sources: dict[str, SourceConfig]
+) -> list[PullDefinition]:
+    """Every pull must name an existing source of kind erp: its events are that source's."""
+    for index, definition in enumerate(definitions):
+        source = sources.get(definition.source_id)
+        if source is None:
+            raise ValueError(
+                f"pulls[{index}].source_id: no source {definition.source_id!r} "
+                "(add it to the sources file first)"
+            )
+        if source.kind is not SourceKind.ERP:
+            raise ValueError(
+                f"pulls[{index}].source_id: source {definition.source_id!r} is "
+                f"{source.kind.value}; only erp sources can be pulled"
+            )
+    return definitions
+
+
+def check_keys(
+    definitions: list[PullDefinition], mapping_keys: dict[str, dict[str, list[str]]]
+) -> None:
+    """A definition's ``key`` may only restate its table's key in the source's mapping:
+    records must be keyed as the transform keys them, or one record's pulled and
+    webhook events would land in different partitions."""
+    for index, definition in enumerate(definitions):
+        declared = definition.rows.key
+        mapped = mapping_keys.get(definition.source_id, {}).get(definition.rows.table)
+        if declared is not None and mapped is not None and declared != mapped:
+            raise ValueError(
+                f"pulls[{index}].rows.key: {declared} differs from the mapping's key "
+                f"{mapped} of table {definition.rows.table!r}"
+            )
+
+
+def json_path(document: Any, path: str) -> Any:
+    """The value at a dotted path, or None when any step is missing."""
+    value = document
+    for step in [part for part in path.split(".") if part] if path else []:
+        if isinstance(value, dict):
+            value = value.get(step)
+        elif isinstance(value, list) and step.lstrip("-").isdigit():
+            position = int(step)
+            value = value[position] if -len(value) <= position < len(value) else None
+        else:
+            return None
+        if value is None:
+            return None
+    return value

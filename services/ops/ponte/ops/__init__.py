@@ -1,0 +1,1 @@
+"""Ponte ops: the operations API and page (seed 001's "Dados ERP" screens)."""

@@ -1,0 +1,84 @@
+"""The ops service: the operations API (``/ops/...``, bearer token) and the operations page
+(``/``, session cookie) over what ingest, transform and deliver record in PostgreSQL.
+
+Built by ``create_app(settings)``, nothing at import time. It holds no state of its own
+beyond the database: any number of replicas can serve, and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ponte.ops import source_metrics
+from ponte.ops.errors import http_error, single_query_values
+from ponte.ops.routes import audit, health, history, pages, replay, sources
+from ponte.ops.status import load_schedules
+from ponte.shared import db, probes
+from ponte.shared.settings import Settings
+
+PLACEHOLDER_TOKENS = frozenset({"", "CHANGE_ME", "changeme"})
+MIN_TOKEN_LENGTH = 16
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    app.state.pool = await db.create_pool(settings, min_size=1, max_size=10, wait_s=60)
+    app.state.pulls = load_schedules(settings.pulls_file)
+    stop = asyncio.Event()
+    gauges = asyncio.create_task(source_metrics.keep_fresh(app.state.pool, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await gauges
+        await app.state.pool.close()
+
+
+def ops_token(settings: Settings) -> str:
+    """The token, refusing to serve without a real one: an ops API open to anyone who can
+    reach it, or guarded by the example file's placeholder, is worse than none."""
+    token = settings.ops_token.get_secret_value().strip() if settings.ops_token else ""
+    if token in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"PONTE_OPS_TOKEN must be set to a secret of at least {MIN_TOKEN_LENGTH} "
+            "characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    return token
+
+
+async def validation_error(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422, minus the rejected input: the input may be a secret (``add_secret``),
+    and the location and message already name the field and say what is wrong."""
+    assert isinstance(error, RequestValidationError)
+    details = [
+        {"loc": item["loc"], "msg": item["msg"], "type": item["type"]} for item in error.errors()
+    ]
+    return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="Ponte ops",
+        summary="Sources' status and settings, request history export, onboarding check, "
+        "replay; and the operations page.",
+        version="0.1.0",
+        lifespan=lifespan,
+        dependencies=[Depends(single_query_values)],
+    )
+    app.state.settings = settings
+    app.state.ops_token = ops_token(settings)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)  # 405's Allow; 400 -> 422
+    for module in (sources, history, audit, replay, pages, health):
+        app.include_router(module.router)
+    app.include_router(probes.router)
+    return app

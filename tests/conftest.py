@@ -42,6 +42,9 @@ def base_settings(stack: tuple[EmbeddedBroker, EmbeddedPostgres]) -> Settings:
         database_url=database.url,
         kafka_idempotence=False,
         kafka_replication_factor=1,
+        # Tansu starts groups at generation 0, from which aiokafka sends no LeaveGroup: a
+        # stopped consumer's partitions wait out its session. Short sessions, fast tests.
+        kafka_session_timeout_ms=3000,
         raw_topic_partitions=3,
         produce_timeout_s=3.0,
         history_flush_interval_s=0.05,
@@ -163,6 +166,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "PONTE_DATABASE_URL": settings.database_url,
         "PONTE_KAFKA_IDEMPOTENCE": "false",
         "PONTE_KAFKA_REPLICATION_FACTOR": "1",
+        "PONTE_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
         "PONTE_RAW_TOPIC": settings.raw_topic,
         "PONTE_CHANGES_TOPIC": settings.changes_topic,
         "PONTE_TRANSFORM_DEAD_LETTER_TOPIC": settings.transform_dead_letter_topic,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from ponte.deliver.connectors.hubspot import HubSpotTarget
 from ponte.deliver.replay import replay
@@ -81,6 +82,11 @@ async def test_latest_versions_arrive_once_through_rate_limits_and_5xx(
         last[external] = properties["name"]
     crm_ids = await pool.fetch("SELECT crm_id FROM deliveries WHERE target_id = $1", target.id)
     assert all(row["crm_id"] for row in crm_ids)
+    # Every delivered record's latency, publication to acknowledgement, is measured.
+    latencies = REGISTRY.get_sample_value(
+        "ponte_deliver_latency_seconds_count", {"target": target.id}
+    )
+    assert latencies is not None and latencies >= 150
     assert (
         await read_topic(
             settings.kafka_bootstrap, settings.deliver_dead_letter_topic, expect=0, timeout_s=1

@@ -63,6 +63,9 @@ def browser(tmp_path: Path) -> Iterator[object]:
         "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
     )
     driver.download_dir = tmp_path  # type: ignore[attr-defined]
+    # A click that navigates returns before the next page has loaded; lookups wait for
+    # their element (the index lists every source of the shared test database: slow).
+    driver.implicitly_wait(30)
     try:
         yield driver
     finally:

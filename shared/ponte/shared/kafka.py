@@ -87,6 +87,8 @@ def create_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_poll_records,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_session_timeout_ms // 3,
     )
 
 
@@ -174,14 +176,21 @@ async def retry_until_done(
             delay = min(delay * 2, 10.0)
 
 
+COMMIT_TIMEOUT_S = 10.0
+
+
 async def commit_batch(consumer: AIOKafkaConsumer, batch: Mapping[Any, Sequence[Any]]) -> bool:
     """Commit the offsets after a batch whose effects are recorded. A commit that fails (a
     rebalance moved the partitions, the broker is restarting) is logged, not raised: the
     batch is read again by whoever owns the partitions next, and every consumer's effects
     tolerate a repeat (versions, event ids). False when it failed."""
+    offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
     try:
-        await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
-    except KafkaError as error:  # CommitFailedError included
+        # aiokafka retries a retriable commit error without end (a restarted broker can
+        # answer UnknownTopicOrPartition for a while): bounded, the loop goes on and a
+        # shutdown is not held up; the offsets go with the next batch's commit.
+        await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
+    except (KafkaError, TimeoutError) as error:  # CommitFailedError included
         log.warning(
             "offset commit failed; the batch will be read again",
             extra={"error": type(error).__name__},
@@ -192,17 +201,17 @@ async def commit_batch(consumer: AIOKafkaConsumer, batch: Mapping[Any, Sequence[
 
 def parse_records(
     batch: Batch,
-    parse: Callable[[bytes | None, str, int, int], Parsed | None],
+    parse: Callable[[ConsumerRecord[bytes, bytes]], Parsed | None],
     unreadable: Callable[[ConsumerRecord[bytes, bytes]], object],
 ) -> list[Parsed]:
-    """A batch's records parsed by ``parse(value, topic, partition, offset)``, partition by
+    """A batch's records parsed by ``parse(record)``, partition by
     partition in offset order. A record it cannot read (None) goes to ``unreadable``, for
     the service to log and count, and is left out: skipping it lets its batch commit,
     where holding it would stop the partition for good."""
     parsed: list[Parsed] = []
     for records in batch.values():
         for record in records:
-            item = parse(record.value, record.topic, record.partition, record.offset)
+            item = parse(record)
             if item is None:
                 unreadable(record)
             else:

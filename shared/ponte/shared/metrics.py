@@ -114,6 +114,13 @@ DELIVER_OUTCOMES = Counter(
     "Change records by target and outcome (delivered, dead_letter, skipped, unreadable).",
     ["target", "outcome"],
 )
+DELIVER_LATENCY = Histogram(
+    "ponte_deliver_latency_seconds",
+    "From a change event's publication (after its transaction committed) to the CRM's "
+    "acknowledgement, per target.",
+    ["target"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
 TRANSFORM_OUTBOX_FAILED = Counter(
     "ponte_transform_outbox_refused_total",
     "Outbox messages the broker refused (kept in the outbox, retried, alerted on).",

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     """Idempotent producer. On for real Kafka; off for the local Tansu broker, which
     cannot answer InitProducerId (see docs/local-infra.md)."""
     kafka_client_id: str = "ponte"
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    """How long a consumer that died without leaving its group (SIGKILL, a lost node) keeps
+    its partitions before the others take them over. Heartbeats go every third of it."""
     kafka_replication_factor: int = 3
     """Replicas of each topic Ponte creates itself (1 for the single local broker)."""
     raw_topic: str = "ponte.raw"

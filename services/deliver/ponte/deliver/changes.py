@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from aiokafka import ConsumerRecord
 
 from ponte.deliver.targets import Target
 
@@ -24,6 +25,8 @@ class Change:
     topic: str
     partition: int
     offset: int
+    published_at: float | None = None
+    """When the transform's outbox published it (the Kafka record's time, Unix seconds)."""
 
     @property
     def external_id(self) -> str:
@@ -37,10 +40,10 @@ class Change:
         )
 
 
-def parse_change(value: bytes | None, topic: str, partition: int, offset: int) -> Change | None:
+def parse_change(record: ConsumerRecord[bytes, bytes]) -> Change | None:
     """A change event, or None for a message that is not one (counted by the caller)."""
     try:
-        data = orjson.loads(value or b"")
+        data = orjson.loads(record.value or b"")
         version = data.get("version") or {}
         at = version.get("at")
         return Change(
@@ -52,9 +55,10 @@ def parse_change(value: bytes | None, topic: str, partition: int, offset: int) -
             version_at=datetime.fromisoformat(at) if at else None,
             version_event_id=version.get("event_id"),
             row=data.get("row") or {},
-            topic=topic,
-            partition=partition,
-            offset=offset,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            published_at=record.timestamp / 1000,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -32,7 +33,7 @@ from aiokafka.errors import KafkaError
 from ponte.deliver.changes import Change, parse_change
 from ponte.deliver.engine import Deliverer
 from ponte.shared import db, kafka
-from ponte.shared.metrics import DELIVER_OUTCOMES
+from ponte.shared.metrics import DELIVER_LATENCY, DELIVER_OUTCOMES
 from ponte.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ class DeliverConsumer:
             DELIVER_OUTCOMES.labels(target_id, "delivered").inc(len(result.delivered))
             DELIVER_OUTCOMES.labels(target_id, "dead_letter").inc(len(result.failed))
             DELIVER_OUTCOMES.labels(target_id, "skipped").inc(result.skipped)
+            acknowledged = time.time()
+            latency = DELIVER_LATENCY.labels(target_id)
+            for change, crm_id in result.delivered:
+                if change.published_at is not None and crm_id is not None:
+                    latency.observe(max(0.0, acknowledged - change.published_at))
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> kafka.Batch:
         """What the broker has ready, then more for up to ``deliver_linger_ms`` until the

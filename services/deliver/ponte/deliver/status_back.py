@@ -261,10 +261,10 @@ class CrmEvent:
         return deal and self.property_name == DEAL_STAGE and self.property_value is not None
 
 
-def parse_event(value: bytes | None, topic: str, partition: int, offset: int) -> CrmEvent | None:
+def parse_event(record: ConsumerRecord[bytes, bytes]) -> CrmEvent | None:
     """A status-topic message, or None for one that is not (counted by the caller)."""
     try:
-        data = orjson.loads(value or b"")
+        data = orjson.loads(record.value or b"")
         event = data["event"]
         value_of = event.get("propertyValue")
         return CrmEvent(
@@ -277,9 +277,9 @@ def parse_event(value: bytes | None, topic: str, partition: int, offset: int) ->
             property_value=None if value_of is None else str(value_of),
             occurred_at=datetime.fromtimestamp(int(event["occurredAt"]) / 1000, UTC),
             raw=event,
-            topic=topic,
-            partition=partition,
-            offset=offset,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -15,7 +15,12 @@ $(BIN)/.installed: pyproject.toml scripts/bootstrap.sh
 dev: $(BIN)/.installed
 	$(BIN)/ponte dev
 
-test: $(BIN)/.installed
+# The ops page's headless-browser test wants Chromium (installed once, when root).
+$(BIN)/.browser: $(BIN)/.installed
+	sh scripts/bootstrap.sh browser
+	touch $@
+
+test: $(BIN)/.installed $(BIN)/.browser
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed

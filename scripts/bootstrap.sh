@@ -6,6 +6,21 @@ set -eu
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
+# `bootstrap.sh browser`: only Debian's Chromium and its driver, for the ops page's
+# headless test (`make test` asks for it; `make dev` does not need a browser). Best
+# effort: without them that one test is skipped, saying why.
+if [ "${1:-}" = browser ]; then
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "installing: chromium chromium-driver (apt-get)..."
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                --no-install-recommends chromium chromium-driver >/dev/null; } \
+                || echo "note: chromium not installed; the ops page's browser test will skip" >&2
+        fi
+    fi
+    exit 0
+fi
+
 # System packages: the PostgreSQL server (the embedded database of `make dev` and the
 # tests), and promtool from Debian's prometheus package (only the tests need it: they
 # check the alert rules with it).

@@ -94,13 +94,13 @@ def _session_and_source_page(driver, url: str, source_id: str) -> dict[str, obje
     seen["wrong_token_error"] = driver.find_element(By.CSS_SELECTOR, "[role=alert]").text
     driver.find_element(By.ID, "token").send_keys(OPS_TOKEN)
     driver.find_element(By.CSS_SELECTOR, "form button").click()
-    seen["index_url"] = driver.current_url
     row = driver.find_element(By.CSS_SELECTOR, f"tr[data-source='{source_id}']")
+    seen["index_url"] = driver.current_url  # read once the index has loaded
     seen["index_status"] = row.find_element(By.CLASS_NAME, "status").text
     seen["cookie"] = driver.get_cookie("ponte_ops_session")
     row.find_element(By.TAG_NAME, "a").click()
-    seen["source_url"] = driver.current_url
     seen["integration_type"] = driver.find_element(By.ID, "integration-type").text
+    seen["source_url"] = driver.current_url
     seen["active"] = driver.find_element(By.ID, "active").text
     seen["status"] = driver.find_element(By.ID, "status").text
     seen["runs"] = len(driver.find_elements(By.CSS_SELECTOR, "#runs tbody tr"))

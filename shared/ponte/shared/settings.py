@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     """A change still failing after this long goes to the dead-letter topic."""
     deliver_timeout_s: float = 30.0
     """Timeout of one CRM call."""
-    deliver_linger_ms: int = Field(default=1000, ge=0)
+    deliver_linger_ms: int = Field(default=250, ge=0)
     """Wait up to this long for a fuller batch (up to 1,000 changes) before delivering:
     under a CRM's rate limit, fewer and fuller calls (ponte.deliver.consumer)."""
 

@@ -204,12 +204,17 @@ async def test_the_secret_and_table_rules_are_in_the_schema(ops: RunningOps) -> 
     add_secret = schema_of(await openapi(ops), "SourcePatch")["properties"]["add_secret"]
     secret = non_null(add_secret)
     assert secret["type"] == "string" and secret["minLength"] == 16
-    assert secret["pattern"] == r"^\S(.*\S)?$"
+    assert secret["pattern"] == r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
     assert add_secret["writeOnly"] is True
     cidrs = non_null(schema_of(await openapi(ops), "SourcePatch")["properties"]["allowed_cidrs"])
     assert cidrs["items"]["pattern"] == CIDR_PATTERN
     table = non_null(schema_of(await openapi(ops), "SourcePatch")["properties"]["tables"])
-    assert table["items"] == {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
+    assert table["items"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 200,
+        "pattern": r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+    }
 
 
 @pytest.mark.parametrize(
@@ -311,3 +316,21 @@ async def test_the_session_cookie_is_secure_unless_configured_off(
             assert "secure" not in _set_cookie(forwarded)  # a header cannot switch it
             # The jar sends a cookie without Secure over HTTP: the session works.
             assert (await client.get("/")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tables", ["Pedido", "d\u00be]\u0000x"]),
+        ("business_rule", "regra\u0000"),
+        ("add_secret", "a-new-secret-value\u0000-0001"),
+    ],
+)
+async def test_nul_in_text_is_a_422_naming_the_field_not_a_500(
+    ops: RunningOps, ingest: RunningIngest, source_id: str, field: str, value: Any
+) -> None:
+    """PostgreSQL text cannot hold NUL: schemathesis found a 500 in tables (seed 3)."""
+    async with ops.client() as client:
+        response = await client.patch(f"/ops/sources/{source_id}", json={field: value})
+    assert response.status_code == 422, response.text
+    assert field in {str(part) for item in response.json()["detail"] for part in item["loc"]}

@@ -36,8 +36,16 @@ from ponte.ops.status import ops_settings
 from ponte.shared.sources import SourceConfig
 
 MIN_SECRET_LENGTH = 16
+_TEXT = r"[^\x00-\x1f\x7f]"
+"""A character that is not a control character (PostgreSQL text cannot hold NUL)."""
+_VISIBLE = r"[^\s\x00-\x1f\x7f]"
 SigningSecret = Secret[
-    Annotated[str, StringConstraints(min_length=MIN_SECRET_LENGTH, pattern=r"^\S(.*\S)?$")]
+    Annotated[
+        str,
+        StringConstraints(
+            min_length=MIN_SECRET_LENGTH, pattern=rf"^{_VISIBLE}({_TEXT}*{_VISIBLE})?$"
+        ),
+    ]
 ]
 """A new secret: its rules are in the schema (OpenAPI ``minLength`` and ``pattern``: no
 whitespace at either end, no line break), so a client learns them from the document, not
@@ -65,8 +73,11 @@ Cidr = Annotated[
     str, WithJsonSchema({"type": "string", "pattern": CIDR_PATTERN, "examples": ["10.0.0.0/8"]})
 ]
 """The pattern is for the document; ``_cidrs`` checks, with a message a person can read."""
-TableName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
-"""Something other than whitespace (which is trimmed), in the schema as in the check."""
+TableName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=rf"^{_TEXT}*{_VISIBLE}{_TEXT}*$")
+]
+"""Something other than whitespace (which is trimmed) and no control character, in the
+schema as in the check."""
 
 
 class SourcePatch(BaseModel):
@@ -77,7 +88,8 @@ class SourcePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     active: StrictBool | None = None
-    business_rule: str | None = Field(default=None, max_length=20_000)
+    business_rule: str | None = Field(default=None, max_length=20_000, pattern=r"^[^\x00]*$")
+    """Free text, line breaks included; no NUL (PostgreSQL text cannot hold it)."""
     max_silence_hours: float | None = Field(default=None, gt=0, le=24 * 90)
     deployment_status: Literal["in_progress", "completed"] | None = None
     add_secret: SigningSecret | None = Field(

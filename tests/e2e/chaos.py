@@ -251,7 +251,7 @@ class ChaosRun:
             await sending
             await self._settle()
             self.report.crm_rate_limited = self.crm.rate_limited
-            self.report.problems = await self.verify()
+            self.report.problems += await self.verify()
         finally:
             for service in self.services.values():
                 service.stop()
@@ -284,7 +284,7 @@ class ChaosRun:
                 if not self.faults_over:
                     await asyncio.sleep(self.pace_s)
                 if not 200 <= status < 300:
-                    if 400 <= status < 500 and status not in (408, 429):
+                    if 400 <= status < 500 and status not in (408, 409, 429):  # 409: retry later
                         self.report.problems.append(f"{webhook.record}: answered {status}")
                         continue
                     queue.put_nowait(webhook)  # retried later, unchanged

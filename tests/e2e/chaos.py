@@ -211,9 +211,18 @@ class ChaosRun:
     # --- the run ------------------------------------------------------------------------
 
     async def run(self) -> Report:
+        """Start the stack, run, check; the broker and the database are stopped whatever
+        happens (a failed start included)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.database.start()
-        self.broker.start()
+        try:
+            self.database.start()
+            self.broker.start()
+            return await self._run_on_stack()
+        finally:
+            self.broker.close()
+            self.database.stop(mode="immediate")
+
+    async def _run_on_stack(self) -> Report:
         self.settings = Settings(
             _env_file=None,
             kafka_bootstrap=self.broker.bootstrap,
@@ -257,8 +266,6 @@ class ChaosRun:
                 service.stop()
             crm_server.should_exit = True
             await crm_task
-            self.broker.close()
-            self.database.stop(mode="immediate")
         return self.report
 
     async def _sender(self, queue: asyncio.Queue[Webhook]) -> None:

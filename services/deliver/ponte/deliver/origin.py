@@ -56,6 +56,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from ponte.deliver.connectors.base import RetryableError, TerminalError
+from ponte.deliver.connectors.rest import fill
 from ponte.shared.config_files import load_entries
 
 
@@ -259,21 +260,6 @@ def standard_webhook_headers(secret: str, webhook_id: str, body: bytes) -> dict[
     }
 
 
-def _fill(template: Any, values: dict[str, str]) -> Any:
-    """Placeholders replaced in every string of a JSON template. Plain replacement, not
-    ``str.format``: a value's braces are never read as another placeholder, and literal
-    braces in the template stay as written."""
-    if isinstance(template, str):
-        for name, value in values.items():
-            template = template.replace("{" + name + "}", value)
-        return template
-    if isinstance(template, list):
-        return [_fill(item, values) for item in template]
-    if isinstance(template, dict):
-        return {key: _fill(item, values) for key, item in template.items()}
-    return template
-
-
 class ErpClient:
     def __init__(self, origin: ErpOrigin, client: httpx.AsyncClient) -> None:
         self._origin = origin
@@ -288,10 +274,10 @@ class ErpClient:
             "crm_id": update.crm_id,
             "occurred_at": update.occurred_at.isoformat(),
         }
-        path = _fill(
+        path = fill(
             self._origin.path, {name: quote(value, safe="") for name, value in values.items()}
         )
-        body = orjson.dumps(_fill(self._origin.body, values))
+        body = orjson.dumps(fill(self._origin.body, values))
         headers = {**self._origin.headers, "Content-Type": "application/json"}
         if self._origin.signing_secret:
             headers.update(

@@ -25,11 +25,13 @@ RUN groupadd --system --gid 10001 ponte \
 
 WORKDIR /src
 
-# 1. Dependencies only: [project].dependencies read from pyproject.toml (tomllib is in 3.11).
-COPY pyproject.toml README.md ./
+# 1. Dependencies only: [project].dependencies read from pyproject.toml (tomllib is in 3.11),
+#    at the versions of requirements.lock, the ones `make audit` checks.
+COPY pyproject.toml README.md requirements.lock ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+    && pip install -c requirements.lock --upgrade pip setuptools \
+    && pip install -c requirements.lock -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # 2. Ponte itself (a regular, non-editable install: migrations and mapping files ship

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what `make dev` and `make test` need and is missing: the PostgreSQL server and
 # promtool (Debian/Ubuntu packages, when we are root and can apt-get) and a virtualenv with
-# Ponte, its test tools and the embedded broker. Safe to run again.
+# Ponte, its test tools and the embedded broker, at the versions of requirements.lock. Safe
+# to run again.
 set -eu
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
@@ -45,5 +46,8 @@ command -v promtool >/dev/null || echo "note: promtool not found (Debian package
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "Ponte needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2; exit 1; }
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[dev]'
+# requirements.lock as a constraint: every package gets the version `make audit` checked
+# (pip included), and pins a platform does not need are ignored instead of failing. It
+# also moves an existing venv to those versions when the lock changes.
+"$VENV/bin/python" -m pip install -q -c requirements.lock --upgrade pip setuptools
+"$VENV/bin/python" -m pip install -q -c requirements.lock -e '.[dev]'

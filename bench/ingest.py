@@ -107,6 +107,7 @@ class Plan:
     extra_rates: list[float]
     warmup_s: float
     profile: bool
+    profile_rate: float | None
     ingest_app: str
     wait_quiet_s: float
     install: bool
@@ -152,6 +153,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         help="after measuring, sample ingest with py-spy during an extra run",
     )
     parser.add_argument(
+        "--profile-rate",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="with --profile: load the profiled run at this fixed rate (open loop) instead "
+        "of wrk at the top concurrency, to see the costs that batching hides",
+    )
+    parser.add_argument(
         "--ingest-app",
         default="bench_apps:ingest_app",
         help="uvicorn factory serving ingest (default bench_apps:ingest_app); another one "
@@ -185,6 +194,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         extra_rates=[float(r) for r in extra_rates.split(",") if r.strip()],
         warmup_s=1.0 if quick else 3.0,
         profile=args.profile,
+        profile_rate=args.profile_rate,
         ingest_app=args.ingest_app,
         wait_quiet_s=args.wait_quiet,
         install=args.install,
@@ -1022,12 +1032,18 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> int:
     if plan.profile:
         raw = plan.results_dir / f"ingest-{run_id}.pyspy.txt"
         plan.results_dir.mkdir(parents=True, exist_ok=True)
-        print(f"\nprofiling ingest with py-spy during an extra c={top} run...", flush=True)
+        load = f"{plan.profile_rate:g} req/s" if plan.profile_rate else f"c={top}"
+        print(f"\nprofiling ingest with py-spy during an extra {load} run...", flush=True)
         settle(servers["ingest"], True)
-        duration = max(plan.duration_s, 5.0)
-        requests = bench.request_file("profile", bench.ingest_request_count(duration))
-        recorder = start_recording(servers["ingest"].pid, duration, raw, PROFILE_RATE)
-        bench.wrk_run(servers["ingest"], top, duration, requests)
+        if plan.profile_rate:
+            duration = plan.duration_s + 1.0  # open_loop's run plus its 1 s warmup
+            recorder = start_recording(servers["ingest"].pid, duration, raw, PROFILE_RATE)
+            bench.open_loop(servers["ingest"], True, plan.profile_rate)
+        else:
+            duration = max(plan.duration_s, 5.0)
+            requests = bench.request_file("profile", bench.ingest_request_count(duration))
+            recorder = start_recording(servers["ingest"].pid, duration, raw, PROFILE_RATE)
+            bench.wrk_run(servers["ingest"], top, duration, requests)
         _, spy_errors = recorder.communicate(timeout=60)
         if recorder.returncode != 0 or not raw.exists():
             print(f"py-spy failed: {spy_errors.decode(errors='replace')}")

@@ -33,3 +33,23 @@ async def test_a_failed_flush_fails_its_waiters_only() -> None:
     with pytest.raises(OSError):
         await group.submit(3)
     assert await group.submit(4) == 4
+
+
+async def test_lingering_flush_gathers_items_that_arrive_one_by_one() -> None:
+    """Items submitted apart from each other (no overlap, as at a steady moderate rate)
+    still share a flush when the group lingers; without linger each pays its own."""
+    for linger_s, expected_flushes in ((0.05, 1), (0.0, 5)):
+        flushes: list[list[int]] = []
+
+        async def flush(items: list[int], flushes: list[list[int]] = flushes) -> list[int]:
+            flushes.append(items)
+            return items
+
+        group = GroupCommit(flush, linger_s=linger_s)
+        marks = []
+        for n in range(5):
+            marks.append(group.submit_nowait(n))
+            await asyncio.sleep(0.002)  # each item's flush would be done by now unlingered
+        assert await asyncio.gather(*marks) == list(range(5))
+        assert len(flushes) == expected_flushes
+        assert sorted(item for batch in flushes for item in batch) == list(range(5))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -73,3 +76,33 @@ async def test_full_queue_drops_history_without_blocking(
         writer.record(entry("hist-full", datetime.now(UTC)))
     dropped = REGISTRY.get_sample_value("ponte_history_rows_dropped_total")
     assert dropped == dropped_before + 3
+
+
+async def test_a_steady_trickle_is_written_once_per_flush_interval(
+    pool: asyncpg.Pool, base_settings: Settings
+) -> None:
+    """Rows arriving one by one (a steady moderate rate) share one COPY per flush
+    interval instead of one COPY each, and every one of them is written."""
+    source_id = f"hist-{uuid.uuid4().hex[:8]}"
+    settings = base_settings.model_copy(update={"history_flush_interval_s": 0.2})
+    copies: list[int] = []
+
+    class CountingWriter(HistoryWriter):
+        async def _copy(self, records: list[tuple[Any, ...]]) -> None:
+            copies.append(len(records))
+            await super()._copy(records)
+
+    writer = CountingWriter(pool, settings)
+    await writer.start()
+    started = time.monotonic()
+    for _ in range(60):  # 60 rows over ~0.6 s: 3 flush intervals
+        writer.record(entry(source_id, datetime.now(UTC)))
+        await asyncio.sleep(0.01)
+    elapsed = time.monotonic() - started
+    await writer.stop()
+
+    count = await pool.fetchval(
+        "SELECT count(*) FROM webhook_requests WHERE source_id = $1", source_id
+    )
+    assert count == 60 and sum(copies) == 60
+    assert len(copies) <= elapsed / 0.2 + 2  # one per interval, plus the first and the last

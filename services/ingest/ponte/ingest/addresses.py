@@ -8,6 +8,7 @@ allowlist by forging the header.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -17,7 +18,10 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> IpAddress | None:
+    """The address in ``text``, or None. Cached: a sender's few addresses are parsed over
+    and over, once per request (addresses are immutable, so sharing them is safe)."""
     try:
         address = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from ponte.ingest.rejections import Rejection
@@ -59,9 +61,32 @@ def charset_of(content_type: str | None) -> str:
     return "utf-8"
 
 
+_LONG_DIGITS = re.compile(rb"\d{19}")
+"""A run of digits that could be an integer beyond 64 bits, which orjson would read as a
+float (losing digits) where Python's json keeps it exact."""
+
+
+def _fast_json(body: bytes, charset: str) -> tuple[bool, Any]:
+    """orjson's reading of a UTF-8 body, when it is certain to equal ``json.loads``'s.
+
+    orjson is several times faster, but differs from Python's json at the edges: it
+    refuses a BOM, NaN and Infinity, lone surrogates and deep nesting (Python accepts all
+    but the last), and reads integers beyond 64 bits as floats. Any refusal, and any body
+    with 19 digits in a row, goes to ``json.loads``, which decides as before."""
+    if charset != "utf-8" or _LONG_DIGITS.search(body):
+        return False, None
+    try:
+        return True, orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False, None
+
+
 def decode_json(body: bytes, content_type: str | None) -> Any:
     """Decode and parse the body, naming the position of the first error."""
     charset = charset_of(content_type)
+    parsed, value = _fast_json(body, charset)
+    if parsed:
+        return value
     try:
         text = body.decode(charset)
     except UnicodeDecodeError as error:

@@ -41,6 +41,31 @@ from ponte.transform.mapping import mapping_for
 log = logging.getLogger(__name__)
 
 
+class _Children:
+    """A metric's label children, looked up once per label values: ``.labels()`` takes a
+    lock and validates the values on every call, several times per webhook."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            if len(self._children) >= 10_000:  # source ids come from the URL: stay bounded
+                self._children.clear()
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+_REQUESTS = _Children(INGEST_REQUESTS)
+_LATENCY = _Children(INGEST_LATENCY)
+_BODY_BYTES = _Children(INGEST_BODY_BYTES)
+_EVENTS = _Children(INGEST_EVENTS)
+_LAST_ACCEPTED = _Children(INGEST_LAST_ACCEPTED)
+_DUPLICATES = _Children(INGEST_DUPLICATES)
+
+
 @dataclass
 class IncomingRequest:
     """The parts of an HTTP request intake needs (so it can be driven without HTTP)."""
@@ -182,7 +207,7 @@ class Intake:
     ) -> tuple[Answer, str]:
         claim = await self._receipts.claim(source_id, delivery.dedup_key, delivery.delivery_id)
         if claim.claim is Claim.DUPLICATE:
-            INGEST_DUPLICATES.labels(source_id).inc()
+            _DUPLICATES(source_id).inc()
             return Answer(200, {"event_id": claim.event_id, "duplicate": True}), "duplicate"
         if claim.claim is Claim.IN_FLIGHT:
             raise Rejection(
@@ -210,8 +235,8 @@ class Intake:
                 headers={"Retry-After": str(self._settings.retry_after_s)},
             ) from None
         self._receipts.accept(source_id, delivery.dedup_key, delivery.delivery_id)
-        INGEST_EVENTS.labels(source_id).inc(len(delivery.events))
-        INGEST_LAST_ACCEPTED.labels(source_id).set(time.time())
+        _EVENTS(source_id).inc(len(delivery.events))
+        _LAST_ACCEPTED(source_id).set(time.time())
         body = {
             "event_id": delivery.delivery_id,
             "records": len(delivery.events),
@@ -230,9 +255,9 @@ class Intake:
     ) -> None:
         latency = time.perf_counter() - trace.started
         label = trace.source.config.id if trace.source else "unknown"
-        INGEST_REQUESTS.labels(label, str(answer.status_code), outcome).inc()
-        INGEST_LATENCY.labels(label).observe(latency)
-        INGEST_BODY_BYTES.labels(label).observe(trace.size)
+        _REQUESTS(label, str(answer.status_code), outcome).inc()
+        _LATENCY(label).observe(latency)
+        _BODY_BYTES(label).observe(trace.size)
         delivery = trace.delivery
         self._history.record(
             HistoryEntry(

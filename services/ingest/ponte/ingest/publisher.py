@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from ponte.ingest.partitioner import partition_for
 from ponte.shared import kafka
 from ponte.shared.events import RawEvent
 from ponte.shared.metrics import KAFKA_PRODUCE_ERRORS, KAFKA_PRODUCE_LATENCY
@@ -41,6 +44,39 @@ def headers_for(event: RawEvent, content_type: str | None) -> list[tuple[str, by
     if content_type:
         headers.append(("ponte-original-content-type", content_type.encode()))
     return headers
+
+
+_ENCODE_OPTIONS = orjson.OPT_UTC_Z
+"""pydantic writes UTC as ``Z``; every other choice of orjson's defaults matches it."""
+
+
+def encode_event(event: RawEvent) -> bytes:
+    """``event.model_dump_json()``, byte for byte, at a fraction of its CPU.
+
+    The fields are read straight off the validated model and written by orjson; a value
+    orjson refuses (an integer wider than 64 bits, a lone surrogate in a string, both
+    legal in Python's JSON) falls back to pydantic, so nothing that pydantic could write
+    is refused. ``test_publisher.py`` compares both encodings on awkward events."""
+    fields: dict[str, Any] = {
+        "schema_version": event.schema_version,
+        "event_id": event.event_id,
+        "delivery_id": event.delivery_id,
+        "index": event.index,
+        "count": event.count,
+        "source_id": event.source_id,
+        "source_kind": event.source_kind.value,
+        "source_event_id": event.source_event_id,
+        "topic": event.topic,
+        "operation": event.operation.value,
+        "record_key": event.record_key,
+        "occurred_at": event.occurred_at,
+        "received_at": event.received_at,
+        "payload": event.payload,
+    }
+    try:
+        return orjson.dumps(fields, option=_ENCODE_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return event.model_dump_json().encode()
 
 
 class EventPublisher:
@@ -106,18 +142,29 @@ class EventPublisher:
         self, producer: AIOKafkaProducer, events: list[RawEvent], content_type: str | None
     ) -> None:
         topic = self._settings.raw_topic
-        acks = [
-            await producer.send(
-                topic,
-                value=event.model_dump_json().encode(),
-                key=event.partition_key,
-                headers=headers_for(event, content_type),
+        # Java's default partitioner, computed here (ponte.ingest.partitioner): the same
+        # partition aiokafka would pick, without its pure-Python hash on every send. Until
+        # the producer has the topic's metadata, aiokafka picks (the same way).
+        known = producer.client.cluster.partitions_for_topic(topic)
+        partitions = sorted(known) if known else None
+        acks = []
+        for event in events:
+            key = event.partition_key
+            acks.append(
+                await producer.send(
+                    topic,
+                    value=encode_event(event),
+                    key=key,
+                    partition=partition_for(key, partitions) if partitions else None,
+                    headers=headers_for(event, content_type),
+                )
             )
-            for event in events
-        ]
-        # asyncio.wait, not gather: on our timeout the producer's own futures must not be
-        # cancelled under it (it resolves them later, and a late ack is harmless: the event
-        # id is deterministic and the transform drops the duplicate).
+        # On our timeout the producer's own futures must not be cancelled under it (it
+        # resolves them later, and a late ack is harmless: the event id is deterministic
+        # and the transform drops the duplicate): shield for one event, wait for many.
+        if len(acks) == 1:
+            await asyncio.shield(acks[0])  # raises its KafkaError
+            return
         done, _ = await asyncio.wait(acks)
         for ack in done:
             ack.result()  # raises the first KafkaError

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.routing import Route
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from ponte.ingest.deps import IntakeDep
 from ponte.ingest.intake import IncomingRequest, Intake
@@ -90,14 +95,78 @@ async def _answer(source_id: str, request: Request, intake: Intake) -> JSONRespo
     return JSONResponse(answer.body, status_code=answer.status_code, headers=answer.headers)
 
 
-async def fast_receive_webhook(request: Request) -> JSONResponse:
-    """The same endpoint as a plain Starlette route, which serves the requests.
-
-    FastAPI's per-request machinery (dependency solving, parameter parsing) cost a third of
-    ingest's CPU in the benchmark (bench/ingest.py, docs/benchmarks.md) for a route that
-    needs neither; the FastAPI route above stays registered after this one so the OpenAPI
-    document still describes the endpoint."""
-    return await _answer(request.path_params["source_id"], request, request.app.state.intake)
+WEBHOOK_ROUTE = Route("/webhooks/{source_id}", receive_webhook, methods=["POST"])
+"""Only matched against, never served: Starlette's own path matching (root path, path
+parameter rules) decides which requests take the plain ASGI path below."""
 
 
-FAST_ROUTE = Route("/webhooks/{source_id}", fast_receive_webhook, methods=["POST"])
+def webhook_source(scope: Scope) -> str | None:
+    """The source id when ``scope`` is ``POST /webhooks/{source_id}``, else None."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    match, child = WEBHOOK_ROUTE.matches(scope)
+    if match is not Match.FULL:
+        return None
+    source_id: str = child["path_params"]["source_id"]
+    return source_id
+
+
+async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as uvicorn hands it over, like Starlette's ``Request.stream``."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def serve_webhook(
+    intake: Intake, source_id: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """``POST /webhooks/{source_id}`` as a plain ASGI handler: what serves the requests.
+
+    FastAPI's and Starlette's per-request machinery (middleware stack, exception
+    handlers, dependency solving, Request and Response objects) cost about a third of
+    ingest's CPU per webhook in the benchmark (bench/ingest.py, docs/benchmarks.md), for
+    an endpoint that needs none of it. The FastAPI route above stays registered so the
+    OpenAPI document describes the endpoint; both call ``Intake.handle``."""
+    headers = Headers(scope=scope)
+    client = scope.get("client")
+    try:
+        answer = await intake.handle(
+            IncomingRequest(
+                source_id=source_id,
+                headers=headers,
+                peer=client[0] if client else None,
+                forwarded_for=", ".join(headers.getlist("x-forwarded-for")) or None,
+                body_chunks=_body_chunks(receive),
+            )
+        )
+    except ClientDisconnect:
+        return  # nobody to answer; as Starlette, nothing was accepted or recorded
+    except Exception:
+        # What Starlette's ServerErrorMiddleware does: a bare 500, then re-raise so that
+        # uvicorn logs the traceback.
+        await _send(send, 500, b"Internal Server Error", [(b"content-type", _TEXT)])
+        raise
+    body = orjson.dumps(answer.body)
+    raw_headers = [(b"content-type", _JSON)]
+    raw_headers.extend(
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in answer.headers.items()
+    )
+    await _send(send, answer.status_code, body, raw_headers)
+
+
+_JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

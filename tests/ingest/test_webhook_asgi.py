@@ -1,0 +1,108 @@
+"""The plain ASGI handler that serves ``POST /webhooks/{source_id}``, at its edges.
+
+The happy paths and every rejection run over real HTTP in test_webhooks.py. What cannot be
+provoked from outside, an unexpected error inside intake and a sender hanging up mid-body,
+is driven here through the ASGI interface itself, with an intake that fails on purpose."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any, cast
+
+import pytest
+
+from ponte.ingest.intake import Answer, IncomingRequest, Intake
+from ponte.ingest.routes.webhooks import serve_webhook, webhook_source
+
+
+class ReadingIntake:
+    """Reads the whole body as Intake does, then answers or fails."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.bodies: list[bytes] = []
+
+    async def handle(self, request: IncomingRequest) -> Answer:
+        body = b"".join([chunk async for chunk in request.body_chunks])
+        self.bodies.append(body)
+        if self.error is not None:
+            raise self.error
+        return Answer(
+            503, {"error": "broker_unavailable", "peer": request.peer}, {"Retry-After": "5"}
+        )
+
+
+def scope(path: str = "/webhooks/erp-1", method: str = "POST") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+    }
+
+
+async def drive(
+    intake: ReadingIntake, messages: list[dict[str, Any]]
+) -> list[MutableMapping[str, Any]]:
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await serve_webhook(cast(Intake, intake), "erp-1", scope(), receive, send)
+    return sent
+
+
+def test_only_posts_to_one_source_path_take_the_fast_path() -> None:
+    assert webhook_source(scope()) == "erp-1"
+    assert webhook_source(scope(method="GET")) is None
+    assert webhook_source(scope("/webhooks/erp-1/extra")) is None
+    assert webhook_source(scope("/webhooks/")) is None
+    assert webhook_source({"type": "lifespan"}) is None
+
+
+async def test_answer_status_headers_and_body_in_chunks() -> None:
+    intake = ReadingIntake()
+    sent = await drive(
+        intake,
+        [
+            {"type": "http.request", "body": b'{"a":', "more_body": True},
+            {"type": "http.request", "body": b"1}", "more_body": False},
+        ],
+    )
+    assert intake.bodies == [b'{"a":1}']
+    start, body = sent
+    assert start["status"] == 503
+    assert (b"retry-after", b"5") in start["headers"]
+    assert (b"content-type", b"application/json") in start["headers"]
+    assert body["body"] == b'{"error":"broker_unavailable","peer":"127.0.0.1"}'
+    assert (b"content-length", str(len(body["body"])).encode()) in start["headers"]
+
+
+async def test_unexpected_error_is_a_500_and_reraised_for_the_server_log() -> None:
+    intake = ReadingIntake(RuntimeError("bug"))
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(RuntimeError, match="bug"):
+        await serve_webhook(cast(Intake, intake), "erp-1", scope(), receive, send)
+    assert sent[0]["status"] == 500 and sent[1]["body"] == b"Internal Server Error"
+
+
+async def test_sender_hanging_up_mid_body_gets_no_answer() -> None:
+    intake = ReadingIntake()
+    sent = await drive(
+        intake,
+        [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}],
+    )
+    assert sent == [] and intake.bodies == []

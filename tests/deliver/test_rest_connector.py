@@ -19,6 +19,7 @@ import yaml
 from ponte.deliver.associations import PairsRefused
 from ponte.deliver.connectors.base import Outgoing, RetryableError, TerminalError
 from ponte.deliver.connectors.rest import RestConnector, RestTarget
+from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target, load_targets, parse_target
 from ponte.shared.config_files import expand_env
@@ -346,8 +347,9 @@ async def test_two_records_with_one_natural_key_make_one_organisation(
 ) -> None:
     state, _ = crm
     state.search_delay_s = 0.3  # both searches in flight before either create
-    if not serialised:  # what the per-key lock prevents: each record its own lock
-        connector._lock = lambda key: asyncio.Lock()  # type: ignore[method-assign]
+    if not serialised:  # what the per-key lock prevents: each record its own locks
+        unshared = lambda keys: KeyLocks("unshared").hold(keys)  # noqa: E731
+        connector._locks.hold = unshared  # type: ignore[method-assign]
     twins = [
         Outgoing(f"{source}/company/C1", {"name": "Twin", "custom_fields.cnpj": cnpj(1)})
         for source in ("erp-a", "erp-b")

@@ -16,9 +16,10 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from ponte.deliver.connectors import TARGET_KINDS, Connector
+from ponte.deliver.connectors import Connector, build_connector
 from ponte.deliver.consumer import DeliverConsumer
 from ponte.deliver.engine import Deliverer
+from ponte.deliver.keylock import KEY_LOCK_CONNECTIONS
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.status_back import StatusBack, load_config
 from ponte.deliver.status_back import router as status_back_router
@@ -32,15 +33,17 @@ router = APIRouter()
 
 
 def build_connectors(
-    targets: list[Target], settings: Settings
+    targets: list[Target], settings: Settings, key_lock_pool: asyncpg.Pool | None = None
 ) -> tuple[dict[str, tuple[Target, Connector]], list[httpx.AsyncClient]]:
+    """One connector per target; ``key_lock_pool``: see ``connectors.build_connector``."""
     connectors: dict[str, tuple[Target, Connector]] = {}
     clients = []
     for target in targets:
         client = httpx.AsyncClient(base_url=target.base_url, timeout=settings.deliver_timeout_s)
         clients.append(client)
         bucket = TokenBucket(target.rate_limit.requests, target.rate_limit.per_seconds)
-        connectors[target.id] = (target, TARGET_KINDS[target.kind].build(target, client, bucket))
+        connector = build_connector(target, client, bucket, key_lock_pool)
+        connectors[target.id] = (target, connector)
     return connectors, clients
 
 
@@ -56,7 +59,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lambda: kafka.create_producer(settings), stop, "dead-letter producer"
     )
     assert producer is not None  # stop is never set before the broker answers
-    connectors, clients = build_connectors(targets, settings)
+    # Lookup-then-write connectors hold a connection per record being written: a pool of
+    # their own, so CRM calls never starve the bookkeeping (ponte.deliver.keylock).
+    key_lock_pool = await db.create_pool(settings, min_size=0, max_size=KEY_LOCK_CONNECTIONS)
+    connectors, clients = build_connectors(targets, settings, key_lock_pool)
     consumer = DeliverConsumer(settings, Deliverer(settings, pool, producer, connectors))
     app.state.pool, app.state.consumer = pool, consumer
     task = asyncio.create_task(consumer.run(stop))
@@ -77,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for client in clients:
             await client.aclose()
         await producer.stop()
+        await key_lock_pool.close()
         await pool.close()
 
 

@@ -1,14 +1,25 @@
 """Every kind of target Ponte delivers to, by the ``kind:`` of its YAML entry.
 
 A new kind is one module (its settings model, a subclass of ``Target``, and its connector)
-and one line here.
+and one line here. A kind without a native upsert, written by lookup then create or update,
+also goes in ``LOOKUP_THEN_WRITE``: it is built with ``KeyLocks`` (``ponte.deliver.keylock``)
+so writers of one key never both create, in any replica.
 """
+
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import httpx
 
 from ponte.deliver.connectors.base import Connector, TargetKind
 from ponte.deliver.connectors.hubspot import HubSpotConnector, HubSpotTarget
 from ponte.deliver.connectors.ploomes import PloomesConnector, PloomesTarget
 from ponte.deliver.connectors.rest import RestConnector, RestTarget
 from ponte.deliver.connectors.webhook import WebhookConnector, WebhookTarget
+from ponte.deliver.keylock import KeyLocks
+from ponte.deliver.ratelimit import TokenBucket
+from ponte.deliver.targets import Target
 
 TARGET_KINDS: dict[str, TargetKind] = {
     "hubspot": TargetKind(HubSpotTarget, HubSpotConnector.for_target),
@@ -17,4 +28,29 @@ TARGET_KINDS: dict[str, TargetKind] = {
     "webhook": TargetKind(WebhookTarget, WebhookConnector.for_target),
 }
 
-__all__ = ["TARGET_KINDS", "Connector", "TargetKind"]
+LockedBuild = Callable[[Any, httpx.AsyncClient, TokenBucket, KeyLocks], Connector]
+"""(the target, its HTTP client, its token bucket, its key locks) -> the connector."""
+
+LOOKUP_THEN_WRITE: dict[str, LockedBuild] = {
+    "ploomes": PloomesConnector.for_target,
+    "rest": RestConnector.for_target,
+}
+"""Kinds that find a record before creating it, and so hold its keys while they do."""
+
+
+def build_connector(
+    target: Target,
+    client: httpx.AsyncClient,
+    bucket: TokenBucket,
+    key_lock_pool: asyncpg.Pool | None = None,
+) -> Connector:
+    """The target's connector. ``key_lock_pool`` makes the key locks of lookup-then-write
+    kinds shared by every process using that database (``ponte.deliver.keylock``); without
+    it they hold only within this process."""
+    build = LOOKUP_THEN_WRITE.get(target.kind)
+    if build is not None:
+        return build(target, client, bucket, KeyLocks(target.id, key_lock_pool))
+    return TARGET_KINDS[target.kind].build(target, client, bucket)
+
+
+__all__ = ["LOOKUP_THEN_WRITE", "TARGET_KINDS", "Connector", "TargetKind", "build_connector"]

@@ -17,16 +17,15 @@ One record, in order:
    on every create and update). One match: PATCH it. None: POST. More than one: refused,
    because guessing which duplicate is "ours" would silently update the wrong record.
 
-Why lookup-then-write cannot race into a duplicate:
-- Within this process, every record holds an ``asyncio.Lock`` per external id and per
-  lookup value (``Contacts/CNPJ=...``) from its lookup to its write, taken in sorted
-  order (no deadlock). Two writes of the same record, or of two records with the same
-  CNPJ, therefore run one after the other, and the second finds what the first created.
-- Across processes, change events are keyed by entity/source/key, so all changes of one
-  record sit in one partition and reach one consumer, which delivers its batches one
-  after another. What is NOT covered: two different Ponte records (two sources) with the
-  same CNPJ handled by two consumers at the same instant may both create. Guarding that
-  needs a lock shared by the consumers (e.g. a PostgreSQL advisory lock); not done here.
+Why lookup-then-write cannot race into a duplicate: every record holds its keys (its
+external id and its lookup values, ``Contacts/CNPJ=...``) from its lookup to its write,
+through ``ponte.deliver.keylock.KeyLocks``, taken in sorted order (no deadlock). In this
+process that is an ``asyncio.Lock`` per key; with the service's key-lock pool it is also a
+PostgreSQL advisory lock per key, so writers in other deliver replicas wait too. Two
+writes of the same record, or of two different Ponte records with the same CNPJ (two
+sources) handled by two replicas at the same instant, therefore run one after the other,
+and the second finds what the first created. Without a pool (a connector built on its
+own, as some tests do) only this process is covered.
 
 Failures per record, since every record is its own call:
 - A terminal 4xx (400 validation, 404 on a lookup, ...) goes to ``BatchOutcome.failed``
@@ -48,10 +47,8 @@ a deal's ``ContactId``), so a link is a ``PATCH`` of the field named in the obje
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -67,8 +64,10 @@ from ponte.deliver.connectors.base import (
     RetryableError,
     TerminalError,
 )
+from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import ObjectMapping, RateLimit, Target
+from ponte.shared import db
 
 ENTITY_SETS = ("Contacts", "Deals", "Orders", "Products")
 """The Ploomes collections this connector writes (and its stand-in speaks)."""
@@ -282,7 +281,11 @@ def _custom_value(kind: ValueKind, value: Any) -> Any:
 
 class PloomesConnector:
     def __init__(
-        self, client: httpx.AsyncClient, bucket: TokenBucket, target: PloomesTarget
+        self,
+        client: httpx.AsyncClient,
+        bucket: TokenBucket,
+        target: PloomesTarget,
+        locks: KeyLocks | None = None,
     ) -> None:
         self._client = client
         self._bucket = bucket
@@ -290,15 +293,21 @@ class PloomesConnector:
         self._objects = {mapping.object_type: mapping for mapping in target.objects.values()}
         self._by_entity = {entity: mapping for entity, mapping in target.objects.items()}
         self._parallel = target.parallel_records
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = locks or KeyLocks(target.id)
         self._written: dict[str, tuple[str, bytes, float]] = {}
         """external id -> (Ploomes id, body digest, when) from an attempt that raised."""
 
     @classmethod
     def for_target(
-        cls, target: PloomesTarget, client: httpx.AsyncClient, bucket: TokenBucket
+        cls,
+        target: PloomesTarget,
+        client: httpx.AsyncClient,
+        bucket: TokenBucket,
+        locks: KeyLocks | None = None,
     ) -> PloomesConnector:
-        return cls(client, bucket, target)
+        """``locks``: shared with other replicas when built with the key-lock pool
+        (``connectors.build_connector``); by default this process only."""
+        return cls(client, bucket, target, locks)
 
     # --- HTTP -------------------------------------------------------------------------
 
@@ -346,34 +355,6 @@ class PloomesConnector:
                 excerpt=response.text,
             )
         return response
-
-    # --- locks ------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _holding(self, keys: Iterable[str]) -> AsyncIterator[None]:
-        """Hold one lock per key, taken in sorted order so two holders never wait on each
-        other; a key's lock is forgotten once nobody holds or waits for it."""
-        ordered = sorted(set(keys))
-        locks = []
-        for key in ordered:
-            lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-            self._locks[key] = (lock, users + 1)
-            locks.append(lock)
-        acquired: list[asyncio.Lock] = []
-        try:
-            for lock in locks:
-                await lock.acquire()
-                acquired.append(lock)
-            yield
-        finally:
-            for lock in reversed(acquired):
-                lock.release()
-            for key in ordered:
-                lock, users = self._locks[key]
-                if users <= 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
 
     # --- bodies -----------------------------------------------------------------------
 
@@ -434,7 +415,7 @@ class PloomesConnector:
         """Write the record (see the module for the order); its Ploomes id."""
         body = self._body(mapping, record)
         filters = self._filters(mapping, record)
-        async with self._holding([record.external_id] + [key for key, _ in filters]):
+        async with self._locks.hold([record.external_id] + [key for key, _ in filters]):
             if record.crm_id:
                 path = f"/{mapping.entity_set}({record.crm_id})"
                 response = await self._call("PATCH", path, body=body, accept_404=True)
@@ -511,6 +492,10 @@ class PloomesConnector:
             auth = failures.exceptions[0]
             assert isinstance(auth, _AuthFailed)
             raise auth.error from None
+        except* db.UNAVAILABLE as failures:
+            # The key locks' database is out (or a lock wait timed out): raised bare, as
+            # the consumer retries such a batch in place instead of spending an attempt.
+            raise failures.exceptions[0] from None
         results = {
             record.external_id: task.result() for record, task in zip(records, tasks, strict=True)
         }

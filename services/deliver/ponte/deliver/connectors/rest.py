@@ -23,6 +23,10 @@ How a record is written (``RestConnector._upsert_one``):
    found (more than one match is refused: Ponte does not guess which is right);
 3. else create, and read the new id from the answer.
 
+Steps 1-3 run under the record's key (its natural key's value, else its external id),
+held through ``ponte.deliver.keylock.KeyLocks``: in this process and, with the service's
+key-lock pool, across deliver replicas, so two writers of one CNPJ never both create.
+
 Two rules for CRMs that misbehave, each off unless configured:
 - ``create_error_may_have_saved``: a create answered with a 5xx (or a status listed in
   ``create_error_statuses``), or that timed out, may have saved the record anyway. Ponte
@@ -44,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
@@ -61,6 +64,7 @@ from ponte.deliver.connectors.base import (
     RetryableError,
     TerminalError,
 )
+from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import ObjectMapping, Target
 
@@ -308,7 +312,13 @@ def _raise_for(response: httpx.Response, what: str) -> None:
 
 
 class RestConnector:
-    def __init__(self, target: RestTarget, client: httpx.AsyncClient, bucket: TokenBucket) -> None:
+    def __init__(
+        self,
+        target: RestTarget,
+        client: httpx.AsyncClient,
+        bucket: TokenBucket,
+        locks: KeyLocks | None = None,
+    ) -> None:
         self._target = target
         self._client = client
         self._bucket = bucket
@@ -317,18 +327,22 @@ class RestConnector:
         self._token: str | None = None
         self._token_expires = float("inf")
         self._login_lock = asyncio.Lock()
-        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._locks = locks or KeyLocks(target.id)
         self._learned: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._uncertain: set[tuple[str, str]] = set()
         """(object type, external id) whose create failed in a way that may have saved it."""
 
     @classmethod
     def for_target(
-        cls, target: RestTarget, client: httpx.AsyncClient, bucket: TokenBucket
+        cls,
+        target: RestTarget,
+        client: httpx.AsyncClient,
+        bucket: TokenBucket,
+        locks: KeyLocks | None = None,
     ) -> RestConnector:
-        return cls(target, client, bucket)
+        """``locks``: shared with other replicas when built with the key-lock pool
+        (``connectors.build_connector``); by default this process only."""
+        return cls(target, client, bucket, locks)
 
     # --- HTTP, auth ---
 
@@ -411,12 +425,6 @@ class RestConnector:
         return response
 
     # --- one record ---
-
-    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     def _learn(self, object_type: str, external_id: str, crm_id: str) -> str:
         self._learned[(object_type, external_id)] = crm_id
@@ -516,9 +524,10 @@ class RestConnector:
         Serialised per key: lookup-then-write is two calls, and two writers of the same key
         that both search before either creates would both create. The key is the natural
         key's value when there is one (two external ids can carry the same CNPJ, and the CRM
-        must end up with one organisation), else the external id. Different keys still run
-        concurrently; the lock is only held for one record's calls, and is dropped once
-        nobody holds it (weak values), so the map does not grow with every key ever seen.
+        must end up with one organisation), else the external id. ``KeyLocks`` holds it in
+        this process and, with the key-lock pool, in every deliver replica (a PostgreSQL
+        advisory lock). Different keys still run concurrently; the lock is only held for
+        one record's calls.
         """
         key_path = mapping.key_path
         raw_key = record.properties.get(key_path) if key_path else None
@@ -529,8 +538,8 @@ class RestConnector:
         for path, value in record.properties.items():
             set_path(body, path, value)
         object_type = mapping.object_type
-        lock = self._lock((object_type, f"key:{key}" if key else f"ext:{record.external_id}"))
-        async with lock:
+        lock_key = f"{object_type}/key:{key}" if key else f"{object_type}/ext:{record.external_id}"
+        async with self._locks.hold([lock_key]):
             crm_id = record.crm_id or self._learned.get((object_type, record.external_id))
             if crm_id and await self._update(mapping, crm_id, body):
                 return self._learn(object_type, record.external_id, crm_id)

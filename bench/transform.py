@@ -39,9 +39,11 @@ collector took.
 
 ``--profile`` adds one run sampled by py-spy with native frames (sampling pauses the
 process, so that run is slower and not counted); the summary, by area and by function,
-is printed and kept with the raw samples in bench/results. ``--gc-freeze`` and
-``--no-relay`` are experiments, not what the service does: the worker freezes the
-start-up heap, or leaves the outbox to be published by someone else.
+is printed and kept with the raw samples in bench/results. The worker tunes the garbage
+collector as the service does (start-up heap frozen, generation-0 threshold raised).
+``--no-gc-freeze``, ``--gc-threshold`` and ``--no-relay`` are experiments, not what the
+service does: the worker leaves the collector as Python sets it, sets another
+generation-0 threshold, or leaves the outbox to be published by someone else.
 
 Figures are medians over ``--repeat`` runs. Everything started is stopped on exit,
 Ctrl-C or error. Results go to ``bench/results/transform-<timestamp>.json``;
@@ -114,7 +116,8 @@ class Plan:
     dlt_formats: list[str]
     quick: bool
     wait_quiet_s: float = 0.0
-    gc_freeze: bool = False
+    no_gc_freeze: bool = False
+    gc_threshold: int | None = None
     no_relay: bool = False
     command: str = ""
 
@@ -147,10 +150,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         f"load under {QUIET_PCT:.0f}%% of a core); the load found is recorded either way.",
     )
     parser.add_argument(
-        "--gc-freeze",
+        "--no-gc-freeze",
         action="store_true",
-        help="Experiment: the transform worker calls gc.freeze() once started (the service "
-        "does not); shows what the garbage collector costs.",
+        help="Experiment: the transform worker neither freezes the start-up heap nor raises "
+        "the generation-0 threshold (the service does both); shows what the garbage "
+        "collector costs without them.",
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        help="Experiment: the transform worker's generation-0 collection threshold instead "
+        "of the service's (gc.set_threshold; Python's default is 700).",
     )
     parser.add_argument(
         "--no-relay",
@@ -170,7 +180,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         dlt_formats=[f.strip() for f in args.dlt_formats.split(",") if f.strip()],
         quick=args.quick,
         wait_quiet_s=args.wait_quiet,
-        gc_freeze=args.gc_freeze,
+        no_gc_freeze=args.no_gc_freeze,
+        gc_threshold=args.gc_threshold,
         no_relay=args.no_relay,
         command=shlex.join([".venv/bin/python", "bench/transform.py", *(argv or sys.argv[1:])]),
     )
@@ -450,8 +461,10 @@ def run_transform(
     marks = stack.workdir / f"marks-{label}"
     marks.mkdir()
     command += ["--marks", str(marks)]
-    if plan.gc_freeze:
-        command.append("--gc-freeze")
+    if plan.no_gc_freeze:
+        command.append("--no-gc-freeze")
+    if plan.gc_threshold is not None:
+        command += ["--gc-threshold", str(plan.gc_threshold)]
     if plan.no_relay:
         command.append("--no-relay")
     meter = stack.cpu_meter()

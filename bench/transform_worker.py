@@ -31,6 +31,7 @@ import asyncpg
 
 from ponte.shared import db, kafka
 from ponte.shared.settings import Settings
+from ponte.transform.app import tune_garbage_collector
 from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import BatchProcessor, BatchSummary, Message
@@ -127,7 +128,12 @@ def peak_rss_kib() -> int:
 
 
 async def run(
-    settings: Settings, expected: int, marks: Path | None, relay: bool = True
+    settings: Settings,
+    expected: int,
+    marks: Path | None,
+    relay: bool = True,
+    gc_freeze: bool = True,
+    gc_threshold: int | None = None,
 ) -> dict[str, Any]:
     pool = await db.create_pool(settings, min_size=2, max_size=10)
     producer = kafka.create_producer(settings)
@@ -138,6 +144,10 @@ async def run(
     )
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
+    if gc_freeze:
+        tune_garbage_collector()  # as the service's lifespan does, once its tasks exist
+    if gc_threshold is not None:
+        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
     error: str | None = None
     try:
         while not processor.done.is_set():
@@ -191,10 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, required=True, help="Where to write the JSON.")
     parser.add_argument("--marks", type=Path, help="Directory for the first/done marks.")
     parser.add_argument(
-        "--gc-freeze",
+        "--no-gc-freeze",
         action="store_true",
-        help="Experiment, not what the service does: gc.freeze() once started, so full "
-        "collections no longer walk the objects start-up created.",
+        help="Experiment, not what the service does: no gc.freeze() and no raised "
+        "generation-0 threshold once started (tune_garbage_collector), as before.",
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        help="Experiment: this generation-0 collection threshold instead of the service's.",
     )
     parser.add_argument(
         "--no-relay",
@@ -205,12 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     values = json.loads(args.settings.read_text())
     settings = Settings(_env_file=None, **values)
-    if args.gc_freeze:
-        gc.collect()
-        gc.freeze()
-    report, loop = run_loop(run(settings, args.events, args.marks, relay=not args.no_relay))
+    report, loop = run_loop(
+        run(
+            settings,
+            args.events,
+            args.marks,
+            relay=not args.no_relay,
+            gc_freeze=not args.no_gc_freeze,
+            gc_threshold=args.gc_threshold,
+        )
+    )
     report["loop"] = loop
-    report["gc_freeze"] = args.gc_freeze
+    report["gc_freeze"] = not args.no_gc_freeze
+    report["gc_threshold"] = list(gc.get_threshold())
     report["relay"] = not args.no_relay
     args.result.write_text(json.dumps(report, indent=2))
     return 0 if report["error"] is None else 1

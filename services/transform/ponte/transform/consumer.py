@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from ponte.shared import kafka
 from ponte.shared.settings import Settings
 from ponte.transform.outbox import OutboxRelay
-from ponte.transform.processor import UNAVAILABLE, BatchProcessor, Message
+from ponte.transform.processor import UNAVAILABLE, BatchProcessor, BatchSummary, Message
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class TransformConsumer:
         self.relay = relay
         self.running = False
         self.batches = 0
+        self._publishing: asyncio.Task[None] | None = None
 
     def _consumer(self) -> AIOKafkaConsumer:
         return kafka.create_consumer(
@@ -46,16 +47,21 @@ class TransformConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; offsets committed after each batch's transaction."""
-        await kafka.consume(
-            self._consumer,
-            stop,
-            "transform",
-            poll=self._poll,
-            parse=lambda batch: [m for records in batch.values() for m in records],
-            apply=self._apply,
-            transient=UNAVAILABLE,
-            on_running=self._set_running,
-        )
+        try:
+            await kafka.consume(
+                self._consumer,
+                stop,
+                "transform",
+                poll=self._poll,
+                parse=lambda batch: [m for records in batch.values() for m in records],
+                apply=self._apply,
+                transient=UNAVAILABLE,
+                on_running=self._set_running,
+            )
+        finally:
+            # The last batch's change events go out before the loop ends (or stay in the
+            # outbox for the relay loop, if that fails or is cancelled).
+            await self._publish_wait()
 
     def _set_running(self, running: bool) -> None:
         self.running = running
@@ -68,17 +74,34 @@ class TransformConsumer:
         return batch
 
     async def _apply(self, messages: list[Message]) -> None:
-        """The batch in one transaction, then its change events out of the outbox. A failed
-        publish is not retried here (it never raises): the relay loop publishes later."""
-        await self._processor.process(messages)
-        await self._publish_outbox()
+        """The batch in one transaction; then its change events leave the outbox while the
+        next batch is decoded and applied.
+
+        Publishing is pipelined one batch deep: batch N's events are produced while batch
+        N+1's transaction runs, and batch N+1's publish starts only once batch N's has
+        finished, so the relay still publishes in outbox order. None of the rules move:
+        the offsets of a batch are committed once its transaction has (its events are in
+        the outbox by then, durable), and events are published only after that commit. A
+        failed publish is not retried here (it never raises): the messages stay in the
+        outbox and the relay loop publishes them, in order, before any newer ones."""
+        summary = await self._processor.process(messages)
+        await self._publish_wait()
+        if self.relay is not None and summary.outbox:
+            self._publishing = asyncio.create_task(
+                self._publish(self.relay, summary), name="transform-outbox-publish"
+            )
         self.batches += 1
 
-    async def _publish_outbox(self) -> None:
-        if self.relay is None:
-            return
+    async def _publish_wait(self) -> None:
+        """Wait for the previous batch's publish, if one is still going."""
+        if self._publishing is not None:
+            publishing, self._publishing = self._publishing, None
+            await publishing
+
+    async def _publish(self, relay: OutboxRelay, summary: BatchSummary) -> None:
+        written, summary.outbox = summary.outbox, []
         try:
-            await self.relay.publish_pending()
+            await relay.publish_committed(written)
         except (KafkaError, *UNAVAILABLE) as error:
             # The messages stay in the outbox; the relay loop publishes them later.
             log.warning("outbox publish failed; will retry", extra={"error": type(error).__name__})

@@ -38,7 +38,7 @@ from ponte.shared.metrics import (
 from ponte.shared.settings import Settings
 from ponte.transform.decode import Decoded, Decoder
 from ponte.transform.normalize import RecordRejected
-from ponte.transform.outbox import add_messages
+from ponte.transform.outbox import Outgoing, add_messages
 from ponte.transform.repository import BatchApplier, ChangeEvent
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,9 @@ class BatchSummary:
     changes: int = 0
     splits: int = 0
     rejected_codes: list[str] = field(default_factory=list)
+    outbox: list[Outgoing] = field(default_factory=list)
+    """The outbox messages the batch's committed transactions wrote, in id order, for
+    the relay to publish from memory (``OutboxRelay.publish_committed``)."""
 
 
 class BatchProcessor:
@@ -172,10 +175,11 @@ class BatchProcessor:
             result = await BatchApplier(connection, now).apply(records)
             messages = [self.change_message(change) for change in result.changes]
             messages += [self._dead_letter(item, now) for item in rejected]
-            await add_messages(connection, messages)
+            written = await add_messages(connection, messages)
             await _record_rejections(connection, rejected, now)
             await _record_unmapped(connection, items, now)
-        # Counted only once committed.
+        # Counted (and handed to the relay) only once committed.
+        summary.outbox += written
         summary.applied += result.applied_records
         summary.stale += result.stale_records
         summary.rejected += len(rejected)

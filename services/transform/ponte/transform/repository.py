@@ -141,13 +141,14 @@ class BatchApplier:
 
     async def apply(self, records: list[NormalizedRecord]) -> BatchResult:
         records = coalesce(records)
+        # Grouped in one pass (in record order, then row order within a record), then
+        # applied in the model's order: parents before the rows that point at them.
+        by_entity: dict[str, list[_Pending]] = defaultdict(list)
+        for record in records:
+            for row in record.rows:
+                by_entity[row.entity].append(_Pending(record, row))
         for entity in ENTITIES:
-            pending = [
-                _Pending(record, row)
-                for record in records
-                for row in record.rows
-                if row.entity == entity
-            ]
+            pending = by_entity.get(entity)
             if pending:
                 await self._apply_entity(entity, pending)
         await self._resolve_parked()
@@ -291,7 +292,9 @@ class BatchApplier:
         await self._park(
             entity,
             [(by_key[(i.record.source_id, i.row.source_key)]["id"], i, ref) for i, ref in parks],
-            [by_key[(i.record.source_id, i.row.source_key)]["id"] for i, _ in items],
+            # Only a stored row can have parked references of an older version: a row
+            # inserted just now has a fresh id nothing was parked under.
+            [by_key[(i.record.source_id, i.row.source_key)]["id"] for i, s in items if s],
         )
         await self._replace_children(items, by_key)
 
@@ -418,31 +421,31 @@ class BatchApplier:
     ) -> None:
         """Forget what the previous versions of these rows were waiting for; record what
         the new versions wait for."""
-        await self.connection.execute(
-            "DELETE FROM parked_references WHERE entity = $1 AND row_id = ANY($2::int4[])",
-            entity,
-            applied_ids,
-        )
+        if applied_ids:
+            await self.connection.execute(
+                "DELETE FROM parked_references WHERE entity = $1 AND row_id = ANY($2::int4[])",
+                entity,
+                applied_ids,
+            )
         if not parks:
             return
-        await self.connection.executemany(
+        # One statement for all of them (a backlog parks thousands per batch).
+        await self.connection.execute(
             "INSERT INTO parked_references (source_id, entity, row_id, column_name, field, "
-            "target_entity, target_key, event_id, parked_at) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            [
-                (
-                    item.record.source_id,
-                    entity,
-                    row_id,
-                    ref.column,
-                    ref.field,
-                    ref.target_entity,
-                    ref.target_key,
-                    item.record.event_id,
-                    self.now,
-                )
-                for row_id, item, ref in parks
-            ],
+            "target_entity, target_key, event_id, parked_at) "
+            "SELECT source_id, $1::text, row_id, column_name, field, target_entity, "
+            "target_key, event_id, $2::timestamptz FROM unnest($3::text[], $4::int4[], "
+            "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS p(source_id, "
+            "row_id, column_name, field, target_entity, target_key, event_id)",
+            entity,
+            self.now,
+            [item.record.source_id for _, item, _ in parks],
+            [row_id for row_id, _, _ in parks],
+            [ref.column for _, _, ref in parks],
+            [ref.field for _, _, ref in parks],
+            [ref.target_entity for _, _, ref in parks],
+            [ref.target_key for _, _, ref in parks],
+            [item.record.event_id for _, item, _ in parks],
         )
         self.result.parked += len(parks)
 
@@ -563,7 +566,11 @@ class BatchApplier:
         """Tombstone the children the new parent versions no longer carry: one statement
         per child table for the whole batch."""
         groups: dict[tuple[str, str], list[tuple[Mapping[str, Any], set[str]]]] = defaultdict(list)
-        for item, _ in items:
+        for item, stored in items:
+            if stored is None:
+                # Inserted just now: no row can point at an id that did not exist (a child
+                # waiting for it is parked with NULL and resolved at the end of the batch).
+                continue
             parent = by_key[(item.record.source_id, item.row.source_key)]
             for child_set in item.row.child_sets:
                 groups[(child_set.entity, child_set.parent_column)].append((parent, child_set.keys))

@@ -88,6 +88,11 @@ EVENTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("Pedido", {"codigo": "PED-3"}, 5, "delete"),
     ("Pedido", {"codigo": "PED-3", "total": "7,00"}, 4, "upsert"),
     ("Nota", {"numero": "N1", "pedido": "PED-1", "Itens nota": [item(1, "2,00")]}, 1, "upsert"),
+    # Children sent on their own, older than the parent version that replaced the set they
+    # would join: item 3 is newer than PED-1's first version (which carried it) but older
+    # than the second (which dropped it); PED-3's item is older than PED-3's delete.
+    ("Itens pedido", {"pedido": "PED-1", **item(3, "1,00")}, 1, "upsert"),
+    ("Itens pedido", {"pedido": "PED-3", **item(1, "1,00")}, 2, "upsert"),
 ]
 IDS = [f"evt_{index:03d}/0" for index in range(len(EVENTS))]
 
@@ -209,7 +214,9 @@ def expected(dsn: str) -> dict[str, Any]:
     orders = {dict(row)["source_key"] for row in state["orders"]}
     assert orders == {"'PED-1'"}  # PED-2 and PED-3 deleted
     items = {dict(row)["source_key"]: dict(row) for row in state["order_items"]}
-    assert set(items) == {"'PED-1/1'", "'PED-1/2'"}  # PED-1/3 dropped by the newer order
+    # PED-1/3 dropped by the newer order, whether nested or sent alone; PED-3/1 deleted
+    # with its order.
+    assert set(items) == {"'PED-1/1'", "'PED-1/2'"}
     assert items["'PED-1/2'"]["unit_price"] == "Decimal('9.9900')"  # the newest, sent alone
     assert ("company", "salesperson_id", "salesperson", "V2") in state["parked"]
     return state

@@ -124,6 +124,49 @@ async def test_children_are_replaced_as_a_set(pool: asyncpg.Pool, source_id: str
     assert (await row(pool, "order_items", source_id, "PED-1/3"))["deleted_at"] is not None
 
 
+async def test_a_child_sent_alone_older_than_its_parents_set_stays_out(
+    pool: asyncpg.Pool, source_id: str
+) -> None:
+    """The newer order version dropped item 3 before item 3 (older, sent on its own) ever
+    arrived: nothing to tombstone, yet the item must not come to life, as it would not
+    had it arrived first."""
+    items = [{"seq": n, "produto": "P", "quantidade": "1", "preco": "1"} for n in (1, 2)]
+    await apply(pool, raw_event("Pedido", order(items=items), source_id=source_id, minute=2))
+    alone = {"pedido": "PED-1", "seq": 3, "produto": "P", "quantidade": "1", "preco": "1"}
+    late = await apply(pool, raw_event("Itens pedido", alone, source_id=source_id, minute=1))
+    assert late.changes == [] and late.stale_records == 1
+    live = await pool.fetchval(
+        "SELECT count(*) FROM order_items WHERE source_id = $1 AND source_key = 'PED-1/3' "
+        "AND deleted_at IS NULL",
+        source_id,
+    )
+    assert live == 0
+    # A newer one is a new child of the set.
+    newer = await apply(pool, raw_event("Itens pedido", alone, source_id=source_id, minute=3))
+    assert newer.stale_records == 0
+    assert (await row(pool, "order_items", source_id, "PED-1/3"))["deleted_at"] is None
+
+
+async def test_a_parked_child_is_dropped_by_its_parents_first_set(
+    pool: asyncpg.Pool, source_id: str
+) -> None:
+    """The other arrival order: the item waits for its order, which then arrives with a
+    set that excludes it (or is deleted): the item ends tombstoned either way."""
+    alone = {"pedido": "PED-1", "seq": 3, "produto": "P", "quantidade": "1", "preco": "1"}
+    await apply(pool, raw_event("Itens pedido", alone, source_id=source_id, minute=1))
+    items = [{"seq": 1, "produto": "P", "quantidade": "1", "preco": "1"}]
+    await apply(pool, raw_event("Pedido", order(items=items), source_id=source_id, minute=2))
+    parent = await row(pool, "orders", source_id, "PED-1")
+    dropped = await row(pool, "order_items", source_id, "PED-1/3")
+    assert dropped["order_id"] == parent["id"] and dropped["deleted_at"] is not None
+    await apply(pool, raw_event("Itens pedido", {**alone, "pedido": "PED-2"}, source_id=source_id))
+    await apply(
+        pool,
+        raw_event("Pedido", {"codigo": "PED-2"}, source_id=source_id, minute=5, operation="delete"),
+    )
+    assert (await row(pool, "order_items", source_id, "PED-2/3"))["deleted_at"] is not None
+
+
 async def test_delete_is_a_tombstone_that_beats_older_upserts(
     pool: asyncpg.Pool, source_id: str
 ) -> None:

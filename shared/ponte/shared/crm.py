@@ -293,6 +293,17 @@ class ParkedReference(SQLModel, table=True):
     parked_at: datetime = Field(sa_type=_AWARE)
 
 
+# Per parent row and child table, the newest parent version that replaced the whole set
+# of children (a version carrying the child table, or a delete). A child sent on its own
+# with an older version is stale: the set it would join has been replaced since.
+class ChildSetVersion(SQLModel, table=True):
+    __tablename__ = "child_set_versions"
+    child_entity: str = Field(primary_key=True)
+    parent_id: int = Field(primary_key=True)
+    version_at: datetime | None = Field(default=None, sa_type=_AWARE)
+    version_event_id: str
+
+
 # Messages to publish after the transaction that produced them commits (transactional
 # outbox): change events for the deliver service and dead letters.
 class OutboxMessage(SQLModel, table=True):

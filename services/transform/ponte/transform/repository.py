@@ -13,7 +13,12 @@ kind of statement and entity rather than per row. The rules, in the order they a
 3. **Deletes are tombstones** (``deleted_at`` + version), so an older upsert arriving later
    still loses; deleting a parent deletes its children.
 4. **Children are a set.** A child missing from the newest version of its parent is
-   tombstoned.
+   tombstoned. Each parent row remembers, per child table, the version that last replaced
+   its set (``child_set_versions``: a version carrying the table, or a delete), so a child
+   sent on its own that is older than that version is stale even when there is no row to
+   tombstone (it never arrived before the set replaced it). A child still waiting for its
+   parent (parked) when the parent arrives is dropped by that parent's set once the
+   reference resolves, at the end of the batch: either arrival order ends the same.
 5. **References are resolved by key.** Missing targets are either created as placeholders
    (``stub``: codes, brands, products) or *parked* (the column stays NULL and a row in
    ``parked_references`` waits); parked references are resolved as soon as their target
@@ -48,6 +53,14 @@ _KEY_COLUMNS = "id, source_id, source_key"
 _T_KEY_COLUMNS = "t.id, t.source_id, t.source_key"
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+_PARENT_OF: dict[str, tuple[str, str]] = {
+    child: (parent, column) for parent, children in CHILDREN.items() for child, column in children
+}
+"""child entity -> (parent entity, the child's column holding the parent's id)"""
+
+_DeferredSet = tuple[str, str, Mapping[str, Any], set[str]]
+"""(child entity, parent column, parent row, kept keys): a set to apply after resolution."""
 
 
 def table_of(entity: str) -> sa.Table:
@@ -138,6 +151,11 @@ class BatchApplier:
         self.result = BatchResult()
         self.arrived: dict[str, set[RowKey]] = defaultdict(set)
         """Rows created in this batch, by entity: parked references may now resolve."""
+        self.new_parent_sets: list[_DeferredSet] = []
+        """Child sets of parents created in this batch: no child points at them yet, but
+        children parked waiting for them will once ``_resolve_parked`` runs."""
+        self.resolved_children: set[tuple[str, str, int]] = set()
+        """(child entity, parent column, parent id) of parked children resolved now."""
 
     async def apply(self, records: list[NormalizedRecord]) -> BatchResult:
         records = coalesce(records)
@@ -152,6 +170,7 @@ class BatchApplier:
             if pending:
                 await self._apply_entity(entity, pending)
         await self._resolve_parked()
+        await self._replace_children_of_new_parents()
         self.result.stale_records = len(self.stale)
         self.result.applied_records = len(records) - len(self.stale)
         return self.result
@@ -166,6 +185,8 @@ class BatchApplier:
         table = table_of(entity)
         keys = [(p.record.source_id, p.row.source_key) for p in pending]
         existing = await self._fetch_existing(table, keys)
+        if entity in _PARENT_OF:
+            await self._drop_older_than_child_sets(entity, pending)
         upserts: list[tuple[_Pending, asyncpg.Record | None]] = []
         deletes: list[tuple[_Pending, asyncpg.Record | None]] = []
         for item in self._newest_per_row(pending):
@@ -205,6 +226,38 @@ class BatchApplier:
             elif item.row.depth == 0:
                 self.stale.add(item.record.identity)
         return list(newest.values())
+
+    async def _drop_older_than_child_sets(self, entity: str, pending: list[_Pending]) -> None:
+        """A child sent on its own (not nested in a parent version) that is older than the
+        version that last replaced its parent's set of these children is stale: had it
+        arrived first, that version would have tombstoned it. Nested children carry their
+        parent's own version, so they are never older; only lone ones are looked up, in
+        one statement."""
+        parent_entity, column = _PARENT_OF[entity]
+        lone: dict[RowKey, list[_Pending]] = defaultdict(list)
+        for item in pending:
+            if item.row.depth != 0:
+                continue
+            for ref in item.row.references:
+                if ref.column == column and ref.target_entity == parent_entity:
+                    lone[(item.record.source_id, ref.target_key)].append(item)
+        if not lone:
+            return
+        parent = table_of(parent_entity)
+        rows = await self.connection.fetch(
+            "SELECT p.source_id, p.source_key, c.version_at, c.version_event_id "  # noqa: S608
+            f"FROM child_set_versions c JOIN {parent.name} p ON p.id = c.parent_id "
+            "WHERE c.child_entity = $1 AND (p.source_id, p.source_key) IN "
+            "(SELECT * FROM unnest($2::text[], $3::text[]))",
+            entity,
+            [k[0] for k in lone],
+            [k[1] for k in lone],
+        )
+        for row in rows:
+            set_version = Version(row["version_at"], row["version_event_id"])
+            for item in lone[(row["source_id"], row["source_key"])]:
+                if set_version.newer_than(item.record.version):
+                    self.stale.add(item.record.identity)
 
     async def _fetch_existing(
         self, table: sa.Table, keys: list[RowKey]
@@ -471,6 +524,7 @@ class BatchApplier:
             groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
             for row in waiting:
                 groups[(row["entity"], row["column_name"])].append(row)
+                self.resolved_children.add((row["entity"], row["column_name"], row["target_id"]))
             for (entity, column), rows in groups.items():
                 table = table_of(entity)
                 updated = await self.connection.fetch(
@@ -522,7 +576,10 @@ class BatchApplier:
             for row, (_, stored) in zip(rows, items, strict=True)
             if stored is not None
         ]
-        await self._insert_rows(table, new)
+        inserted = await self._insert_rows(table, new)
+        # A tombstone is a row too: children parked waiting for it resolve to it, as they
+        # would had they arrived after it (and are then dropped with it, below).
+        self.arrived[entity].update((row["source_id"], row["source_key"]) for row in inserted)
         written = await self._update_rows(
             table,
             [
@@ -552,11 +609,14 @@ class BatchApplier:
             entity,
             [row["id"] for row in written],
         )
-        # Deleting a parent deletes its children (none kept).
+        # Deleting a parent deletes its children (none kept): a set replaced by an empty
+        # one, for every child table.
         for child_entity, column in CHILDREN.get(entity, ()):
+            await self._record_child_sets(child_entity, [*written, *inserted])
             await self._tombstone_children(
                 child_entity, column, [(dict(row), set()) for row in written]
             )
+            self.new_parent_sets += [(child_entity, column, dict(row), set()) for row in inserted]
 
     async def _replace_children(
         self,
@@ -566,16 +626,62 @@ class BatchApplier:
         """Tombstone the children the new parent versions no longer carry: one statement
         per child table for the whole batch."""
         groups: dict[tuple[str, str], list[tuple[Mapping[str, Any], set[str]]]] = defaultdict(list)
+        versions: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for item, stored in items:
-            if stored is None:
-                # Inserted just now: no row can point at an id that did not exist (a child
-                # waiting for it is parked with NULL and resolved at the end of the batch).
-                continue
             parent = by_key[(item.record.source_id, item.row.source_key)]
             for child_set in item.row.child_sets:
+                versions[child_set.entity].append(parent)
+                if stored is None:
+                    # Inserted just now: no row can point at an id that did not exist; a
+                    # child waiting for it is parked with NULL until the end of the batch.
+                    self.new_parent_sets.append(
+                        (child_set.entity, child_set.parent_column, parent, child_set.keys)
+                    )
+                    continue
                 groups[(child_set.entity, child_set.parent_column)].append((parent, child_set.keys))
+        for entity, versioned in versions.items():
+            await self._record_child_sets(entity, versioned)
         for (entity, column), parents in groups.items():
             await self._tombstone_children(entity, column, parents)
+
+    async def _replace_children_of_new_parents(self) -> None:
+        """The sets of parents created in this batch, for the children that were parked
+        waiting for them and now point at them (only those: the batch's own nested
+        children are the set). Without this, a lone child that arrived before its parent
+        would outlive a set that excludes it, and one that arrived after would not."""
+        groups: dict[tuple[str, str], list[tuple[Mapping[str, Any], set[str]]]] = defaultdict(list)
+        for entity, column, parent, keys in self.new_parent_sets:
+            if (entity, column, parent["id"]) in self.resolved_children:
+                groups[(entity, column)].append((parent, keys))
+        for (entity, column), parents in groups.items():
+            await self._tombstone_children(entity, column, parents)
+
+    async def _record_child_sets(
+        self, child_entity: str, parents: Sequence[Mapping[str, Any] | asyncpg.Record]
+    ) -> None:
+        """Remember the parents' versions as the versions of their sets of
+        ``child_entity``: one statement, keeping the newest."""
+        newest: dict[int, Version] = {}
+        for parent in parents:
+            version = Version(parent["version_at"], parent["version_event_id"])
+            current = newest.get(parent["id"])
+            if version.newer_than(current):
+                newest[parent["id"]] = version
+        if not newest:
+            return
+        await self.connection.execute(
+            "INSERT INTO child_set_versions (child_entity, parent_id, version_at, "
+            "version_event_id) SELECT $1::text, * FROM unnest($2::int4[], $3::timestamptz[], "
+            "$4::text[]) ON CONFLICT (child_entity, parent_id) DO UPDATE SET "
+            "version_at = excluded.version_at, version_event_id = excluded.version_event_id "
+            "WHERE (COALESCE(child_set_versions.version_at, '-infinity'), "
+            "child_set_versions.version_event_id) < "
+            "(COALESCE(excluded.version_at, '-infinity'), excluded.version_event_id)",
+            child_entity,
+            list(newest),
+            [version.at for version in newest.values()],
+            [version.event_id for version in newest.values()],
+        )
 
     async def _tombstone_children(
         self, entity: str, column: str, parents: Sequence[tuple[Mapping[str, Any], set[str]]]

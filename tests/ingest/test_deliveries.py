@@ -45,6 +45,34 @@ def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
     assert caught.value.status_code == 400
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"n": 18446744073709551615, "m": -9223372036854775808}',  # 20 digits: json.loads
+        b'{"n": 1180591620717411303424}',  # 2**70: orjson would read a float
+        b'{"n": [1234567890123456789, 123456789012345678]}',
+        b'{"cnpj": "12345678000190", "total": 1234.56, "big": 1e400}',
+        b'\xef\xbb\xbf{"bom": true}',
+        b'{"x": NaN, "y": -Infinity}',
+    ],
+)
+def test_parsed_values_equal_json_loads(body: bytes) -> None:
+    """The fast path (orjson) is taken only where it reads the same values: integers are
+    never widened to floats, and what orjson refuses is read by json.loads."""
+    expected = json.loads(body.decode("utf-8").removeprefix("\ufeff"))
+    parsed = decode_json(body, "application/json")
+    assert json.dumps(parsed) == json.dumps(expected)
+    assert [type(v) for v in _leaves(parsed)] == [type(v) for v in _leaves(expected)]
+
+
+def _leaves(value: object) -> list[object]:
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
 def erp(**overrides: object) -> dict[str, object]:
     return {
         "id": "evt-1",

@@ -87,3 +87,27 @@ async def test_each_event_lands_in_javas_partition_with_pydantics_bytes(
         event = by_key[message.key]
         assert message.partition == DefaultPartitioner()(message.key, partitions, partitions)
         assert message.value == event.model_dump_json().encode()
+
+
+@pytest.mark.integration
+async def test_partition_lists_are_forgotten_on_every_metadata_update(
+    settings: Settings,
+) -> None:
+    """The sorted partition list is kept between publishes, and dropped when aiokafka
+    refreshes its metadata, so a topic that grows is seen as aiokafka sees it."""
+    await ensure_topics(settings)
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    try:
+        await asyncio.wait_for(publisher.started.wait(), 20)
+        await publisher.publish([raw_event(0)], None)
+        await publisher.publish([raw_event(1)], None)
+        expected = list(range(settings.raw_topic_partitions))
+        assert publisher._partitions == {settings.raw_topic: expected}
+        assert publisher._producer is not None
+        assert await publisher._producer.client.force_metadata_update()
+        assert publisher._partitions == {}
+        await publisher.publish([raw_event(2)], None)
+        assert publisher._partitions == {settings.raw_topic: expected}
+    finally:
+        await publisher.stop()

@@ -10,9 +10,10 @@ from collections.abc import MutableMapping
 from typing import Any, cast
 
 import pytest
+from starlette.datastructures import Headers
 
 from ponte.ingest.intake import Answer, IncomingRequest, Intake
-from ponte.ingest.routes.webhooks import serve_webhook, webhook_source
+from ponte.ingest.routes.webhooks import _read_headers, serve_webhook, webhook_source
 
 
 class ReadingIntake:
@@ -106,3 +107,30 @@ async def test_sender_hanging_up_mid_body_gets_no_answer() -> None:
         [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}],
     )
     assert sent == [] and intake.bodies == []
+
+
+def test_headers_read_as_starlette_reads_them() -> None:
+    """Repeated headers answer their first line, and every X-Forwarded-For line is kept
+    in order, as through Starlette's ``Headers``; non-ASCII bytes decode as Latin-1."""
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"x-forwarded-for", b"203.0.113.9"),
+        (b"webhook-id", b"msg_1"),
+        (b"x-forwarded-for", b"10.0.0.2, 10.0.0.3"),
+        (b"webhook-id", b"msg_2"),
+        (b"x-note", "João".encode("latin-1")),
+    ]
+    headers, forwarded = _read_headers(raw)
+    starlette = Headers(raw=raw)
+    for name in ("content-type", "webhook-id", "x-forwarded-for", "x-note", "absent"):
+        assert headers.get(name) == starlette.get(name)
+    assert forwarded == starlette.getlist("x-forwarded-for")
+
+
+def test_path_match_is_remembered_per_path() -> None:
+    assert webhook_source(scope("/webhooks/erp-2")) == "erp-2"
+    assert webhook_source(scope("/webhooks/erp-2")) == "erp-2"
+    assert webhook_source(scope("/webhooks/erp-2/x")) is None
+    assert webhook_source(scope("/webhooks/erp-2/x")) is None
+    mounted = {**scope("/api/webhooks/erp-3"), "root_path": "/api"}
+    assert webhook_source(mounted) == "erp-3"

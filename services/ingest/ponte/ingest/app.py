@@ -47,6 +47,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.pool = pool
     app.state.publisher = publisher
     app.state.intake = Intake(settings, registry, publisher, receipts, history)
+    if isinstance(app, IngestApp):
+        app.webhook_intake = app.state.intake
     app.state.registry = registry
     app.state.pulls = await build_scheduler(settings, pool, publisher)
     await app.state.pulls.start()
@@ -70,9 +72,13 @@ class IngestApp(FastAPI):
     plain ASGI handler. Every other request (probes, metrics, file drops, the OpenAPI
     document) is served by FastAPI as usual."""
 
+    webhook_intake: Intake | None = None
+    """Set by the lifespan once intake is ready: a plain attribute, since reading
+    ``app.state`` (Starlette's ``State.__getattr__``) on every request was measurable."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        source_id = webhooks.webhook_source(scope)
-        intake: Intake | None = getattr(self.state, "intake", None)
+        intake = self.webhook_intake
+        source_id = webhooks.webhook_source(scope) if intake is not None else None
         if source_id is None or intake is None:
             await super().__call__(scope, receive, send)
             return

@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,9 +60,13 @@ def charset_of(content_type: str | None) -> str:
     return "utf-8"
 
 
-_LONG_DIGITS = re.compile(rb"\d{19}")
+_LONG_DIGITS = b"0" * 19
 """A run of digits that could be an integer beyond 64 bits, which orjson would read as a
-float (losing digits) where Python's json keeps it exact."""
+float (losing digits) where Python's json keeps it exact ..."""
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+"""... looked for in the body with every ASCII digit turned into ``0`` and everything
+else into a space: two C passes, about 5x cheaper than the regular expression ``\\d{19}``
+(a backtracking scan that cost more than orjson's whole parse in the benchmark)."""
 
 
 def _fast_json(body: bytes, charset: str) -> tuple[bool, Any]:
@@ -73,7 +76,7 @@ def _fast_json(body: bytes, charset: str) -> tuple[bool, Any]:
     refuses a BOM, NaN and Infinity, lone surrogates and deep nesting (Python accepts all
     but the last), and reads integers beyond 64 bits as floats. Any refusal, and any body
     with 19 digits in a row, goes to ``json.loads``, which decides as before."""
-    if charset != "utf-8" or _LONG_DIGITS.search(body):
+    if charset != "utf-8" or _LONG_DIGITS in body.translate(_DIGITS_AS_ZERO):
         return False, None
     try:
         return True, orjson.loads(body)

@@ -114,9 +114,10 @@ class HistoryWriter:
             self._queue.put_nowait(entry)
         except asyncio.QueueFull:
             HISTORY_DROPPED.inc()
-        HISTORY_QUEUE_DEPTH.set(self._queue.qsize())
 
     async def start(self) -> None:
+        # Read at scrape time rather than set on every webhook (a lock per request).
+        HISTORY_QUEUE_DEPTH.set_function(self._queue.qsize)
         self._task = asyncio.create_task(self._run(), name="history-writer")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -164,7 +165,6 @@ class HistoryWriter:
                 batch.append(self._queue.get_nowait())
             except asyncio.QueueEmpty:
                 break
-        HISTORY_QUEUE_DEPTH.set(self._queue.qsize())
         return batch
 
     async def _write_with_retry(self, batch: list[HistoryEntry]) -> None:

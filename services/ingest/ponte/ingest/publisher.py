@@ -86,6 +86,8 @@ class EventPublisher:
         self._connector: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._partitions: dict[str, list[int]] = {}
+        """Each topic's partition ids, sorted, as of the producer's last metadata update."""
 
     async def start(self) -> None:
         """Connect in the background; ingest serves (503) until the broker answers."""
@@ -97,6 +99,9 @@ class EventPublisher:
         )
         if producer is None:
             return
+        # Forget the partition lists whenever the metadata changes (aiokafka calls its
+        # listeners on every update), so a topic that grows is seen as aiokafka sees it.
+        producer.client.cluster.add_listener(self._metadata_updated)
         self._producer = producer
         self.started.set()
         log.info("producer connected", extra={"bootstrap": self._settings.kafka_bootstrap})
@@ -138,6 +143,20 @@ class EventPublisher:
             ) from None
         KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
 
+    def _metadata_updated(self, cluster: object) -> None:
+        self._partitions.clear()
+
+    def _partitions_of(self, producer: AIOKafkaProducer, topic: str) -> list[int] | None:
+        """The topic's partitions, sorted: built once per metadata update, not per send
+        (``partitions_for_topic`` copies them into a new set on every call)."""
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            known = producer.client.cluster.partitions_for_topic(topic)
+            if not known:
+                return None
+            partitions = self._partitions[topic] = sorted(known)
+        return partitions
+
     async def _send_all(
         self, producer: AIOKafkaProducer, events: list[RawEvent], content_type: str | None
     ) -> None:
@@ -145,8 +164,7 @@ class EventPublisher:
         # Java's default partitioner, computed here (ponte.ingest.partitioner): the same
         # partition aiokafka would pick, without its pure-Python hash on every send. Until
         # the producer has the topic's metadata, aiokafka picks (the same way).
-        known = producer.client.cluster.partitions_for_topic(topic)
-        partitions = sorted(known) if known else None
+        partitions = self._partitions_of(producer, topic)
         acks = []
         for event in events:
             key = event.partition_key

@@ -9,7 +9,6 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -100,14 +99,28 @@ WEBHOOK_ROUTE = Route("/webhooks/{source_id}", receive_webhook, methods=["POST"]
 parameter rules) decides which requests take the plain ASGI path below."""
 
 
+_SOURCES_MAX = 10_000
+_sources: dict[tuple[str, str], str | None] = {}
+"""``WEBHOOK_ROUTE``'s answer per (root path, path): a handful of source ids call again
+and again, and the match (a regular expression, the path converters, a child scope) was
+a measurable share of each webhook. Bounded, as the path comes from the client."""
+
+
 def webhook_source(scope: Scope) -> str | None:
     """The source id when ``scope`` is ``POST /webhooks/{source_id}``, else None."""
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
+    # Route.matches reads only the path and the root path (and the type, checked above).
+    where = (scope.get("root_path", ""), scope["path"])
+    try:
+        return _sources[where]
+    except KeyError:
+        pass
     match, child = WEBHOOK_ROUTE.matches(scope)
-    if match is not Match.FULL:
-        return None
-    source_id: str = child["path_params"]["source_id"]
+    source_id: str | None = child["path_params"]["source_id"] if match is Match.FULL else None
+    if len(_sources) >= _SOURCES_MAX:
+        _sources.clear()
+    _sources[where] = source_id
     return source_id
 
 
@@ -134,7 +147,7 @@ async def serve_webhook(
     ingest's CPU per webhook in the benchmark (bench/ingest.py, docs/benchmarks.md), for
     an endpoint that needs none of it. The FastAPI route above stays registered so the
     OpenAPI document describes the endpoint; both call ``Intake.handle``."""
-    headers = Headers(scope=scope)
+    headers, forwarded = _read_headers(scope["headers"])
     client = scope.get("client")
     try:
         answer = await intake.handle(
@@ -142,7 +155,7 @@ async def serve_webhook(
                 source_id=source_id,
                 headers=headers,
                 peer=client[0] if client else None,
-                forwarded_for=", ".join(headers.getlist("x-forwarded-for")) or None,
+                forwarded_for=", ".join(forwarded) or None,
                 body_chunks=_body_chunks(receive),
             )
         )
@@ -160,6 +173,25 @@ async def serve_webhook(
         for name, value in answer.headers.items()
     )
     await _send(send, answer.status_code, body, raw_headers)
+
+
+def _read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], list[str]]:
+    """The request headers decoded once into a dict, and every X-Forwarded-For line.
+
+    What Starlette's ``Headers`` answers, at a third of the CPU: intake asks for about ten
+    headers per webhook, and ``Headers`` scans and decodes the raw list on every lookup.
+    Names arrive lowercased (ASGI); a repeated header reads as its first line, as
+    ``Headers.get`` does. ``test_webhook_asgi.py`` compares the two."""
+    headers: dict[str, str] = {}
+    forwarded: list[str] = []
+    for name, value in raw:
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        if key not in headers:
+            headers[key] = text
+        if key == "x-forwarded-for":
+            forwarded.append(text)
+    return headers, forwarded
 
 
 _JSON = b"application/json"

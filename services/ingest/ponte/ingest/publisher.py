@@ -18,10 +18,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ponte.ingest.partitioner import partition_for
 from ponte.shared import kafka
 from ponte.shared.events import RawEvent
 from ponte.shared.metrics import KAFKA_PRODUCE_ERRORS, KAFKA_PRODUCE_LATENCY
+from ponte.shared.partitioner import partition_for
 from ponte.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class EventPublisher:
         self, producer: AIOKafkaProducer, events: list[RawEvent], content_type: str | None
     ) -> None:
         topic = self._settings.raw_topic
-        # Java's default partitioner, computed here (ponte.ingest.partitioner): the same
+        # Java's default partitioner, computed here (ponte.shared.partitioner): the same
         # partition aiokafka would pick, without its pure-Python hash on every send. Until
         # the producer has the topic's metadata, aiokafka picks (the same way).
         partitions = self._partitions_of(producer, topic)

@@ -18,7 +18,7 @@ has sent). Only one relay publishes at a time across replicas (a PostgreSQL advi
 lock), and it publishes in id order, so one key's changes keep their order.
 
 Messages are produced as whole record batches per partition (``send_batch``), with the
-partition chosen here exactly as the default partitioner would (``partitioning``): one
+partition chosen here exactly as the default partitioner would (``ponte.shared.partitioner``): one
 future per batch instead of one ``send`` per message, which was aiokafka's per-message
 partitioner, serialiser and future (about 9% of the transform's CPU).
 """
@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaProducer
 
 from ponte.shared.db import DbConnection
 from ponte.shared.metrics import TRANSFORM_OUTBOX_FAILED, TRANSFORM_OUTBOX_PUBLISHED
-from ponte.transform.partitioning import partition_for
+from ponte.shared.partitioner import partition_for
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from ponte.ingest.partitioner import key_hash, murmur2, partition_for
+from ponte.shared.partitioner import key_hash, murmur2, partition_for
 
 # org.apache.kafka.common.utils.UtilsTest.testMurmur2: Java's signed 32-bit results.
 KAFKA_VECTORS = {

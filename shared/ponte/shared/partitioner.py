@@ -1,16 +1,17 @@
-"""Kafka's default key -> partition mapping, computed once per record key.
+"""Kafka's default key -> partition mapping, computed by Ponte's own producers.
 
 Every event of one record must land in the partition Java's default partitioner picks
 (``toPositive(murmur2(key)) % partitions``), so that Ponte's producers, any other producer
-of the raw topic and tools such as kcat agree on where a record's events are, and their
-order holds. aiokafka computes this with a pure-Python murmur2 on every send (about 7 µs
-for a typical key, the largest single item of a send in the ingest benchmark); here the
-hash loops over 32-bit words unpacked in one call, and the hashes of recent keys are
+of a topic and tools such as kcat agree on where a record's events are, and their order
+holds: ingest's publisher (raw topic) and the transform's outbox relay (changes topic,
+which builds whole record batches per partition) both pass the result as ``partition=``.
+aiokafka computes the same thing with a pure-Python murmur2 on every send (about 7 µs for a
+typical key, the largest single item of a send in the ingest benchmark); here the hash
+loops over 32-bit words unpacked in one call, and the hashes of recent keys are
 remembered: a record that changes often is sent again and again.
 
-The publisher passes the result as ``partition=``, so aiokafka skips its own partitioner.
-The unit tests pin the hash to the vectors of Kafka's own ``UtilsTest.testMurmur2`` and to
-aiokafka's implementation.
+``tests/shared/test_partitioner.py`` pins the hash to the vectors of Kafka's own
+``UtilsTest.testMurmur2`` and to aiokafka's implementation.
 """
 
 from __future__ import annotations

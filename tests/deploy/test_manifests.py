@@ -561,8 +561,9 @@ def test_containers_run_ponte_commands(tree: str) -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert re.search(r'^ENTRYPOINT \["ponte"\]$', dockerfile, re.MULTILINE)
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
-    # Dependencies are a layer of their own, before the sources are copied.
-    assert dockerfile.index("pip install -r") < dockerfile.index("COPY shared")
+    # Dependencies are a layer of their own, before the sources are copied, at the
+    # versions of the audited lock.
+    assert dockerfile.index("pip install -c requirements.lock -r") < dockerfile.index("COPY shared")
 
 
 def test_the_migration_runs_before_the_services(tree: str) -> None:

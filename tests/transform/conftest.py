@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from ponte.shared import kafka
 from ponte.shared.events import Operation, RawEvent, SourceKind
+from ponte.shared.settings import Settings
 
 BASE_TIME = datetime(2024, 11, 14, 15, 0, tzinfo=UTC)
 
@@ -45,3 +49,13 @@ def raw_event(
 def source_id() -> str:
     """A fresh source per test: tests share one database but never each other's rows."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer on the test's topics (which it creates); stopped after."""
+    await kafka.ensure_topics(settings)
+    producer = kafka.create_producer(settings)
+    await producer.start()
+    yield producer
+    await producer.stop()

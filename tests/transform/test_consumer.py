@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +12,6 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ponte.shared import kafka
 from ponte.shared.events import RawEvent, SourceKind
 from ponte.shared.settings import Settings
 from ponte.transform.consumer import TransformConsumer
@@ -28,15 +26,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"transform_batch_size": 50})
-
-
-@pytest.fixture
-async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    await kafka.ensure_topics(settings)
-    producer = kafka.create_producer(settings)
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 async def produce(producer: AIOKafkaProducer, topic: str, events: list[RawEvent | bytes]) -> None:

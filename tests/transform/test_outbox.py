@@ -7,28 +7,17 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from ponte.shared import kafka
 from ponte.shared.settings import Settings
 from ponte.transform.outbox import OutboxEntry, OutboxRelay, Outgoing, add_messages
 from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    await kafka.ensure_topics(settings)
-    producer = kafka.create_producer(settings)
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 def entries(settings: Settings, keys: int, versions: range) -> list[OutboxEntry]:

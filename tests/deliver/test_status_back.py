@@ -8,7 +8,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import uvicorn
 import yaml
 from fastapi import FastAPI, Request
 from prometheus_client import REGISTRY
@@ -31,10 +29,10 @@ from ponte.deliver.status_back import (
 )
 from ponte.ingest.signatures import verify_standard
 from ponte.shared import kafka
-from ponte.shared.embedded import EmbeddedBroker, free_port
-from ponte.shared.http import server_config
+from ponte.shared.embedded import EmbeddedBroker
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic, unique_topic
+from tests.stand_ins.serve import serve
 from tests.stand_ins.shop_apis import (
     ShopState,
     create_shopify_stand_in,
@@ -48,22 +46,6 @@ PUBLIC_BASE_URL = "https://ponte.example.com"
 SHOPIFY_TOKEN = "shpat_stand_in_token"
 WOO_KEY, WOO_SECRET = "ck_stand_in", "cs_stand_in"
 ERP_SECRET = "erp-status-secret"
-
-
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @dataclass

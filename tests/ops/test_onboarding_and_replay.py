@@ -13,14 +13,12 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer
 
-from ponte.shared.embedded import free_port
-from ponte.shared.http import server_config
 from ponte.shared.settings import Settings
 from tests.conftest import RunningIngest, read_topic
 from tests.ops.conftest import RunningOps, send_webhook, wait_for_history
+from tests.stand_ins.serve import serve
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +28,8 @@ async def transform(settings: Settings) -> AsyncIterator[None]:
     """The real transform app (consumer included) over the test's raw topic."""
     from ponte.transform.app import create_app
 
-    server = uvicorn.Server(server_config(create_app(settings), host="127.0.0.1", port=free_port()))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
+    async with serve(create_app(settings)):
         yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 def erp_body(table: str, rows: list[dict[str, Any]]) -> dict[str, Any]:

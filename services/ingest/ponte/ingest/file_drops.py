@@ -139,9 +139,10 @@ def sniff_delimiter(text: str) -> str:
     return best if counts[best] else ";"
 
 
-def read_csv(content: bytes, content_type: str | None) -> Sheet:
+def read_csv(content: bytes, content_type: str | None, delimiter: str | None = None) -> Sheet:
+    """``delimiter`` when the sender says it (an FTP pull's configuration), else sniffed."""
     text = decode_text(content, content_type)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter or sniff_delimiter(text))
     try:
         lines = [[cell.strip() for cell in line] for line in reader]
     except csv.Error as error:
@@ -294,11 +295,15 @@ def build_drop(
 
 
 def read_sheet(
-    content: bytes, content_type: str | None, filename: str | None, sheet: str | None
+    content: bytes,
+    content_type: str | None,
+    filename: str | None,
+    sheet: str | None,
+    delimiter: str | None = None,
 ) -> Sheet:
     if file_kind(content_type, content, filename) == "xlsx":
         return read_xlsx(content, sheet)
-    return read_csv(content, content_type)
+    return read_csv(content, content_type, delimiter)
 
 
 def file_digest(content: bytes) -> str:

@@ -2,6 +2,12 @@
 becomes envelope rows. Read from the YAML file ``PONTE_PULLS_FILE`` (top-level ``pulls:``
 list; see ``pulls.example.yaml``), secrets written as ``${ENV_VAR}``.
 
+Two kinds, told apart by ``kind`` (absent means ``rest``, so files written before the FTP
+kind existed stay valid): ``rest`` asks an ERP's REST API (``request`` + ``rows``);
+``ftp_folder`` takes the CSV/.txt/.xlsx files an ERP leaves in a folder on an FTP server
+(``ftp``, seed "Excel ou .txt público"). Both share ``source_id``, ``active`` and
+``schedule``, so the scheduler, its locks and the run records treat them alike.
+
 A definition is validated on its own here (errors name ``pulls[i].<field>``) and against
 the sources in PostgreSQL by ``check_sources`` (the source must exist and be an ERP): a pull
 produces the same raw events a webhook of that source would, so it needs its source.
@@ -13,13 +19,25 @@ nothing to learn.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ponte.shared.config_files import load_entries
 from ponte.shared.events import SourceKind
@@ -203,14 +221,128 @@ class RowMapping(BaseModel):
     operation: Literal["upsert", "delete"] = "upsert"
 
 
-class PullDefinition(BaseModel):
+class _PullBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     active: bool = True
     schedule: Schedule
+
+
+class RestPullDefinition(_PullBase):
+    kind: Literal["rest"] = "rest"
     request: RestRequest
     rows: RowMapping
+
+
+class FtpFolder(BaseModel):
+    """A folder on the customer's FTP server where the ERP leaves one file per table
+    export. The seed warns these servers are unstable: every operation has a timeout, and
+    a run that loses the server fails and is simply the next run's work.
+
+    ``table`` names the ERP table every file feeds; or ``table_from_name`` is a regular
+    expression matched against the file name whose group ``table`` (or first group) is the
+    table (``^(?P<table>[A-Za-z ]+)_\\d+\\.csv$`` takes ``Pedido`` from
+    ``Pedido_20241114.csv``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=21, ge=1, le=65535)
+    username: str = "anonymous"
+    password: SecretStr = Field(default=SecretStr(""), description="Write it as ${ENV_VAR}.")
+    tls: bool = Field(default=False, description="Explicit FTPS (AUTH TLS), data channel too.")
+    directory: str = Field(default="/", min_length=1)
+    patterns: list[str] = Field(
+        default_factory=lambda: ["*.csv", "*.txt", "*.xlsx"],
+        min_length=1,
+        description="Shell patterns of the file names taken (case-insensitive).",
+    )
+    table: str | None = Field(default=None, min_length=1, max_length=120)
+    table_from_name: str | None = None
+    delimiter: str | None = Field(
+        default=None, min_length=1, max_length=1, description="CSV; default: sniffed."
+    )
+    encoding: str | None = Field(
+        default=None, description="CSV; default: UTF-8, else Windows-1252/Latin-1."
+    )
+    sheet: str | None = Field(default=None, description="Excel sheet; default: the first.")
+    operation: Literal["upsert", "delete"] = "upsert"
+    after: Literal["keep", "move"] = Field(
+        default="keep", description="move: into processed_dir once every row is in Kafka."
+    )
+    processed_dir: str = Field(default="processed", min_length=1)
+    settle_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A file modified less than this long ago may still be written: skipped.",
+    )
+    recheck_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="Candidates are listed twice this far apart; a file that changed is skipped.",
+    )
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("table_from_name")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            pattern = re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
+        if "table" not in pattern.groupindex and pattern.groups < 1:
+            raise ValueError("needs a group (?P<table>...) or a first group naming the table")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+
+    @model_validator(mode="after")
+    def _one_table_origin(self) -> FtpFolder:
+        if (self.table is None) == (self.table_from_name is None):
+            raise ValueError("set exactly one of table or table_from_name")
+        return self
+
+    def table_of(self, name: str) -> str | None:
+        """The table a file feeds, or None when its name does not say one."""
+        if self.table is not None:
+            return self.table
+        assert self.table_from_name is not None
+        match = re.search(self.table_from_name, name)
+        if match is None:
+            return None
+        table = match.group("table") if "table" in match.re.groupindex else match.group(1)
+        return table.strip() or None
+
+
+class FtpFolderPullDefinition(_PullBase):
+    kind: Literal["ftp_folder"]
+    ftp: FtpFolder
+
+
+def _kind_of(entry: Any) -> str:
+    if isinstance(entry, dict):
+        return str(entry.get("kind", "rest"))
+    return str(getattr(entry, "kind", "rest"))
+
+
+PullDefinition: TypeAlias = Annotated[
+    Annotated[RestPullDefinition, Tag("rest")]
+    | Annotated[FtpFolderPullDefinition, Tag("ftp_folder")],
+    Discriminator(_kind_of),
+]
+"""A pull of either kind; ``kind`` picks which (absent: ``rest``)."""
+_DEFINITION = TypeAdapter[RestPullDefinition | FtpFolderPullDefinition](PullDefinition)
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:
@@ -219,13 +351,18 @@ def _field_path(location: tuple[int | str, ...]) -> str:
 
 def parse_definitions(entries: list[Any], where: str = "pulls") -> list[PullDefinition]:
     """Validate ``pulls:`` entries; the error names ``pulls[i].field`` and says why."""
-    definitions = []
+    definitions: list[PullDefinition] = []
     for index, entry in enumerate(entries):
         try:
-            definition = PullDefinition.model_validate(entry)
+            definition = _DEFINITION.validate_python(entry)
         except ValidationError as error:
             first = error.errors()[0]
-            location = _field_path(first["loc"])
+            if first["type"] == "union_tag_invalid":
+                raise ValueError(
+                    f"{where}[{index}].kind: {_kind_of(entry)!r} is not rest or ftp_folder"
+                ) from None
+            # The first step of the location is the kind's tag; the file's fields follow.
+            location = _field_path(first["loc"][1:])
             field = f"{where}[{index}]" + (f".{location}" if location else "")
             raise ValueError(f"{field}: {first['msg']}") from None
         every = definition.schedule.every_minutes
@@ -275,6 +412,8 @@ def check_keys(
     records must be keyed as the transform keys them, or one record's pulled and
     webhook events would land in different partitions."""
     for index, definition in enumerate(definitions):
+        if not isinstance(definition, RestPullDefinition):
+            continue  # an FTP file's table is known per file; keyed by the mapping only
         declared = definition.rows.key
         mapped = mapping_keys.get(definition.source_id, {}).get(definition.rows.table)
         if declared is not None and mapped is not None and declared != mapped:

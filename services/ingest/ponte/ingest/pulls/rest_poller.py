@@ -27,7 +27,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from ponte.ingest.pulls.config import PullDefinition, json_path
+from ponte.ingest.pulls.config import RestPullDefinition, json_path
 from ponte.shared.events import (
     Operation,
     RawEvent,
@@ -88,7 +88,7 @@ def _where(url: str) -> str:
 class RestPoller:
     def __init__(
         self,
-        definition: PullDefinition,
+        definition: RestPullDefinition,
         client: httpx.AsyncClient,
         key_fields: list[str] | None,
     ) -> None:

@@ -6,10 +6,17 @@ A run row is written when the run starts (``running``) and completed when it end
 was going is recorded as ``skipped_locked``. The cursor lives in its own table, written in
 the same transaction that marks a run ``ok``: it moves only with a successful run, and
 pruning old runs never loses it.
+
+An FTP folder pull's cursor is different: it is the ledger of files taken (a JSON object,
+file name -> size, modification time, rows, error), kept in the same ``pull_cursors`` row.
+It moves file by file, each entry written the moment Kafka has acknowledged every row of
+its file (``remember_files``), not at the end of the run: a run that loses the broker
+after three files keeps those three, and only the rest is the next run's work.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -81,8 +88,9 @@ async def begin_run(
     return _record(row)
 
 
-async def finish_run(connection: DbConnection, run: RunRecord) -> None:
-    """Complete the run row; for an ``ok`` run the cursor moves in the same transaction."""
+async def finish_run(connection: DbConnection, run: RunRecord, *, save_cursor: bool = True) -> None:
+    """Complete the run row; for an ``ok`` run the cursor moves in the same transaction
+    (unless ``save_cursor`` is false: an FTP pull's ledger was written file by file)."""
     async with connection.transaction():
         await connection.execute(
             "UPDATE pull_runs SET status = $2, finished_at = $3, duration_ms = $4, pages = $5, "
@@ -99,7 +107,7 @@ async def finish_run(connection: DbConnection, run: RunRecord) -> None:
             run.error,
             run.rejected[:MAX_REJECTED_KEPT],
         )
-        if run.status == "ok":
+        if run.status == "ok" and save_cursor:
             await connection.execute(
                 "INSERT INTO pull_cursors (source_id, cursor, run_id, updated_at) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT (source_id) DO UPDATE SET "
@@ -176,3 +184,47 @@ async def last_runs(pool: asyncpg.Pool, source_id: str, limit: int = 20) -> list
 async def prune_runs(pool: asyncpg.Pool, before: datetime) -> int:
     status = await pool.execute("DELETE FROM pull_runs WHERE started_at < $1", before)
     return int(status.split()[-1])
+
+
+async def taken_files(connection: DbConnection, source_id: str) -> dict[str, dict[str, Any]]:
+    """An FTP pull's ledger: every file taken (or refused) by name. A cursor that is not a
+    JSON object (the source was pulled over REST before) counts as an empty ledger; the
+    caller replaces it before merging into it."""
+    cursor = await connection.fetchval(
+        "SELECT cursor FROM pull_cursors WHERE source_id = $1", source_id
+    )
+    try:
+        ledger = json.loads(cursor) if cursor else {}
+    except ValueError:
+        return {}
+    return ledger if isinstance(ledger, dict) else {}
+
+
+async def remember_files(
+    connection: DbConnection,
+    *,
+    source_id: str,
+    entries: dict[str, dict[str, Any]],
+    run_id: int,
+    at: datetime,
+    replace: bool = False,
+) -> None:
+    """Add ``entries`` to the ledger (one file just taken), or with ``replace`` make them
+    the whole ledger (the end of a run: files gone from the folder are forgotten, so the
+    ledger never outgrows the folder). jsonb ``||`` merges in PostgreSQL: one file's write
+    does not rewrite what the run has not touched from Python's copy."""
+    document = json.dumps(entries, ensure_ascii=False, sort_keys=True)
+    merged = (
+        "EXCLUDED.cursor"
+        if replace
+        else "(coalesce(pull_cursors.cursor, '{}')::jsonb || EXCLUDED.cursor::jsonb)::text"
+    )
+    await connection.execute(
+        "INSERT INTO pull_cursors (source_id, cursor, run_id, updated_at) "  # noqa: S608 - fixed text
+        f"VALUES ($1, $2, $3, $4) ON CONFLICT (source_id) DO UPDATE SET cursor = {merged}, "
+        "run_id = EXCLUDED.run_id, updated_at = EXCLUDED.updated_at",
+        source_id,
+        document,
+        run_id,
+        at,
+    )

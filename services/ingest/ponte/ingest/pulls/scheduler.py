@@ -21,6 +21,9 @@ through PostgreSQL, not through each other:
   deterministic (see ``rest_poller``), so a re-pull duplicates nothing downstream.
 - A missed slot (every replica down at 02:00) is caught up at start: if the last run of a
   source began before its latest slot, the first run happens at once.
+- FTP folder pulls (``ftp_folder``) run under the same schedule, locks and run records; what
+  they do inside a run is ``ftp_folder``'s (their cursor is a ledger of files, saved file by
+  file, so ``_finish`` does not write it).
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ from ponte.ingest.publisher import BrokerUnavailable, EventPublisher
 from ponte.ingest.pulls import runs
 from ponte.ingest.pulls.config import (
     ONLINE_INTERVAL_S,
+    FtpFolderPullDefinition,
     PullDefinition,
+    RestPullDefinition,
     check_keys,
     check_sources,
     load_pulls_file,
 )
+from ponte.ingest.pulls.ftp_folder import FtpFolderPuller
 from ponte.ingest.pulls.rest_poller import CursorTracker, PullFailed, RestPoller
 from ponte.ingest.pulls.runs import RunRecord, Trigger
 from ponte.shared import db
@@ -120,19 +126,21 @@ def lock_key(source_id: str) -> int:
 def key_fields_by_source(
     definitions: list[PullDefinition], mappings_dir: Path | None
 ) -> dict[str, list[str] | None]:
-    """Each pull's record key fields: its table's key in the source's mapping (as webhooks
-    of the source are keyed), else the definition's own ``rows.key``."""
+    """Each REST pull's record key fields: its table's key in the source's mapping (as
+    webhooks of the source are keyed), else the definition's own ``rows.key``. (An FTP
+    folder's files are keyed per file, by their table's key in the mapping.)"""
+    rest = [definition for definition in definitions if isinstance(definition, RestPullDefinition)]
     mapping_keys = {
         definition.source_id: mapping_for(
             "erp", definition.source_id, mappings_dir
         ).record_key_fields()
-        for definition in definitions
+        for definition in rest
     }
     check_keys(definitions, mapping_keys)
     return {
         definition.source_id: mapping_keys[definition.source_id].get(definition.rows.table)
         or definition.rows.key
-        for definition in definitions
+        for definition in rest
     }
 
 
@@ -145,6 +153,7 @@ class PullScheduler:
         key_fields: dict[str, list[str] | None],
         *,
         retention_days: int = 30,
+        mappings_dir: Path | None = None,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -153,6 +162,7 @@ class PullScheduler:
         self.definitions = {definition.source_id: definition for definition in definitions}
         self._key_fields = key_fields
         self._retention = timedelta(days=retention_days)
+        self._mappings_dir = mappings_dir
         self._client = client or httpx.AsyncClient(follow_redirects=False)
         self._owns_client = client is None
         self._clock = clock
@@ -292,21 +302,28 @@ class PullScheduler:
                 return None  # another replica ran this slot already
         await runs.interrupt_orphans(connection, source_id, now)
         cursor, basis = await runs.saved_cursor(connection, source_id)
+        if isinstance(definition, FtpFolderPullDefinition):
+            cursor = None  # the ledger of files taken: too long for a run row, and no basis
         run = await runs.begin_run(
             connection, source_id=source_id, trigger=trigger, started_at=now, cursor_before=cursor
         )
         _announce(started, run)
         began = time.perf_counter()
         try:
-            await self._pull(definition, run, basis)
+            if isinstance(definition, FtpFolderPullDefinition):
+                await FtpFolderPuller(
+                    definition, self._publisher, self._pool, connection, self._mappings_dir
+                ).run(run)
+            else:
+                await self._pull(definition, run, basis)
         except asyncio.CancelledError:
             run.status, run.error = "failed", "interrupted: ingest stopped during the run"
-            await asyncio.shield(self._finish(connection, run, began))
+            await asyncio.shield(self._finish(connection, run, began, definition))
             raise
-        await self._finish(connection, run, began)
+        await self._finish(connection, run, began, definition)
         return run
 
-    async def _pull(self, definition: PullDefinition, run: RunRecord, basis: int) -> None:
+    async def _pull(self, definition: RestPullDefinition, run: RunRecord, basis: int) -> None:
         poller = RestPoller(definition, self._client, self._key_fields.get(definition.source_id))
         tracker = CursorTracker(run.cursor_before)
         try:
@@ -325,12 +342,19 @@ class PullScheduler:
             return
         run.status, run.cursor_after = "ok", tracker.after
 
-    async def _finish(self, connection: db.DbConnection, run: RunRecord, began: float) -> None:
+    async def _finish(
+        self,
+        connection: db.DbConnection,
+        run: RunRecord,
+        began: float,
+        definition: PullDefinition,
+    ) -> None:
         run.finished_at = self._clock()
         run.duration_ms = (time.perf_counter() - began) * 1000
         if run.status != "ok":
             run.cursor_after = run.cursor_before
-        await runs.finish_run(connection, run)
+        rest = isinstance(definition, RestPullDefinition)
+        await runs.finish_run(connection, run, save_cursor=rest)
         log_run = log.info if run.status == "ok" else log.warning
         log_run(
             "pull run finished",
@@ -381,6 +405,7 @@ async def build_scheduler(
         definitions,
         key_fields_by_source(definitions, settings.mappings_dir),
         retention_days=settings.history_retention_days,
+        mappings_dir=settings.mappings_dir,
     )
 
 

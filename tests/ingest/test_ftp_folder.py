@@ -263,6 +263,29 @@ async def test_a_bad_file_is_reported_once_and_the_good_ones_still_go(
     assert sorted(event_of(m)["record_key"] for m in messages) == ["E10", "E11"]
 
 
+async def test_a_file_over_the_size_limit_is_refused_before_download(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    publisher: EventPublisher,
+    ftp_server: FtpStandIn,
+    source_id: str,
+) -> None:
+    big = COMPANIES_CSV + b"".join(b"E%d;Filler Ltda\r\n" % n for n in range(100, 400))
+    ftp_server.write("Empresa_big.csv", big, mtime=OLD - 10)
+    ftp_server.write("Empresa_small.csv", COMPANIES_CSV, mtime=OLD)
+    definition = _definition(source_id, ftp_server, max_file_bytes=len(COMPANIES_CSV) + 1)
+
+    run = await _run_once(pool, publisher, definition)
+
+    assert (run.status, run.pages, run.rows_pulled) == ("ok", 1, 2)
+    assert run.error is not None
+    assert f"Empresa_big.csv: {len(big)} bytes, over max_file_bytes" in run.error
+    ledger = await _ledger(pool, source_id)
+    assert "over max_file_bytes" in ledger["Empresa_big.csv"]["error"]
+    messages = await read_topic(settings.kafka_bootstrap, settings.raw_topic, expect=2)
+    assert sorted(event_of(m)["record_key"] for m in messages) == ["E10", "E11"]
+
+
 async def test_broker_down_leaves_the_file_untaken_and_the_next_run_takes_it(
     settings: Settings,
     pool: asyncpg.Pool,

@@ -283,6 +283,11 @@ class FtpFolder(BaseModel):
         description="Candidates are listed twice this far apart; a file that changed is skipped.",
     )
     timeout_s: float = Field(default=30.0, gt=0)
+    max_file_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        gt=0,
+        description="A larger file is refused before download (files are parsed in memory).",
+    )
 
     @field_validator("table_from_name")
     @classmethod

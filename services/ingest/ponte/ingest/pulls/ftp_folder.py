@@ -337,6 +337,10 @@ class FtpFolderPuller:
             return await self._refuse(run, remote, f"table {table_name!r} is not in the mapping")
         if source is not None and not source.allows_table(table.name):
             return await self._refuse(run, remote, f"table {table.name!r} not allowed for source")
+        if remote.size is not None and remote.size > self._folder.max_file_bytes:
+            # Checked before the download: a whole export is read and parsed in memory.
+            reason = f"{remote.size} bytes, over max_file_bytes ({self._folder.max_file_bytes})"
+            return await self._refuse(run, remote, reason)
         try:
             content: bytes = await asyncio.to_thread(self._session.download, name)
         except ftplib.error_perm as error:

@@ -109,6 +109,8 @@ class Plan:
     profile: bool
     profile_rate: float | None
     ingest_app: str
+    ingest_settings: dict[str, str]
+    """``PONTE_*`` variables for the ingest server only (``--ingest-setting``)."""
     wait_quiet_s: float
     install: bool
     results_dir: Path
@@ -167,6 +169,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         "A/B-tests a candidate change, found on bench/ or PYTHONPATH",
     )
     parser.add_argument(
+        "--ingest-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the ingest server only, e.g. produce_linger_ms=0 (sets "
+        "PONTE_PRODUCE_LINGER_MS; repeatable), to A/B-test a setting",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -196,6 +206,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         profile=args.profile,
         profile_rate=args.profile_rate,
         ingest_app=args.ingest_app,
+        ingest_settings=dict(_setting(text, parser) for text in args.ingest_setting),
         wait_quiet_s=args.wait_quiet,
         install=args.install,
         results_dir=args.results_dir,
@@ -203,6 +214,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
     if any(c < plan.threads for c in plan.connections):
         parser.error("wrk needs at least one connection per thread")
     return plan
+
+
+def _setting(text: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    """``name=value`` as the environment variable ``PONTE_NAME`` and its value."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        parser.error(f"--ingest-setting wants NAME=VALUE, not {text!r}")
+    return f"PONTE_{name.strip().upper()}", value
 
 
 # --- tools -------------------------------------------------------------------------------------
@@ -973,7 +992,9 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> int:
         "ingest": Server("ingest", plan.ingest_app, free_port(), workdir / "ingest.log"),
     }
     for server in servers.values():
-        start_server(server, env, workdir, stack)
+        # Only ingest gets the --ingest-setting values: bare has no settings to read.
+        own_env = {**env, **plan.ingest_settings} if server.name == "ingest" else env
+        start_server(server, own_env, workdir, stack)
     print(
         f"serving: bare {servers['bare'].base}, ingest {servers['ingest'].base} "
         f"(uvicorn {' '.join(uvicorn_flags())})",
@@ -1066,6 +1087,7 @@ def run(plan: Plan, stack: contextlib.ExitStack) -> int:
             "extra_rates": plan.extra_rates,
             "warmup_s": plan.warmup_s,
             "ingest_app": plan.ingest_app,
+            "ingest_settings": plan.ingest_settings,
             "wait_quiet_s": plan.wait_quiet_s,
         },
         "targets": {"ingest_bare_ratio_min": TARGET_RATIO, "fixed_rate_p99_ms_max": TARGET_P99_MS},

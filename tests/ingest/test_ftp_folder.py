@@ -6,7 +6,6 @@ What is checked is what lands: the raw topic's messages (table, key, payload), t
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -14,7 +13,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +30,13 @@ from ponte.ingest.pulls.config import FtpFolderPullDefinition, parse_definitions
 from ponte.ingest.pulls.runs import RunRecord
 from ponte.ingest.pulls.scheduler import PullScheduler
 from ponte.shared.embedded import free_port
-from ponte.shared.kafka import ensure_topics
 from ponte.shared.settings import Settings
-from ponte.shared.sources import SourceConfig, apply_sources
 from tests.conftest import event_of, read_topic
 
 pytestmark = pytest.mark.integration
 
 FTP_USER = "erp-export"
 FTP_PASSWORD = "ftp-senha-" + "c2VjcmV0YS1kby1mdHA"
-SECRET = "whsec_" + "ZnRwLWZvbGRlci10ZXN0LXNlY3JldA=="
 OLD = time.time() - 3600  # files written an hour ago: settled
 
 COMPANIES_CSV = (
@@ -89,23 +85,6 @@ def ftp_server(tmp_path: Path) -> Iterator[FtpStandIn]:
     finally:
         stopping.set()
         thread.join(10)
-
-
-@pytest.fixture
-async def source_id(pool: asyncpg.Pool) -> str:
-    source_id = f"ftp-{uuid.uuid4().hex[:8]}"
-    await apply_sources(pool, [SourceConfig(id=source_id, kind="erp", secrets=[SECRET])])
-    return source_id
-
-
-@pytest.fixture
-async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
-    await ensure_topics(settings)
-    publisher = EventPublisher(settings)
-    await publisher.start()
-    await asyncio.wait_for(publisher.started.wait(), 20)
-    yield publisher
-    await publisher.stop()
 
 
 def _definition(source_id: str, server: FtpStandIn, **ftp: Any) -> FtpFolderPullDefinition:

@@ -28,15 +28,15 @@ from ponte.ingest.pulls.scheduler import (
     previous_slot,
 )
 from ponte.shared import db
-from ponte.shared.kafka import ensure_topics
 from ponte.shared.settings import Settings
-from ponte.shared.sources import SourceConfig, apply_sources
+from ponte.shared.sources import SourceConfig
 from tests.conftest import event_of, read_topic, serve_ingest, write_sources
+from tests.ingest.conftest import SOURCE_SECRET
 from tests.stand_ins.erp_rest import ErpRestState, create_stand_in
 from tests.stand_ins.serve import serve
 
 ERP_TOKEN = "erp-api-token-for-tests"
-SECRET = "whsec_" + "cHVsbC10ZXN0LXNlY3JldC12YWx1ZQ=="
+SECRET = SOURCE_SECRET
 
 
 def _company(code: str, updated_at: str, name: str) -> dict[str, Any]:
@@ -73,23 +73,6 @@ async def erp() -> AsyncIterator[tuple[ErpRestState, str]]:
     state = ErpRestState(token=ERP_TOKEN)
     async with serve(create_stand_in(state)) as url:
         yield state, url
-
-
-@pytest.fixture
-async def source_id(pool: asyncpg.Pool) -> str:
-    source_id = f"pull-{uuid.uuid4().hex[:8]}"
-    await apply_sources(pool, [SourceConfig(id=source_id, kind="erp", secrets=[SECRET])])
-    return source_id
-
-
-@pytest.fixture
-async def publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
-    await ensure_topics(settings)
-    publisher = EventPublisher(settings)
-    await publisher.start()
-    await asyncio.wait_for(publisher.started.wait(), 20)
-    yield publisher
-    await publisher.stop()
 
 
 def _scheduler(

@@ -265,6 +265,28 @@ async def test_a_file_over_the_size_limit_is_refused_before_download(
     assert sorted(event_of(m)["record_key"] for m in messages) == ["E10", "E11"]
 
 
+async def test_a_rest_cursor_left_by_an_earlier_pull_becomes_an_empty_ledger(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    publisher: EventPublisher,
+    ftp_server: FtpStandIn,
+    source_id: str,
+) -> None:
+    # The source was pulled over REST before: its cursor is a timestamp, not a ledger.
+    await pool.execute(
+        "INSERT INTO pull_cursors (source_id, cursor, run_id, updated_at) "
+        "VALUES ($1, $2, 0, now())",
+        source_id,
+        "2024-11-14T12:00:00-03:00",
+    )
+    ftp_server.write("Empresa_1.csv", COMPANIES_CSV)
+
+    run = await _run_once(pool, publisher, _definition(source_id, ftp_server))
+
+    assert (run.status, run.pages, run.rows_pulled) == ("ok", 1, 2)
+    assert set(await _ledger(pool, source_id)) == {"Empresa_1.csv"}
+
+
 async def test_broker_down_leaves_the_file_untaken_and_the_next_run_takes_it(
     settings: Settings,
     pool: asyncpg.Pool,

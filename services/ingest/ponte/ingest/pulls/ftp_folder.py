@@ -250,16 +250,11 @@ class FtpFolderPuller:
     async def _run(self, run: RunRecord) -> None:
         source_id = self._definition.source_id
         ledger = await runs.taken_files(self._connection, source_id)
-        # Normalise the stored ledger first (a REST cursor or nothing becomes {}), so the
-        # per-file jsonb merges below always merge into an object.
-        await runs.remember_files(
-            self._connection,
-            source_id=source_id,
-            entries=ledger,
-            run_id=run.id,
-            at=self._clock(),
-            replace=True,
-        )
+        if ledger is None:
+            # A REST cursor becomes an empty ledger first, so that the per-file jsonb
+            # merges below merge into an object.
+            ledger = {}
+            await self._write_ledger(run, ledger)
         await self._call("connect/login", self._session.open)
         listed: list[RemoteFile] = await self._call("listing", self._session.listing)
         candidates = await self._settled(run, [f for f in listed if self._wanted(f, ledger)])
@@ -275,17 +270,21 @@ class FtpFolderPuller:
         kept = {
             name: entry for name, entry in {**ledger, **self._taken_now}.items() if name in present
         }
+        await self._write_ledger(run, kept)
+        run.status = "ok"
+        if self._refused:
+            run.error = _summary(self._refused)
+
+    async def _write_ledger(self, run: RunRecord, ledger: dict[str, dict[str, Any]]) -> None:
+        """Make ``ledger`` the source's whole ledger."""
         await runs.remember_files(
             self._connection,
-            source_id=source_id,
-            entries=kept,
+            source_id=self._definition.source_id,
+            entries=ledger,
             run_id=run.id,
             at=self._clock(),
             replace=True,
         )
-        run.status = "ok"
-        if self._refused:
-            run.error = _summary(self._refused)
 
     def _wanted(self, remote: RemoteFile, ledger: dict[str, dict[str, Any]]) -> bool:
         name = remote.name.lower()

@@ -186,18 +186,20 @@ async def prune_runs(pool: asyncpg.Pool, before: datetime) -> int:
     return int(status.split()[-1])
 
 
-async def taken_files(connection: DbConnection, source_id: str) -> dict[str, dict[str, Any]]:
-    """An FTP pull's ledger: every file taken (or refused) by name. A cursor that is not a
-    JSON object (the source was pulled over REST before) counts as an empty ledger; the
-    caller replaces it before merging into it."""
+async def taken_files(connection: DbConnection, source_id: str) -> dict[str, dict[str, Any]] | None:
+    """An FTP pull's ledger: every file taken (or refused) by name; empty before the first
+    run. None when the stored cursor is not a JSON object (the source was pulled over REST
+    before): the caller replaces it before merging into it (``remember_files``)."""
     cursor = await connection.fetchval(
         "SELECT cursor FROM pull_cursors WHERE source_id = $1", source_id
     )
-    try:
-        ledger = json.loads(cursor) if cursor else {}
-    except ValueError:
+    if cursor is None:
         return {}
-    return ledger if isinstance(ledger, dict) else {}
+    try:
+        ledger = json.loads(cursor)
+    except ValueError:
+        return None
+    return ledger if isinstance(ledger, dict) else None
 
 
 async def remember_files(

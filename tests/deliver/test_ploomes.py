@@ -368,7 +368,10 @@ async def test_two_matches_are_refused_not_guessed(
     for name in ("Acme", "Acme (duplicada)"):
         state.add("Contacts", {"Name": name, "CNPJ": cnpj(4), "TypeId": 1})
     outcome = await ploomes.upsert_batch("companies", [company(4, "Acme")])
-    assert "2 Contacts match" in outcome.failed["erp/company/E4"]
+    assert (
+        f"2 Contacts have CNPJ '{cnpj(4)}' (Ids 40000001, 40000002)"
+        in outcome.failed["erp/company/E4"]
+    )
     assert state.writes == []
 
 

@@ -3,11 +3,13 @@
 It speaks the documented subset Ponte uses, OData v4 style: the ``User-Key`` header (401
 without the right one); ``GET /{Set}`` with ``$filter`` made of ``eq`` comparisons on
 top-level fields and ``OtherProperties/any(o: o/FieldKey eq 'k' and o/StringValue eq 'v')``
-joined by ``and``, plus ``$top``, ``$select`` and ``$expand=OtherProperties``; ``POST /{Set}``
-answering the created record (with its ``Id``) in ``{"value": [...]}``; ``PATCH /{Set}({Id})``
-(custom fields merged by ``FieldKey``); ``DELETE /{Set}({Id})``; 404 for an unknown Id; 400
-with an OData ``error.message`` for a Contact without ``Name`` or a refused value; and 429
-with ``Retry-After`` past its per-minute limit (Ploomes documents 120 a minute per account).
+joined by ``and``, plus ``$top``, ``$skip``, ``$select`` and ``$expand=OtherProperties``;
+``POST /{Set}`` answering the created record (with its ``Id``) in ``{"value": [...]}``;
+``PATCH /{Set}({Id})`` (custom fields merged by ``FieldKey``); ``DELETE /{Set}({Id})``; 404
+for an unknown Id; 400 with an OData ``error.message`` for a Contact without ``Name`` or a
+refused value; and 429 with ``Retry-After`` past its per-minute limit (Ploomes documents 120
+a minute per account). ``substring_filter`` makes ``eq`` on text match any value containing
+it, as a careless filter would.
 
 Like Ploomes, it does NOT enforce unique CNPJs or external ids: a client that looks up
 and creates carelessly makes duplicates here, which is what the tests look for. Tests
@@ -55,6 +57,9 @@ class PloomesState:
     refuse_values: set[str] = field(default_factory=set)
     """Values refused with a 400 wherever they appear in a write."""
     delay_s: float = 0.0
+    substring_filter: bool = False
+    """``eq`` on a text field matches any value containing it, case-insensitively: a
+    filter that matches more than it says, which Ponte must not take at its word."""
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(40_000_001))
 
     def add(self, entity_set: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -105,15 +110,23 @@ def parse_filter(text: str) -> list[Any]:
     return conditions
 
 
-def matches(record: dict[str, Any], conditions: list[Any]) -> bool:
+def _equal(found: Any, wanted: Any, substring: bool) -> bool:
+    if substring and isinstance(wanted, str) and isinstance(found, str):
+        return wanted.casefold() in found.casefold()
+    return bool(found == wanted)
+
+
+def matches(record: dict[str, Any], conditions: list[Any], substring: bool = False) -> bool:
     for condition in conditions:
         if condition[0] == "field":
-            if record.get(condition[1]) != condition[2]:
+            if not _equal(record.get(condition[1]), condition[2], substring):
                 return False
         else:
             _, key, kind, value = condition
             others = record.get("OtherProperties") or []
-            if not any(o.get("FieldKey") == key and o.get(kind) == value for o in others):
+            if not any(
+                o.get("FieldKey") == key and _equal(o.get(kind), value, substring) for o in others
+            ):
                 return False
     return True
 
@@ -190,11 +203,13 @@ def create_stand_in(state: PloomesState) -> FastAPI:
                 conditions = parse_filter(request.query_params.get("$filter", ""))
             except ValueError as error:
                 return _error(400, str(error))
-            found = [r for r in store.values() if matches(r, conditions)]
+            found = [r for r in store.values() if matches(r, conditions, state.substring_filter)]
             top = int(request.query_params.get("$top", "300"))
+            skip = int(request.query_params.get("$skip", "0"))
             expand = request.query_params.get("$expand", "")
             select = request.query_params.get("$select", "")
-            return JSONResponse({"value": [_shown(r, expand, select) for r in found[:top]]})
+            page = found[skip : skip + top]
+            return JSONResponse({"value": [_shown(r, expand, select) for r in page]})
         if method == "POST" and record_id is None:
             body = await request.json()
             if entity_set == "Contacts" and not body.get("Name"):

@@ -7,16 +7,22 @@ a bearer token with an ``expires_in``, and 401 for an expired or unknown token.
 - ``POST /v1/auth/login`` ``{"email", "password"}`` -> ``{"data": {"token", "expires_in"}}``
 - ``POST /v1/{object_type}`` create -> 201 ``{"data": {"id": ..., ...}}``
 - ``PUT /v1/{object_type}/{id}`` update (404 when absent), ``GET`` read, ``DELETE``
-- ``GET /v1/{object_type}/search?term=..&fields=cnpj&exact_match=true`` ->
-  ``{"data": {"items": [{"result_score": 1, "item": {"id": .., "name": ..}}]}}``; the
-  field is looked up at the top level or in ``custom_fields``.
+- ``GET /v1/{object_type}/search?term=..&fields=cnpj&exact_match=true&start=0&limit=..``
+  -> ``{"data": {"items": [{"result_score": 1, "item": {"id", "name", "email",
+  "custom_fields": [values]}}]}, "additional_data": {"pagination": {"start", "limit",
+  "more_items_in_collection", "next_start"}}}``: Pipedrive's shape, where an item lists
+  the record's custom field values, not their names. The field is looked up at the top
+  level or in ``custom_fields``.
 
 Misbehaviours a test switches on (``RestCrmState``): tokens that expire after
 ``token_ttl_s``; ``revoke_tokens()`` (the next call answers 401); creates that save and
 then answer 500 (``saved_then_fail``); creates that answer without an id
 (``create_returns_no_id``); a slow search (``search_delay_s``); 429 with Retry-After
-(``rate_limit_next``); records refused with 400 (``refuse_values``). ``writes`` logs
-every accepted write in order.
+(``rate_limit_next``); records refused with 400 (``refuse_values``); a search that
+matches substrings, case-insensitively, whatever ``exact_match`` says
+(``substring_search``: Django's ``icontains``, as many CRMs' filters behave); small search
+pages (``search_page_size``). ``writes`` logs every accepted write in order; ``add``
+puts a record in by hand, with the id a test chooses.
 """
 
 from __future__ import annotations
@@ -57,19 +63,30 @@ class RestCrmState:
     refuse_values: set[str] = field(default_factory=set)
     search_delay_s: float = 0.0
     """A slow search index: lets two concurrent lookups of one key overlap."""
+    substring_search: bool = False
+    search_page_size: int = 100
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
+
+    def add(self, object_type: str, record: dict[str, Any], record_id: int) -> dict[str, Any]:
+        """A record typed into the CRM by hand (not through the API, not in ``writes``)."""
+        stored = {**record, "id": record_id}
+        self.records.setdefault(object_type, {})[str(record_id)] = stored
+        return stored
 
     def revoke_tokens(self) -> None:
         """Every token issued so far is expired (the next call with one answers 401)."""
         self.tokens = dict.fromkeys(self.tokens, 0.0)
 
-    def find(self, object_type: str, field_name: str, value: str) -> list[dict[str, Any]]:
-        return [
-            record
-            for record in self.records.get(object_type, {}).values()
-            if str(record.get(field_name, (record.get("custom_fields") or {}).get(field_name)))
-            == value
-        ]
+    def find(
+        self, object_type: str, field_name: str, value: str, *, exact: bool = True
+    ) -> list[dict[str, Any]]:
+        def has(record: dict[str, Any]) -> bool:
+            found = record.get(field_name, (record.get("custom_fields") or {}).get(field_name))
+            if found is None:
+                return False
+            return str(found) == value if exact else value.casefold() in str(found).casefold()
+
+        return [record for record in self.records.get(object_type, {}).values() if has(record)]
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -114,19 +131,46 @@ def create_stand_in(state: RestCrmState) -> FastAPI:
 
     @app.get("/v1/{object_type}/search")
     async def search(
-        object_type: str, request: Request, term: str, fields: str, exact_match: bool = False
+        object_type: str,
+        request: Request,
+        term: str,
+        fields: str,
+        exact_match: bool = False,
+        start: int = 0,
+        limit: int | None = None,
     ) -> JSONResponse:
         if (denied := gate(request)) is not None:
             return denied
-        if not exact_match:
+        if not exact_match and not state.substring_search:
             return _error(400, "the stand-in only implements exact_match=true")
-        found = state.find(object_type, fields, term)
+        found = state.find(object_type, fields, term, exact=not state.substring_search)
         if state.search_delay_s:  # answered late, with what was there when asked
             await asyncio.sleep(state.search_delay_s)
+        size = min(limit or state.search_page_size, state.search_page_size)
+        page = found[start : start + size]
+        more = start + size < len(found)
         items = [
-            {"result_score": 1.0, "item": {"id": r["id"], "name": r.get("name")}} for r in found
+            {
+                "result_score": 1.0,
+                "item": {
+                    "id": r["id"],
+                    "name": r.get("name"),
+                    "email": r.get("email"),
+                    "custom_fields": [str(v) for v in (r.get("custom_fields") or {}).values()],
+                },
+            }
+            for r in page
         ]
-        return JSONResponse({"success": True, "data": {"items": items}})
+        pagination = {"start": start, "limit": size, "more_items_in_collection": more}
+        if more:
+            pagination["next_start"] = start + size
+        return JSONResponse(
+            {
+                "success": True,
+                "data": {"items": items},
+                "additional_data": {"pagination": pagination},
+            }
+        )
 
     @app.post("/v1/{object_type}")
     async def create(object_type: str, request: Request) -> JSONResponse:

@@ -260,6 +260,24 @@ ENTITIES: dict[str, type[CrmRow]] = {
 }
 """Entity names, as mapping files and change events write them, to their tables."""
 
+
+def references_of(entity: str) -> dict[str, str]:
+    """The entity's reference columns (its foreign keys) -> the entity each points to.
+
+    Their values are Ponte's own row ids (``companies.id``), meaningful in this database
+    only: a CRM must never receive one as if it were its own id (a CRM record that happens
+    to carry that number would be linked instead), so deliver sends the referenced record's
+    CRM id in their place (``ponte.deliver.references``)."""
+    by_table = {model.__tablename__: name for name, model in ENTITIES.items()}
+    table = ENTITIES[entity].__table__  # type: ignore[attr-defined]
+    found: dict[str, str] = {}
+    for column in table.columns:
+        for key in column.foreign_keys:
+            if key.column.table.name in by_table:
+                found[column.name] = by_table[key.column.table.name]
+    return found
+
+
 BOOKKEEPING_COLUMNS = frozenset(CrmRow.model_fields)
 """Columns every entity has; a mapping may not write them."""
 
@@ -366,12 +384,40 @@ class Delivery(SQLModel, table=True):
     row_id: int | None = None
     crm_id: str | None = None
     state: str
-    """delivered or failed."""
+    """delivered, failed, or waiting (for a record it refers to: ``waiting_deliveries``)."""
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str | None = None
     attempts: int = 0
     last_error: str | None = None
     updated_at: datetime = Field(sa_type=_AWARE)
+    crm_key: str | None = None
+    """The natural-key value last delivered (a REST ``natural_key``, Ploomes'
+    ``lookup_field``): an update by ``crm_id`` first checks that the CRM's record still has
+    it, or the change's own (``ponte.deliver.connectors.base.check_same_record``)."""
+
+
+# A change that waits until a record it refers to has a CRM id in the same target
+# (``ponte.deliver.references``; migration 0010). ``deliveries`` says ``waiting`` for it.
+class WaitingDelivery(SQLModel, table=True):
+    __tablename__ = "waiting_deliveries"
+    __table_args__ = (
+        sa.Index("ix_waiting_deliveries_for", "target_id", "waits_for_entity", "waits_for_row_id"),
+    )
+    target_id: str = Field(primary_key=True)
+    entity: str = Field(primary_key=True)
+    source_id: str = Field(primary_key=True)
+    source_key: str = Field(primary_key=True)
+    version_at: datetime | None = Field(default=None, sa_type=_AWARE)
+    version_event_id: str | None = None
+    change: dict[str, Any] = Field(sa_type=pg.JSONB, sa_column_kwargs={"nullable": False})
+    """The change event as deliver read it, to send once the reference resolves."""
+    waits_for_entity: str
+    waits_for_row_id: int
+    reason: str
+    since: datetime = Field(sa_type=_AWARE)
+    claimed_at: datetime | None = Field(default=None, sa_type=_AWARE)
+    """Set while a deliver process sends it; a claim older than a few minutes is stale
+    (that process died) and the change is taken again."""
 
 
 # One declared link of one delivered record with one target (``ponte.deliver.associations``;

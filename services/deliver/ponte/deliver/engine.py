@@ -42,7 +42,7 @@ from tenacity import (
     stop_after_delay,
 )
 
-from ponte.deliver import associations
+from ponte.deliver import associations, references
 from ponte.deliver.associations import Link, LinkFailure, PairsRefused
 from ponte.deliver.changes import Change, latest_per_record, properties_for
 from ponte.deliver.connectors.base import (
@@ -75,9 +75,40 @@ class TargetResult:
     delivered: list[tuple[Change, str | None]] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     skipped: int = 0
+    skipped_changes: list[Change] = field(default_factory=list)
+    waiting: list[tuple[Change, references.Missing]] = field(default_factory=list)
+    """Changes whose referenced record has no CRM id in this target yet."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """external id -> the natural-key value the connector wrote (``deliveries.crm_key``)."""
     linked: int = 0
     """Associations made in this step."""
     link_failures: list[LinkFailure] = field(default_factory=list)
+
+    def add(self, other: TargetResult) -> None:
+        """Fold one delivery round into the batch's result."""
+        self.delivered += other.delivered
+        self.failed += other.failed
+        self.skipped += other.skipped
+        self.skipped_changes += other.skipped_changes
+        self.waiting += other.waiting
+        self.keys.update(other.keys)
+
+
+@dataclass
+class _Item:
+    """One change to send: the CRM id and natural key known for its record, and the
+    properties of its references (the referenced records' CRM ids)."""
+
+    change: Change
+    crm_id: str | None
+    crm_key: str | None = None
+    references: dict[str, Any] = field(default_factory=dict)
+
+
+MAX_ROUNDS = 8
+"""Delivery rounds per batch and target: the batch, then changes released by what it
+delivered (an order waiting for its company), then what those released, and so on. A
+chain deeper than this continues with the next batch."""
 
 
 def _wait(state: RetryCallState) -> float:
@@ -113,21 +144,40 @@ class Deliverer:
     async def deliver(self, changes: list[Change]) -> dict[str, TargetResult]:
         results = await asyncio.gather(
             *(
-                self._deliver_to(target, connector, changes)
+                self._deliver_target(target, connector, changes)
                 for target, connector in self._connectors.values()
             )
         )
-        outcome = dict(zip(self._connectors, results, strict=True))
-        await self._dead_letter(outcome)
-        await self._record(outcome)
-        await asyncio.gather(
-            *(
-                self._associate(target, connector, outcome[target.id])
-                for target, connector in self._connectors.values()
-                if associations.links_anything(target)
-            )
-        )
-        return outcome
+        return dict(zip(self._connectors, results, strict=True))
+
+    async def _deliver_target(
+        self, target: Target, connector: Connector, changes: list[Change]
+    ) -> TargetResult:
+        """Deliver, dead-letter and record in rounds (see ``MAX_ROUNDS``), then link.
+
+        The order within a round matters for ``ponte.deliver.references``: deliveries are
+        recorded, then the changes that wait are parked, then waiting ones whose record
+        now has a CRM id are released, each committed before the next."""
+        total = TargetResult()
+        pending = changes
+        refers = any(mapping.references for mapping in target.objects.values())
+        for _ in range(MAX_ROUNDS):
+            result = await self._deliver_to(target, connector, pending)
+            await self._dead_letter(target.id, result)
+            await self._record(target.id, result)
+            total.add(result)
+            if not refers:
+                break
+            await references.park(self._pool, target, result.waiting)
+            settled = [change for change, _ in result.delivered]
+            settled += [failure.change for failure in result.failed] + result.skipped_changes
+            await references.settle(self._pool, target, settled)
+            pending = await references.release(self._pool, target)
+            if not pending:
+                break
+        if associations.links_anything(target):
+            await self._associate(target, connector, total)
+        return total
 
     def _retrying(self) -> AsyncRetrying:
         """Retry what may pass (``RetryableError``) until the attempts or the age run out."""
@@ -145,30 +195,62 @@ class Deliverer:
         wanted = latest_per_record(target, changes)
         known = await self._known(target, wanted)
         result = TargetResult()
-        chunks: dict[tuple[str, str], list[tuple[Change, str | None]]] = defaultdict(list)
+        superseded: set[tuple[str, str, str]] = set()
+        if any(target.objects[change.entity].references for change in wanted):
+            superseded = await references.newer_waiting(self._pool, target, wanted)
+        items: list[_Item] = []
         for change in wanted:
-            state = known.get((change.entity, change.source_id, change.source_key))
-            if (
+            record = (change.entity, change.source_id, change.source_key)
+            state = known.get(record)
+            if record in superseded or (
                 state is not None
                 and state["state"] == "delivered"
                 and _stored_version(state) >= change.version_key()
             ):
                 result.skipped += 1
+                result.skipped_changes.append(change)
                 continue
             crm_id = state["crm_id"] if state is not None else None
             if change.operation == "delete" and crm_id is None:
                 result.delivered.append((change, None))  # never reached the CRM
                 continue
-            chunks[(change.entity, change.operation)].append((change, crm_id))
+            items.append(_Item(change, crm_id, state["crm_key"] if state is not None else None))
+        items = await self._with_references(target, items, result)
+        chunks: dict[tuple[str, str], list[_Item]] = defaultdict(list)
+        for item in items:
+            chunks[(item.change.entity, item.change.operation)].append(item)
         calls = [
-            self._send(target, connector, entity, operation, items[i : i + target.batch_size])
-            for (entity, operation), items in chunks.items()
-            for i in range(0, len(items), target.batch_size)
+            self._send(target, connector, entity, operation, batch[i : i + target.batch_size])
+            for (entity, operation), batch in chunks.items()
+            for i in range(0, len(batch), target.batch_size)
         ]
-        for delivered, failed in await asyncio.gather(*calls):
+        for delivered, failed, keys in await asyncio.gather(*calls):
             result.delivered += delivered
             result.failed += failed
+            result.keys.update(keys)
         return result
+
+    async def _with_references(
+        self, target: Target, items: list[_Item], result: TargetResult
+    ) -> list[_Item]:
+        """The items whose references resolve, with the referenced records' CRM ids; the
+        others wait (``result.waiting``) or, unusable, are refused (``result.failed``)."""
+        referring = [item for item in items if target.objects[item.change.entity].references]
+        if not referring:
+            return items
+        resolved = await references.resolve(self._pool, target, [item.change for item in referring])
+        result.waiting += resolved.missing
+        result.failed += [
+            Failure(change, f"refused: {reason}") for change, reason in resolved.unusable
+        ]
+        ready = []
+        for item in items:
+            if not target.objects[item.change.entity].references:
+                ready.append(item)
+            elif item.change.external_id in resolved.properties:
+                item.references = resolved.properties[item.change.external_id]
+                ready.append(item)
+        return ready
 
     async def _send(
         self,
@@ -176,8 +258,8 @@ class Deliverer:
         connector: Connector,
         entity: str,
         operation: str,
-        items: list[tuple[Change, str | None]],
-    ) -> tuple[list[tuple[Change, str | None]], list[Failure]]:
+        items: list[_Item],
+    ) -> tuple[list[tuple[Change, str | None]], list[Failure], dict[str, str]]:
         object_type = target.objects[entity].object_type
         first = datetime.now(UTC)
         attempts = 0
@@ -187,13 +269,22 @@ class Deliverer:
             attempts += 1
             async with self._limits[target.id]:
                 if operation == "delete":
-                    await connector.delete_batch(object_type, [crm for _, crm in items if crm])
-                    return BatchOutcome(delivered={c.external_id: crm or "" for c, crm in items})
+                    await connector.delete_batch(
+                        object_type, [item.crm_id for item in items if item.crm_id]
+                    )
+                    return BatchOutcome(
+                        delivered={item.change.external_id: item.crm_id or "" for item in items}
+                    )
                 return await connector.upsert_batch(
                     object_type,
                     [
-                        Outgoing(change.external_id, properties_for(target, change), crm_id)
-                        for change, crm_id in items
+                        Outgoing(
+                            item.change.external_id,
+                            {**properties_for(target, item.change), **item.references},
+                            item.crm_id,
+                            item.crm_key,
+                        )
+                        for item in items
                     ],
                 )
 
@@ -216,28 +307,29 @@ class Deliverer:
             now = datetime.now(UTC)
             return [], [
                 Failure(
-                    change, f"{kind}: {error}", error.status, error.excerpt, attempts, first, now
+                    item.change, f"{kind}: {error}", error.status, error.excerpt, attempts,
+                    first, now,
                 )
-                for change, _ in items
-            ]
+                for item in items
+            ], {}  # fmt: skip
         delivered: list[tuple[Change, str | None]] = [
-            (change, outcome.delivered[change.external_id])
-            for change, _ in items
-            if change.external_id in outcome.delivered
+            (item.change, outcome.delivered[item.change.external_id])
+            for item in items
+            if item.change.external_id in outcome.delivered
         ]
         failed = [
             Failure(
-                change,
-                f"refused: {outcome.failed[change.external_id]}",
+                item.change,
+                f"refused: {outcome.failed[item.change.external_id]}",
                 207,
-                outcome.failed[change.external_id],
+                outcome.failed[item.change.external_id],
                 attempts,
                 first,
             )
-            for change, _ in items
-            if change.external_id in outcome.failed
+            for item in items
+            if item.change.external_id in outcome.failed
         ]
-        return delivered, failed
+        return delivered, failed, outcome.keys
 
     async def _associate(self, target: Target, connector: Connector, result: TargetResult) -> None:
         """Link what this step delivered, and what was waiting for it (see the module)."""
@@ -305,102 +397,85 @@ class Deliverer:
         )
         return {(r["entity"], r["source_id"], r["source_key"]): r for r in rows}
 
-    async def _dead_letter(self, outcome: dict[str, TargetResult]) -> None:
+    async def _dead_letter(self, target_id: str, result: TargetResult) -> None:
         """Failed records to the dead-letter topic, acknowledged before offsets move."""
         sends = []
-        for target_id, result in outcome.items():
-            for failure in result.failed:
-                change = failure.change
-                value = orjson.dumps(
-                    {
-                        "target": target_id,
-                        "change": {
-                            "entity": change.entity,
-                            "source_id": change.source_id,
-                            "source_key": change.source_key,
-                            "row_id": change.row_id,
-                            "operation": change.operation,
-                            "row": change.row,
-                            "version": {
-                                "at": change.version_at.isoformat() if change.version_at else None,
-                                "event_id": change.version_event_id,
-                            },
+        for failure in result.failed:
+            change = failure.change
+            value = orjson.dumps(
+                {
+                    "target": target_id,
+                    "change": {
+                        "entity": change.entity,
+                        "source_id": change.source_id,
+                        "source_key": change.source_key,
+                        "row_id": change.row_id,
+                        "operation": change.operation,
+                        "row": change.row,
+                        "version": {
+                            "at": change.version_at.isoformat() if change.version_at else None,
+                            "event_id": change.version_event_id,
                         },
-                    }
-                )
-                headers = {
-                    "ponte-target": target_id,
-                    "ponte-dlq-reason": failure.reason[:500],
-                    "ponte-dlq-status": str(failure.status or ""),
-                    "ponte-dlq-response": failure.excerpt[:500],
-                    "ponte-dlq-attempts": str(failure.attempts),
-                    "ponte-dlq-first-attempt": failure.first_attempt.isoformat(),
-                    "ponte-dlq-last-attempt": failure.last_attempt.isoformat(),
-                    "ponte-original-topic": change.topic,
-                    "ponte-original-partition": str(change.partition),
-                    "ponte-original-offset": str(change.offset),
-                    "ponte-entity": change.entity,
-                    "ponte-source": change.source_id,
+                    },
                 }
-                sends.append(
-                    await self._producer.send(
-                        self._settings.deliver_dead_letter_topic,
-                        value=value,
-                        key=change.external_id.encode(),
-                        headers=[(k, v.encode()) for k, v in headers.items()],
-                    )
+            )
+            headers = {
+                "ponte-target": target_id,
+                "ponte-dlq-reason": failure.reason[:500],
+                "ponte-dlq-status": str(failure.status or ""),
+                "ponte-dlq-response": failure.excerpt[:500],
+                "ponte-dlq-attempts": str(failure.attempts),
+                "ponte-dlq-first-attempt": failure.first_attempt.isoformat(),
+                "ponte-dlq-last-attempt": failure.last_attempt.isoformat(),
+                "ponte-original-topic": change.topic,
+                "ponte-original-partition": str(change.partition),
+                "ponte-original-offset": str(change.offset),
+                "ponte-entity": change.entity,
+                "ponte-source": change.source_id,
+            }
+            sends.append(
+                await self._producer.send(
+                    self._settings.deliver_dead_letter_topic,
+                    value=value,
+                    key=change.external_id.encode(),
+                    headers=[(k, v.encode()) for k, v in headers.items()],
                 )
+            )
         if sends:
             await asyncio.gather(*sends)
 
-    async def _record(self, outcome: dict[str, TargetResult]) -> None:
+    async def _record(self, target_id: str, result: TargetResult) -> None:
+        """Every outcome in ``deliveries``: delivered (with the CRM id and the natural key
+        written), failed (with the reason) or waiting (with what for)."""
         now = datetime.now(UTC)
-        rows: list[tuple[Any, ...]] = []
-        for target_id, result in outcome.items():
-            for change, crm_id in result.delivered:
-                rows.append(
-                    (
-                        target_id,
-                        change.entity,
-                        change.source_id,
-                        change.source_key,
-                        change.row_id,
-                        crm_id,
-                        "delivered",
-                        change.version_at,
-                        change.version_event_id,
-                        1,
-                        None,
-                        now,
-                    )
-                )
-            for failure in result.failed:
-                change = failure.change
-                rows.append(
-                    (
-                        target_id,
-                        change.entity,
-                        change.source_id,
-                        change.source_key,
-                        change.row_id,
-                        None,
-                        "failed",
-                        change.version_at,
-                        change.version_event_id,
-                        failure.attempts,
-                        failure.reason,
-                        now,
-                    )
-                )
+
+        def row(
+            change: Change, crm_id: str | None, state: str, attempts: int, reason: str | None
+        ) -> tuple[Any, ...]:
+            return (
+                target_id, change.entity, change.source_id, change.source_key, change.row_id,
+                crm_id, state, change.version_at, change.version_event_id, attempts, reason,
+                now, result.keys.get(change.external_id) if state == "delivered" else None,
+            )  # fmt: skip
+
+        rows = [row(change, crm_id, "delivered", 1, None) for change, crm_id in result.delivered]
+        rows += [
+            row(failure.change, None, "failed", failure.attempts, failure.reason)
+            for failure in result.failed
+        ]
+        rows += [
+            row(change, None, "waiting", 0, why.reason(target_id)) for change, why in result.waiting
+        ]
         if not rows:
             return
-        # A failure never erases the CRM id or the version already delivered.
+        # A failure or a wait never erases the CRM id, its key or the version delivered.
         await self._pool.executemany(
             "INSERT INTO deliveries AS d (target_id, entity, source_id, source_key, row_id, "
-            "crm_id, state, version_at, version_event_id, attempts, last_error, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+            "crm_id, state, version_at, version_event_id, attempts, last_error, updated_at, "
+            "crm_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
             "ON CONFLICT (target_id, entity, source_id, source_key) DO UPDATE SET "
             "row_id = EXCLUDED.row_id, crm_id = COALESCE(EXCLUDED.crm_id, d.crm_id), "
+            "crm_key = COALESCE(EXCLUDED.crm_key, d.crm_key), "
             "state = EXCLUDED.state, attempts = EXCLUDED.attempts, "
             "last_error = EXCLUDED.last_error, updated_at = EXCLUDED.updated_at, "
             "version_at = CASE WHEN EXCLUDED.state = 'delivered' THEN EXCLUDED.version_at "

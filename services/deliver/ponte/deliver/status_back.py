@@ -468,15 +468,25 @@ class StatusBack:
         )
         if not rows:
             return Outcome(event, "ignored", f"deal {event.crm_id} was not delivered by Ponte")
-        row = next(
-            (
-                r
-                for r in rows
-                if r["source_id"] in self.config.origins
-                and self.config.origins[r["source_id"]].entity == r["entity"]
-            ),
-            None,
-        )
+        candidates = [
+            r
+            for r in rows
+            if r["source_id"] in self.config.origins
+            and self.config.origins[r["source_id"]].entity == r["entity"]
+        ]
+        if len(candidates) > 1:
+            # Two Ponte records delivered to one CRM record (an earlier wrong match, or a
+            # merge in the CRM): the status could belong to either origin. Refuse, visibly.
+            listed = ", ".join(
+                f"{r['source_id']}/{r['entity']}/{r['source_key']}" for r in candidates
+            )
+            return Outcome(
+                event,
+                "failed",
+                f"deal {event.crm_id} is the CRM record of {len(candidates)} Ponte records "
+                f"({listed}); Ponte will not guess which origin this status is for",
+            )
+        row = candidates[0] if candidates else None
         if row is None:
             return Outcome(
                 event,

@@ -24,12 +24,12 @@ property map; ``id_property`` is the target's unique property holding Ponte's ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ponte.shared.config_files import load_entries
-from ponte.shared.crm import ENTITIES
+from ponte.shared.crm import ENTITIES, references_of
 
 
 class RateLimit(BaseModel):
@@ -39,12 +39,44 @@ class RateLimit(BaseModel):
     per_seconds: float = Field(gt=0)
 
 
+class Reference(BaseModel):
+    """Where the referenced record's id *in this CRM* goes, and as what JSON type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1)
+    """The target property (a dotted path for connectors that build nested JSON)."""
+    type: Literal["string", "integer"] = "string"
+    """How the CRM wants the id: ``"5001"`` or ``5001``."""
+
+
 class ObjectMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     object_type: str
     properties: dict[str, str] = Field(default_factory=dict)
-    """CRM-model column -> target property."""
+    """CRM-model column -> target property. Reference columns (``company_id``) are refused
+    here: their values are Ponte's row ids; see ``references``."""
+    references: dict[str, Reference] = Field(default_factory=dict)
+    """Reference column -> the property that gets the referenced record's id in this CRM
+    (``company_id: account`` or ``company_id: {to: org_id, type: integer}``), resolved
+    from ``deliveries`` by ``ponte.deliver.references``; a change whose referenced record
+    has no CRM id yet waits (``deliveries.state = 'waiting'``) until it has one."""
+
+    @field_validator("references", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                column: {"to": ref} if isinstance(ref, str) else ref
+                for column, ref in value.items()
+            }
+        return value
+
+    def sent_properties(self) -> set[str]:
+        """Every target property this mapping writes (plain and reference)."""
+        return set(self.properties.values()) | {ref.to for ref in self.references.values()}
+
     associations: dict[str, str] = Field(default_factory=dict)
     """Foreign-key column -> the CRM-model entity it points to (``company_id: company``):
     the record is linked to that entity's record in the CRM (``ponte.deliver.associations``
@@ -72,9 +104,42 @@ class Target(BaseModel):
             if entity not in ENTITIES:
                 raise ValueError(f"objects: unknown entity {entity!r}")
             columns = set(ENTITIES[entity].model_fields)
-            for column in mapping.properties:
+            references = references_of(entity)
+            for column, prop in mapping.properties.items():
+                where = f"objects.{entity}.properties.{column}"
                 if column not in columns:
                     raise ValueError(f"objects.{entity}: {column!r} is not a column of {entity}")
+                if column == "id":
+                    raise ValueError(
+                        f"{where}: 'id' is Ponte's own row id, meaningless to the CRM (and it "
+                        "may equal the id of an unrelated record there); a record is "
+                        "identified in the CRM by Ponte's external id or a natural_key"
+                    )
+                if column in references:
+                    to = references[column]
+                    raise ValueError(
+                        f"{where}: {column!r} holds Ponte's own row id of a {to}, not that "
+                        f"{to}'s id in the CRM, so the record would point at whichever CRM "
+                        f"record has that number. Send the {to}'s CRM id with "
+                        f"'references: {{{column}: {prop}}}' (the change waits until the {to} "
+                        f"is delivered), or link the records with "
+                        f"'associations: {{{column}: {to}}}'"
+                    )
+            for column, reference in mapping.references.items():
+                where = f"objects.{entity}.references.{column}"
+                if column not in references:
+                    raise ValueError(
+                        f"{where}: {column!r} is not a reference column of {entity} "
+                        f"(its reference columns: {', '.join(sorted(references)) or 'none'})"
+                    )
+                to = references[column]
+                if to not in objects:
+                    raise ValueError(
+                        f"{where}: {column!r} refers to a {to}, and {to!r} is not among this "
+                        f"target's objects, so it never gets a CRM id to send"
+                    )
+                if reference.to in mapping.properties.values():
+                    raise ValueError(f"{where}: {reference.to!r} is also mapped in properties")
         return objects
 
     def wants(self, source_id: str, entity: str) -> bool:

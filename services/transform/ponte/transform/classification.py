@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ponte.shared import db
+from ponte.shared.config_files import load_yaml
 from ponte.shared.db import DbConnection
 from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.settings import Settings
@@ -108,7 +108,7 @@ class ClassificationConfig(BaseModel):
 def load_config(path: Path | None) -> ClassificationConfig:
     if path is None:
         return ClassificationConfig()
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    document = load_yaml(path) or {}
     try:
         return ClassificationConfig.model_validate(document.get("classification", document))
     except ValueError as error:

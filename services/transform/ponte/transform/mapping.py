@@ -30,7 +30,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -41,6 +40,7 @@ from pydantic import (
 )
 from sqlmodel import SQLModel
 
+from ponte.shared.config_files import load_yaml, parse_yaml
 from ponte.shared.crm import BOOKKEEPING_COLUMNS, DERIVED_COLUMNS, ENTITIES
 from ponte.transform.parsers import PARSERS
 
@@ -225,7 +225,7 @@ def _check_foreign_key(where: str, entity: str, column: str, target: str) -> Non
 
 
 def load_mapping(path: Path) -> Mapping:
-    document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document: Any = load_yaml(path)
     try:
         return Mapping.model_validate(document)
     except ValidationError as error:
@@ -237,7 +237,7 @@ def default_mapping(kind: str) -> Mapping:
     text = (resources.files("ponte.transform") / "mappings" / f"{kind}.yaml").read_text(
         encoding="utf-8"
     )
-    return Mapping.model_validate(yaml.safe_load(text))
+    return Mapping.model_validate(parse_yaml(text, f"ponte/transform/mappings/{kind}.yaml"))
 
 
 def mapping_for(kind: str, source_id: str, overrides_dir: Path | None = None) -> Mapping:

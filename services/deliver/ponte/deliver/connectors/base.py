@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -27,6 +27,8 @@ class Outgoing:
     external_id: str
     properties: dict[str, Any]
     crm_id: str | None = None
+    crm_key: str | None = None
+    """The natural-key value last delivered for this record (``deliveries.crm_key``)."""
 
 
 @dataclass
@@ -35,6 +37,9 @@ class BatchOutcome:
     """external id -> the CRM's own id."""
     failed: dict[str, str] = field(default_factory=dict)
     """external id -> why the CRM refused that record."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """external id -> the natural-key value written, for connectors that find records by
+    one (kept as ``deliveries.crm_key`` for ``check_same_record``)."""
 
 
 class DeliveryError(Exception):
@@ -58,6 +63,70 @@ class RetryableError(DeliveryError):
 
 class TerminalError(DeliveryError):
     """Will not work as sent: any other 4xx."""
+
+
+class RecordMismatch(TerminalError):
+    """The CRM record an update would overwrite has another natural key: not this record."""
+
+
+KeyMatch = Literal["exact", "casefold", "digits"]
+"""How two natural-key values are compared: as they are; case-folded and trimmed (an
+e-mail); by their digits only (a CNPJ written with or without punctuation)."""
+
+
+def normalise_key(value: Any, match: KeyMatch) -> str | None:
+    """The comparable form of a natural-key value; None for a missing or empty one."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    text = str(value)
+    if match == "casefold":
+        text = text.strip().casefold()
+    elif match == "digits":
+        text = "".join(ch for ch in text if ch.isdigit())
+    return text or None
+
+
+def same_key(found: Any, wanted: str, match: KeyMatch) -> bool:
+    """Whether a CRM record's value (a scalar, or a list of them, or of ``{"value": ..}``
+    as some CRMs hold e-mails and phones) is exactly the natural key, after ``match``."""
+    target = normalise_key(wanted, match)
+    if target is None:
+        return False
+    values = found if isinstance(found, list) else [found]
+    for value in values:
+        if isinstance(value, dict):
+            value = value.get("value")
+        if normalise_key(value, match) == target:
+            return True
+    return False
+
+
+def check_same_record(
+    *,
+    what: str,
+    key_name: str,
+    found: Any,
+    key: str,
+    last_delivered: str | None,
+    match: KeyMatch,
+) -> None:
+    """Before an update by a stored CRM id: the CRM's record must still carry this
+    record's natural key (the change's own, or the one last delivered, so a key that
+    really changed in the source still goes through). An empty value there proves
+    nothing either way and passes. Anything else is another record (merged in the CRM,
+    an id reused, an earlier wrong match): refuse rather than overwrite it."""
+    if normalise_key(found, match) is None and not isinstance(found, list):
+        return
+    if same_key(found, key, match) or (
+        last_delivered is not None and same_key(found, last_delivered, match)
+    ):
+        return
+    last = f", last delivered {last_delivered!r}" if last_delivered else ""
+    raise RecordMismatch(
+        f"{what} has {key_name} {found!r} but this change has {key!r}{last}: it is another "
+        "record, so Ponte does not overwrite it. Check the record in the CRM (merged, or "
+        "its id reused); once it is right, replay this dead letter"
+    )
 
 
 class Connector(Protocol):

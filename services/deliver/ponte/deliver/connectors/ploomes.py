@@ -49,9 +49,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any, Literal
 
 import httpx
@@ -60,9 +63,12 @@ from pydantic import Field, model_validator
 
 from ponte.deliver.connectors.base import (
     BatchOutcome,
+    KeyMatch,
     Outgoing,
     RetryableError,
     TerminalError,
+    check_same_record,
+    same_key,
 )
 from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
@@ -76,6 +82,11 @@ ValueKind = Literal[
     "StringValue", "BigStringValue", "IntegerValue", "DecimalValue", "DateTimeValue", "BoolValue"
 ]
 
+CONFIRMED_IDS_KEPT = 50_000
+"""Records this process wrote, whose Ids the update guard need not read again."""
+LOOKUP_PAGE = 50
+LOOKUP_MAX_PAGES = 10
+"""A lookup reads up to this many pages of ``LOOKUP_PAGE`` records before giving up."""
 WRITTEN_MEMORY = 10_000
 WRITTEN_MEMORY_S = 600.0
 """Records written by an attempt that raised RetryableError are remembered (at most this
@@ -102,6 +113,12 @@ class PloomesObject(ObjectMapping):
     """Custom field key -> how Ploomes stores it (``StringValue``, ``DecimalValue`` ...)."""
     lookup_field: str | None = None
     """A unique top-level Ploomes field among ``properties`` (``CNPJ``, ``CPF``, ``Code``)."""
+    lookup_match: KeyMatch = "exact"
+    """How a found record's ``lookup_field`` is compared with the record's own:
+    ``exact``, ``casefold`` or ``digits`` (a CNPJ stored with or without punctuation)."""
+    verify_updates: bool = True
+    """Before a PATCH by a stored Id, read that record's ``lookup_field`` and refuse the
+    update when it is another record's (one GET more per such update)."""
     external_id_field: str | None = None
     """A custom text field (``FieldKey``) that holds Ponte's external id."""
     link_fields: dict[str, str] = Field(default_factory=dict)
@@ -187,6 +204,18 @@ class PloomesTarget(Target):
         return self
 
 
+@dataclass(frozen=True)
+class _Lookup:
+    """One way to find a record: its lock key, the OData filter asking Ploomes, and the
+    check Ponte makes on every record Ploomes answers with."""
+
+    lock_key: str
+    odata_filter: str
+    params: dict[str, str]
+    described: str
+    matches: Callable[[dict[str, Any]], bool]
+
+
 @dataclass
 class _Retry:
     """A record that hit a retryable failure: the batch is retried once the rest is done."""
@@ -219,6 +248,19 @@ def odata_literal(value: Any) -> str:
     if isinstance(value, int | float | Decimal):
         return str(value)
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def _has_value(record: dict[str, Any], *, field: str, value: str, match: KeyMatch) -> bool:
+    return same_key(record.get(field), value, match)
+
+
+def _has_custom_text(record: dict[str, Any], *, key: str, value: str) -> bool:
+    return any(
+        isinstance(other, dict)
+        and other.get("FieldKey") == key
+        and other.get("StringValue") == value
+        for other in record.get("OtherProperties") or []
+    )
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -294,6 +336,8 @@ class PloomesConnector:
         self._by_entity = {entity: mapping for entity, mapping in target.objects.items()}
         self._parallel = target.parallel_records
         self._locks = locks or KeyLocks(target.id)
+        self._confirmed: OrderedDict[str, str] = OrderedDict()
+        """external id -> the Ploomes Id this process wrote it to: not checked again."""
         self._written: dict[str, tuple[str, bytes, float]] = {}
         """external id -> (Ploomes id, body digest, when) from an attempt that raised."""
 
@@ -378,45 +422,65 @@ class PloomesConnector:
             body["OtherProperties"] = others
         return body
 
-    def _filters(self, mapping: PloomesObject, record: Outgoing) -> list[tuple[str, str]]:
-        """(lock key, $filter) per way to find the record, in the order tried."""
+    def _filters(self, mapping: PloomesObject, record: Outgoing) -> list[_Lookup]:
+        """Each way to find the record, in the order tried."""
         prefix = f"TypeId eq {mapping.type_id} and " if mapping.type_id is not None else ""
-        found: list[tuple[str, str]] = []
+        found: list[_Lookup] = []
         value = record.properties.get(mapping.lookup_field) if mapping.lookup_field else None
-        if value not in (None, ""):
+        if mapping.lookup_field and value not in (None, ""):
+            field = mapping.lookup_field
             found.append(
-                (
-                    f"{mapping.entity_set}/{mapping.lookup_field}={value}",
-                    f"{prefix}{mapping.lookup_field} eq {odata_literal(value)}",
+                _Lookup(
+                    f"{mapping.entity_set}/{field}={value}",
+                    f"{prefix}{field} eq {odata_literal(value)}",
+                    {"$select": f"Id,{field}"},
+                    f"{field} {value!r}",
+                    partial(_has_value, field=field, value=str(value), match=mapping.lookup_match),
                 )
             )
         if mapping.external_id_field:
+            key = mapping.external_id_field
             found.append(
-                (
-                    f"{mapping.entity_set}/{mapping.external_id_field}={record.external_id}",
-                    f"{prefix}OtherProperties/any(o: o/FieldKey eq "
-                    f"{odata_literal(mapping.external_id_field)} and o/StringValue eq "
-                    f"{odata_literal(record.external_id)})",
+                _Lookup(
+                    f"{mapping.entity_set}/{key}={record.external_id}",
+                    f"{prefix}OtherProperties/any(o: o/FieldKey eq {odata_literal(key)} and "
+                    f"o/StringValue eq {odata_literal(record.external_id)})",
+                    {"$select": "Id", "$expand": "OtherProperties"},
+                    f"{key} {record.external_id!r}",
+                    partial(_has_custom_text, key=key, value=record.external_id),
                 )
             )
         return found
 
     # --- one record -------------------------------------------------------------------
 
-    async def _find(self, mapping: PloomesObject, odata_filter: str) -> list[dict[str, Any]]:
-        response = await self._call(
-            "GET",
-            f"/{mapping.entity_set}",
-            params={"$filter": odata_filter, "$select": "Id", "$top": "2"},
+    async def _find(self, mapping: PloomesObject, lookup: _Lookup) -> list[dict[str, Any]]:
+        """The records that really have the lookup's value, every page read: Ponte checks
+        each result itself instead of trusting the filter (a filter that matches more
+        than it should would otherwise make Ponte update a stranger's record)."""
+        exact: list[dict[str, Any]] = []
+        for page in range(LOOKUP_MAX_PAGES):
+            params = {
+                "$filter": lookup.odata_filter,
+                "$top": str(LOOKUP_PAGE),
+                "$skip": str(page * LOOKUP_PAGE),
+                **lookup.params,
+            }
+            found = _records(await self._call("GET", f"/{mapping.entity_set}", params=params))
+            exact += [record for record in found if "Id" in record and lookup.matches(record)]
+            if len(found) < LOOKUP_PAGE:
+                return exact
+        raise TerminalError(
+            f"{mapping.entity_set} filtered by {lookup.odata_filter} still answers after "
+            f"{LOOKUP_MAX_PAGES * LOOKUP_PAGE} records; Ponte cannot be sure which is this one"
         )
-        return _records(response)
 
     async def _write(self, mapping: PloomesObject, record: Outgoing) -> str:
         """Write the record (see the module for the order); its Ploomes id."""
         body = self._body(mapping, record)
         filters = self._filters(mapping, record)
-        async with self._locks.hold([record.external_id] + [key for key, _ in filters]):
-            if record.crm_id:
+        async with self._locks.hold([record.external_id] + [f.lock_key for f in filters]):
+            if record.crm_id and await self._still_this_record(mapping, record):
                 path = f"/{mapping.entity_set}({record.crm_id})"
                 response = await self._call("PATCH", path, body=body, accept_404=True)
                 if response.status_code != 404:
@@ -426,13 +490,13 @@ class PloomesConnector:
                     f"{mapping.lookup_field} is empty and there is no external_id_field: "
                     "the record cannot be looked up, so it is not created (it could duplicate)"
                 )
-            for _, odata_filter in filters:
-                matches = await self._find(mapping, odata_filter)
+            for lookup in filters:
+                matches = await self._find(mapping, lookup)
                 if len(matches) > 1:
                     ids = ", ".join(str(match.get("Id")) for match in matches)
                     raise TerminalError(
-                        f"{len(matches)} {mapping.entity_set} match {odata_filter} (Ids {ids}); "
-                        "Ponte will not guess which one to update"
+                        f"{len(matches)} {mapping.entity_set} have {lookup.described} "
+                        f"(Ids {ids}); Ponte will not guess which one to update"
                     )
                 if matches:
                     crm_id = str(matches[0]["Id"])
@@ -444,6 +508,40 @@ class PloomesConnector:
             if not created or "Id" not in created[0]:
                 raise TerminalError("created, but Ploomes' answer has no Id")
             return str(created[0]["Id"])
+
+    async def _still_this_record(self, mapping: PloomesObject, record: Outgoing) -> bool:
+        """Before a PATCH by the Id stored from an earlier delivery: the Ploomes record
+        must still have this record's ``lookup_field`` value (``check_same_record``);
+        False when it is gone. One GET more per such update (``verify_updates``)."""
+        field = mapping.lookup_field
+        value = record.properties.get(field) if field else None
+        assert record.crm_id is not None
+        if (
+            not mapping.verify_updates
+            or field is None
+            or value in (None, "")
+            or self._confirmed.get(record.external_id) == record.crm_id
+        ):
+            return True
+        if not record.crm_id.isdigit():
+            raise TerminalError(f"{record.crm_id!r} is not a Ploomes Id")
+        response = await self._call(
+            "GET",
+            f"/{mapping.entity_set}",
+            params={"$filter": f"Id eq {record.crm_id}", "$select": f"Id,{field}"},
+        )
+        found = _records(response)
+        if not found:
+            return False
+        check_same_record(
+            what=f"{mapping.entity_set} {record.crm_id} in Ploomes",
+            key_name=field,
+            found=found[0].get(field),
+            key=str(value),
+            last_delivered=record.crm_key,
+            match=mapping.lookup_match,
+        )
+        return True
 
     async def _deliver_one(
         self, mapping: PloomesObject, record: Outgoing
@@ -467,6 +565,10 @@ class PloomesConnector:
                 raise _AuthFailed(error) from None
             return _Refused(str(error))
         self._written[record.external_id] = (crm_id, digest, time.monotonic())
+        self._confirmed[record.external_id] = crm_id
+        self._confirmed.move_to_end(record.external_id)
+        while len(self._confirmed) > CONFIRMED_IDS_KEPT:
+            self._confirmed.popitem(last=False)
         return _Written(crm_id)
 
     # --- the Connector protocol --------------------------------------------------------
@@ -513,10 +615,14 @@ class PloomesConnector:
                 retry_after=max(waits) if waits else None,
             )
         outcome = BatchOutcome()
-        for external_id, result in results.items():
+        for record in records:
+            external_id, result = record.external_id, results[record.external_id]
             self._written.pop(external_id, None)
             if isinstance(result, _Written):
                 outcome.delivered[external_id] = result.crm_id
+                key = record.properties.get(mapping.lookup_field or "")
+                if key not in (None, ""):
+                    outcome.keys[external_id] = str(key)
             elif isinstance(result, _Refused):
                 outcome.failed[external_id] = result.reason
         return outcome

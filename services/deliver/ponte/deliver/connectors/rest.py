@@ -47,6 +47,7 @@ create failed uncertainly is searched first.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -60,14 +61,22 @@ from ponte.deliver.associations import PairsRefused
 from ponte.deliver.connectors.base import (
     BatchOutcome,
     DeliveryError,
+    KeyMatch,
     Outgoing,
     RetryableError,
     TerminalError,
+    check_same_record,
+    same_key,
 )
 from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import ObjectMapping, Target
 
+log = logging.getLogger(__name__)
+
+MAX_CANDIDATES_READ = 20
+"""Search results read back one by one to check their key when the results do not carry
+it (``search.key`` unset); more is refused rather than spending the rate limit."""
 LEARNED_IDS_KEPT = 50_000
 """CRM ids learned in this process, kept so a retried batch updates instead of creating
 again; the durable copy is the ``deliveries`` table."""
@@ -130,15 +139,60 @@ class Call(BaseModel):
     path: str = Field(pattern=r"^/")
 
 
+class SearchPages(BaseModel):
+    """How a search answer says that more results follow, so Ponte reads every page
+    before it decides there is one match (or none).
+
+    - ``next_url``: ``path`` is where the answer holds the next page's URL (``next``);
+      empty or missing: the last page. It must stay on the target's host.
+    - ``cursor``: ``path`` holds the next cursor or offset (``additional_data.pagination.
+      next_start``), sent back as the query parameter ``param``.
+    - ``page``: the query parameter ``param`` counts pages from ``first``; an empty page
+      is the end.
+    - ``link_header``: the ``Link: <...>; rel="next"`` header (RFC 8288).
+
+    ``more`` (optional) is the path of a boolean saying whether more follow
+    (``additional_data.pagination.more_items_in_collection``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    style: Literal["next_url", "cursor", "page", "link_header"]
+    path: str | None = Field(default=None, pattern=_DOTTED)
+    param: str | None = None
+    more: str | None = Field(default=None, pattern=_DOTTED)
+    first: int = 1
+    max_pages: int = Field(default=20, gt=0, le=1000)
+    """A search still saying "more" after this many pages is refused, not guessed."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchPages:
+        needs = {"next_url": ("path",), "cursor": ("path", "param"), "page": ("param",)}
+        for name in needs.get(self.style, ()):
+            if getattr(self, name) is None:
+                raise ValueError(f"pages: style {self.style} needs {name}")
+        return self
+
+
 class SearchCall(Call):
     """Search by the natural key: ``{key}`` in the path or in a query value; ``results``
-    is the path of the list of matches in the answer, ``id`` the path of the id in one."""
+    is the path of the list of matches in the answer, ``id`` the path of the id in one.
+
+    A result counts as a match only when its natural-key value, at ``key`` in the result
+    (or, without ``key``, in the record read back by the object's ``read`` call), equals
+    the key exactly after ``match``: a CRM's search may match substrings ("ria@" finds
+    "maria@"), words, or anything its index thinks is close."""
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
     query: dict[str, str] = Field(default_factory=dict)
     body: dict[str, Any] | None = None
     results: str = Field(default="", pattern=_OPTIONAL_DOTTED)
     id: str = Field(default="id", pattern=_DOTTED)
+    key: str | None = Field(default=None, pattern=_DOTTED)
+    """Path of the natural-key value in one result (``item.custom_fields.cnpj``)."""
+    match: KeyMatch = "exact"
+    """``exact``, ``casefold`` (e-mails) or ``digits`` (a CNPJ with or without dots)."""
+    pages: SearchPages | None = None
+    """Without it, the first answer is taken as all there is."""
 
     @model_validator(mode="after")
     def _uses_key(self) -> SearchCall:
@@ -211,6 +265,11 @@ class RestObject(ObjectMapping):
     create_error_may_have_saved: bool = False
     create_error_statuses: list[int] = Field(default_factory=list)
     create_returns_no_id: bool = False
+    verify_updates: bool = True
+    """Before an update by a CRM id stored from an earlier delivery, read the record
+    (``read``) and refuse the update if it carries another natural key
+    (``check_same_record``): one more call per such update, in exchange for never
+    overwriting a record that is not this one. Needs ``natural_key`` and ``read``."""
 
     @field_validator("update", "delete", "read")
     @classmethod
@@ -237,10 +296,15 @@ class RestObject(ObjectMapping):
                 )
             if self.search is None:
                 raise ValueError("natural_key: set search too (how to find a record by it)")
+            if self.search.key is None and self.read is None:
+                raise ValueError(
+                    "search: set key (where a result holds the natural key) or a read call, "
+                    "so Ponte can check that a search result really has this key"
+                )
         for rule in ("create_error_may_have_saved", "create_returns_no_id"):
             if getattr(self, rule) and self.natural_key is None:
                 raise ValueError(f"{rule}: needs natural_key and search to find the record")
-        overlap = set(self.constants) & set(self.properties.values())
+        overlap = set(self.constants) & self.sent_properties()
         if overlap:
             raise ValueError(f"constants: {sorted(overlap)} also mapped from a column")
         return self
@@ -433,31 +497,105 @@ class RestConnector:
             self._learned.popitem(last=False)
         return crm_id
 
-    async def _search(self, mapping: RestObject, key: str) -> str | None:
-        """The CRM id of the record whose natural key is ``key``; None: there is none."""
+    async def _search_results(self, mapping: RestObject, key: str) -> list[Any]:
+        """Every result of the search for ``key``, page after page (``SearchPages``)."""
         search = mapping.search
         assert search is not None
+        pages = search.pages
         values = {"key": key}
-        response = await self._request(
-            search.method,
-            fill_path(search.path, values),
-            params=fill(search.query, values) or None,
-            json=fill(search.body, values),
-        )
         what = f"search {mapping.object_type} by {mapping.natural_key}"
-        _raise_for(response, what)
-        results = get_path(_json(response), search.results)
-        if results is None:
-            return None
-        if not isinstance(results, list):
-            raise TerminalError(f"{what}: {search.results!r} in the answer is not a list")
-        ids = {str(get_path(item, search.id)) for item in results if get_path(item, search.id)}
-        if len(ids) > 1:
-            raise TerminalError(
-                f"{what}: {len(ids)} records in the CRM have {mapping.natural_key} {key!r} "
-                f"(ids {sorted(ids)}); merge them in the CRM, Ponte will not guess"
+        path: str = fill_path(search.path, values)
+        params: dict[str, str] | None = fill(search.query, values) or None
+        body = fill(search.body, values)
+        page = pages.first if pages else 0
+        if pages is not None and pages.style == "page":
+            params = {**(params or {}), str(pages.param): str(page)}
+        found: list[Any] = []
+        for _ in range(pages.max_pages if pages else 1):
+            response = await self._request(search.method, path, params=params, json=body)
+            _raise_for(response, what)
+            answer = _json(response)
+            results = get_path(answer, search.results)
+            if results is not None and not isinstance(results, list):
+                raise TerminalError(f"{what}: {search.results!r} in the answer is not a list")
+            found += results or []
+            if pages is None or (pages.more and not get_path(answer, pages.more)):
+                return found
+            if pages.style == "page":
+                if not results:
+                    return found
+                page += 1
+                params = {**(params or {}), str(pages.param): str(page)}
+                continue
+            if pages.style == "cursor":
+                cursor = get_path(answer, str(pages.path))
+                if cursor in (None, "", False):
+                    return found
+                params = {**(params or {}), str(pages.param): str(cursor)}
+                continue
+            link = (
+                get_path(answer, str(pages.path))
+                if pages.style == "next_url"
+                else response.links.get("next", {}).get("url")
             )
-        return ids.pop() if ids else None
+            if not link:
+                return found
+            path, params = self._same_host(str(link), what), None
+        raise TerminalError(
+            f"{what}: the CRM still has more results for {key!r} after "
+            f"{pages.max_pages if pages else 1} pages; Ponte cannot be sure which record is "
+            "this one (narrow the search, or raise pages.max_pages)"
+        )
+
+    def _same_host(self, link: str, what: str) -> str:
+        """A next-page link, refused when it leaves the target's host: the call carries
+        the target's credentials."""
+        url = httpx.URL(link)
+        if url.is_relative_url:
+            return link
+        if url.host != self._client.base_url.host:
+            raise TerminalError(f"{what}: the next page {url.host!r} is not the CRM's host")
+        return str(url)
+
+    async def _search(self, mapping: RestObject, key: str) -> str | None:
+        """The CRM id of the one record whose natural key is exactly ``key``; None: there
+        is none, whatever else the search returned. Two or more exact matches are
+        refused, listing them: Ponte does not guess which record is this one."""
+        search = mapping.search
+        assert search is not None
+        what = f"search {mapping.object_type} by {mapping.natural_key}"
+        candidates: dict[str, Any] = {}
+        for item in await self._search_results(mapping, key):
+            crm_id = get_path(item, search.id)
+            if crm_id is None or crm_id == "" or isinstance(crm_id, dict | list):
+                continue
+            candidates.setdefault(str(crm_id), get_path(item, search.key) if search.key else None)
+        if search.key is None:  # the results do not carry the key: read each candidate
+            if len(candidates) > MAX_CANDIDATES_READ:
+                raise TerminalError(
+                    f"{what}: {len(candidates)} results for {key!r}, too many to read each "
+                    "back; set search.key to where a result holds the natural key"
+                )
+            for crm_id in candidates:
+                record = await self.read_back(mapping.object_type, crm_id)
+                candidates[crm_id] = get_path(record, str(mapping.key_path)) if record else None
+        exact = {
+            crm_id: value
+            for crm_id, value in candidates.items()
+            if same_key(value, key, search.match)
+        }
+        if len(exact) > 1:
+            listed = ", ".join(f"id {crm_id}: {value!r}" for crm_id, value in exact.items())
+            raise TerminalError(
+                f"{what}: {len(exact)} records in the CRM have {mapping.natural_key} "
+                f"{key!r} ({listed}); merge them in the CRM, Ponte will not guess"
+            )
+        if not exact and candidates:
+            log.info(
+                "search results are not this record",
+                extra={"object_type": mapping.object_type, "results": len(candidates)},
+            )
+        return next(iter(exact), None)
 
     async def _update(self, mapping: RestObject, crm_id: str, body: dict[str, Any]) -> bool:
         """Write ``body`` over the record; False: it is not there (404 or 410)."""
@@ -540,8 +678,12 @@ class RestConnector:
         object_type = mapping.object_type
         lock_key = f"{object_type}/key:{key}" if key else f"{object_type}/ext:{record.external_id}"
         async with self._locks.hold([lock_key]):
-            crm_id = record.crm_id or self._learned.get((object_type, record.external_id))
-            if crm_id and await self._update(mapping, crm_id, body):
+            crm_id = self._learned.get((object_type, record.external_id)) or record.crm_id
+            if (
+                crm_id
+                and await self._still_this_record(mapping, record, crm_id, key)
+                and await self._update(mapping, crm_id, body)
+            ):
                 return self._learn(object_type, record.external_id, crm_id)
             uncertain = (object_type, record.external_id) in self._uncertain
             if key is not None and (mapping.search_before_create or uncertain):
@@ -552,6 +694,35 @@ class RestConnector:
             crm_id = await self._create(mapping, record, body, key)
             self._uncertain.discard((object_type, record.external_id))
             return self._learn(object_type, record.external_id, crm_id)
+
+    async def _still_this_record(
+        self, mapping: RestObject, record: Outgoing, crm_id: str, key: str | None
+    ) -> bool:
+        """The guard before an update by a CRM id stored from an earlier delivery (see
+        ``RestObject.verify_updates``): raises ``RecordMismatch`` when the CRM's record
+        has another natural key; False when it is gone (search, then create). An id this
+        process learned itself, in this attempt or an earlier one, is not read again."""
+        if (
+            not mapping.verify_updates
+            or mapping.read is None
+            or key is None
+            or crm_id != record.crm_id
+            or (mapping.object_type, record.external_id) in self._learned
+        ):
+            return True
+        found = await self.read_back(mapping.object_type, crm_id)
+        if found is None:
+            return False
+        assert mapping.search is not None and mapping.key_path is not None
+        check_same_record(
+            what=f"{mapping.object_type} {crm_id} in the CRM",
+            key_name=str(mapping.natural_key),
+            found=get_path(found, mapping.key_path),
+            key=key,
+            last_delivered=record.crm_key,
+            match=mapping.search.match,
+        )
+        return True
 
     def _mapping(self, object_type: str) -> RestObject:
         mapping = self._objects.get(object_type)
@@ -583,6 +754,9 @@ class RestConnector:
                 raise result
             else:
                 outcome.delivered[record.external_id] = result
+                key = record.properties.get(mapping.key_path) if mapping.key_path else None
+                if key not in (None, ""):
+                    outcome.keys[record.external_id] = str(key)
         if retryable:
             # The records that worked are written; on the retry they are updates by the ids
             # learned now, so re-sending them is harmless.

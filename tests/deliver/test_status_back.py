@@ -499,6 +499,27 @@ async def test_unmapped_stages_and_unknown_deals_are_ignored_and_counted(
     assert stack.shopify.calls == []
 
 
+async def test_a_deal_that_is_two_ponte_records_is_refused_not_guessed(
+    status_stack: Stack, pool: asyncpg.Pool
+) -> None:
+    """One CRM deal recorded as the CRM record of two orders (an earlier wrong match, or a
+    merge in the CRM): its status could be either order's, so neither shop is touched."""
+    stack = status_stack
+    await delivered(pool, stack, "shopify", "5101", "9061")
+    await delivered(pool, stack, "woocommerce", "7101", "9061")
+    stack.shopify.add_order("5101", closed_at=None)
+    stack.woo.add_order("7101", status="processing")
+    response = await post_events(stack, [stage_event("9061", "closedwon", 61)])
+    assert response.status_code == 200, response.text
+    await wait_until(lambda: _recorded(pool, stack, 1))
+    state, reason = (await states(pool, stack))["61"]
+    assert state == "failed"
+    assert "deal 9061 is the CRM record of 2 Ponte records" in str(reason)
+    assert f"{stack.sources['shopify']}/order/5101" in str(reason)
+    assert f"{stack.sources['woocommerce']}/order/7101" in str(reason)
+    assert stack.shopify.applied == [] and stack.woo.applied == []
+
+
 async def test_an_older_stage_change_never_overrides_a_newer_one(
     status_stack: Stack, pool: asyncpg.Pool
 ) -> None:

@@ -111,7 +111,8 @@ TRANSFORM_OUTBOX_PUBLISHED = Counter(
 
 DELIVER_OUTCOMES = Counter(
     "ponte_deliver_records_total",
-    "Change records by target and outcome (delivered, dead_letter, skipped, unreadable).",
+    "Change records by target and outcome (delivered, dead_letter, skipped, waiting for a "
+    "referenced record, unreadable).",
     ["target", "outcome"],
 )
 DELIVER_LATENCY = Histogram(

@@ -84,6 +84,7 @@ class DeliverConsumer:
             DELIVER_OUTCOMES.labels(target_id, "delivered").inc(len(result.delivered))
             DELIVER_OUTCOMES.labels(target_id, "dead_letter").inc(len(result.failed))
             DELIVER_OUTCOMES.labels(target_id, "skipped").inc(result.skipped)
+            DELIVER_OUTCOMES.labels(target_id, "waiting").inc(len(result.waiting))
             acknowledged = time.time()
             latency = DELIVER_LATENCY.labels(target_id)
             for change, crm_id in result.delivered:

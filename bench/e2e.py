@@ -66,12 +66,12 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ponte.deliver.targets import parse_target
-from ponte.ingest.signatures import sign_standard
+from ponte.deliver.connectors.registry import parse_target
 from ponte.shared import db
 from ponte.shared.embedded import EmbeddedBroker, EmbeddedPostgres, embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.settings import Settings
+from ponte.shared.signatures import sign_standard
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent

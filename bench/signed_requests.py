@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ponte.cli import EXAMPLE_ENVELOPE
-from ponte.ingest.signatures import sign_standard
+from ponte.shared.sample_requests import EXAMPLE_ENVELOPE
+from ponte.shared.signatures import sign_standard
 
 
 @dataclass(frozen=True)

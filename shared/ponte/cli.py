@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -109,7 +107,7 @@ def replay(
 ) -> None:
     """Re-deliver dead-lettered changes after a fix (idempotent: delivered versions are
     skipped). Prints what is (or would be) replayed."""
-    from ponte.deliver.replay import replay as run_replay
+    from ponte.shared.replay import replay as run_replay
 
     settings = Settings()
     configure_logging(settings.log_level)
@@ -223,47 +221,6 @@ def sources(
         typer.echo(f"{source_id}\t{outcome}")
 
 
-def signed_curl(url: str, secret: str, body: bytes, webhook_id: str | None = None) -> str:
-    """A ready-to-paste curl carrying a Standard Webhooks signature (valid for the
-    signature tolerance, 5 minutes by default)."""
-    from ponte.ingest.signatures import sign_standard
-
-    webhook_id = webhook_id or f"msg_{secrets.token_hex(8)}"
-    timestamp = int(time.time())
-    signature = sign_standard(secret, webhook_id, timestamp, body)
-    quoted = body.decode().replace("'", "'\\''")
-    return (
-        f"curl -sS -X POST '{url}' \\\n"
-        f"  -H 'content-type: application/json' \\\n"
-        f"  -H 'webhook-id: {webhook_id}' \\\n"
-        f"  -H 'webhook-timestamp: {timestamp}' \\\n"
-        f"  -H 'webhook-signature: {signature}' \\\n"
-        f"  --data-binary '{quoted}'"
-    )
-
-
-EXAMPLE_ENVELOPE = {
-    "id": "evt-2024-11-14-000184",
-    "occurred_at": "2024-11-14T12:01:32-03:00",
-    "operation": "upsert",
-    "table": "Pedido",
-    "rows": [
-        {
-            "codigo": "PED-1001",
-            "empresa": "000123",
-            "vendedor": "V07",
-            "emissao": "14/11/2024",
-            "total": "1.234,56",
-            "situacao": {"$code": {"tabela": "SIT_PEDIDO", "chave": "AP"}},
-            "Itens pedido": {
-                "table": "Itens pedido",
-                "rows": [{"seq": 1, "produto": "P-9", "quantidade": "2", "preco": "617,28"}],
-            },
-        }
-    ],
-}
-
-
 @app.command()
 def sign(
     url: Annotated[str, typer.Option(help="The source's webhook URL.")],
@@ -276,11 +233,9 @@ def sign(
     ] = None,
 ) -> None:
     """Print a signed curl for an ERP source (Standard Webhooks headers)."""
-    body = (
-        body_file.read_bytes()
-        if body_file
-        else json.dumps(EXAMPLE_ENVELOPE, ensure_ascii=False).encode()
-    )
+    from ponte.shared.sample_requests import example_order, signed_curl
+
+    body = body_file.read_bytes() if body_file else example_order()
     typer.echo(signed_curl(url, secret, body))
 
 

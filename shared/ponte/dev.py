@@ -24,11 +24,11 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
-from ponte.cli import EXAMPLE_ENVELOPE, signed_curl
 from ponte.shared import db
 from ponte.shared.embedded import embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.logs import configure_logging
+from ponte.shared.sample_requests import example_order, signed_curl
 from ponte.shared.settings import Settings
 
 
@@ -140,7 +140,7 @@ async def _serve(settings: Settings, port: int, secret: str) -> None:
             return
         await asyncio.sleep(0.05)
     url = f"http://127.0.0.1:{port}/webhooks/erp-demo"
-    body = json.dumps(EXAMPLE_ENVELOPE, ensure_ascii=False).encode()
+    body = example_order()
     token = settings.ops_token.get_secret_value() if settings.ops_token else ""
     print("\nPonte is running.", flush=True)
     print(f"  webhooks:  {url}   (also /webhooks/shopify-demo, /webhooks/woo-demo)")

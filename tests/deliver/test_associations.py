@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from ponte.deliver.app import build_connectors
 from ponte.deliver.connectors.hubspot import HubSpotTarget
-from ponte.deliver.targets import Target, parse_target
+from ponte.deliver.connectors.registry import parse_target
+from ponte.deliver.targets import Target
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic
 from tests.deliver.conftest import produce, run_deliver

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ponte.deliver.connectors.hubspot import HubSpotTarget
-from ponte.deliver.replay import replay
 from ponte.deliver.targets import Target
+from ponte.shared.replay import replay
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic
 from tests.deliver.conftest import company_change, count_deliveries, produce, run_deliver

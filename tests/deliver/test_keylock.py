@@ -16,10 +16,10 @@ import pytest
 from ponte.deliver.app import build_connectors
 from ponte.deliver.connectors.base import Outgoing
 from ponte.deliver.connectors.ploomes import PloomesConnector
+from ponte.deliver.connectors.registry import parse_target
 from ponte.deliver.connectors.rest import RestConnector
 from ponte.deliver.keylock import KeyLocks, advisory_id
 from ponte.deliver.ratelimit import TokenBucket
-from ponte.deliver.targets import parse_target
 from ponte.shared import db
 from ponte.shared.settings import Settings
 from tests.deliver.test_ploomes import by_external_id, cnpj, ploomes, target_for

@@ -14,11 +14,11 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from ponte.deliver.associations import PairsRefused
-from ponte.deliver.connectors.base import Outgoing, RetryableError, TerminalError
+from ponte.deliver.connectors.base import Outgoing, PairsRefused
 from ponte.deliver.connectors.ploomes import PloomesConnector, PloomesTarget
+from ponte.deliver.connectors.registry import parse_target
 from ponte.deliver.ratelimit import TokenBucket
-from ponte.deliver.targets import parse_target
+from ponte.shared.http_policy import RetryableError, TerminalError
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic
 from tests.deliver.conftest import company_change, count_deliveries, produce, run_deliver

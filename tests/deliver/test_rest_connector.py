@@ -16,13 +16,14 @@ import httpx
 import pytest
 import yaml
 
-from ponte.deliver.associations import PairsRefused
-from ponte.deliver.connectors.base import Outgoing, RetryableError, TerminalError
+from ponte.deliver.connectors.base import Outgoing, PairsRefused
+from ponte.deliver.connectors.registry import load_targets, parse_target
 from ponte.deliver.connectors.rest import RestConnector, RestTarget
 from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
-from ponte.deliver.targets import Target, load_targets, parse_target
+from ponte.deliver.targets import Target
 from ponte.shared.config_files import expand_env
+from ponte.shared.http_policy import RetryableError, TerminalError
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic
 from tests.deliver.conftest import (

@@ -27,10 +27,10 @@ from ponte.deliver.status_back import (
     sign_hubspot_v3,
     verify_hubspot_v3,
 )
-from ponte.ingest.signatures import verify_standard
 from ponte.shared import kafka
 from ponte.shared.embedded import EmbeddedBroker
 from ponte.shared.settings import Settings
+from ponte.shared.signatures import verify_standard
 from tests.conftest import read_topic, unique_topic
 from tests.stand_ins.serve import serve
 from tests.stand_ins.shop_apis import (

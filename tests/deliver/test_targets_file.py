@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ponte.deliver.connectors import TARGET_KINDS
-from ponte.deliver.targets import load_targets
+from ponte.deliver.connectors.registry import TARGET_KINDS, load_targets
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """The signed outbound webhook target, through the real deliver consumer, broker and
 PostgreSQL, to a local receiver that verifies every call with the code Ponte's ingest
-verifies ERP webhooks with (``ponte.ingest.signatures.verify_standard``): a wrong signature
+verifies ERP webhooks with (``ponte.shared.signatures.verify_standard``): a wrong signature
 is refused there, and that refusal is what these tests would see."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ponte.deliver.connectors.registry import parse_target
 from ponte.deliver.connectors.webhook import PONTE_VERSION, WebhookTarget
-from ponte.deliver.targets import parse_target
-from ponte.ingest.rejections import Rejection
-from ponte.ingest.signatures import verify_standard
+from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
+from ponte.shared.signatures import verify_standard
 from tests.conftest import read_topic
 from tests.deliver.conftest import company_change, count_deliveries, produce, run_deliver
 from tests.stand_ins.serve import serve

@@ -27,9 +27,9 @@ import yaml
 
 from ponte.deliver.connectors.base import Outgoing
 from ponte.deliver.connectors.ploomes import PloomesConnector, PloomesTarget
+from ponte.deliver.connectors.registry import load_targets, parse_target
 from ponte.deliver.connectors.rest import RestConnector, RestTarget
 from ponte.deliver.ratelimit import TokenBucket
-from ponte.deliver.targets import load_targets, parse_target
 from ponte.shared.settings import Settings
 from tests.deliver.conftest import company_change, delivering, produce, until
 from tests.stand_ins.ploomes import PloomesState

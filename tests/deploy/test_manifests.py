@@ -421,7 +421,7 @@ def test_configured_settings_are_valid_and_fit_the_pods(
 def test_sources_and_targets_files_are_valid(
     tree: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from ponte.deliver.targets import load_targets
+    from ponte.deliver.connectors.registry import load_targets
     from ponte.shared.sources import load_sources_file
 
     objects = render(tree)

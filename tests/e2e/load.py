@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ponte.ingest.signatures import sign_body, sign_standard
+from ponte.shared.signatures import sign_body, sign_standard
 
 ERP_SECRET = "chaos-erp-secret"
 SHOP_SECRET = "chaos-shopify-secret"

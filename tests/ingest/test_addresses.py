@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ponte.ingest.addresses import check_allowed, client_address, networks
-from ponte.ingest.rejections import Rejection
+from ponte.shared.rejections import Rejection
 
 PROXIES = networks(["10.0.0.0/8"])
 

@@ -13,9 +13,9 @@ import asyncpg
 import httpx
 import pytest
 
-from ponte.ingest.signatures import sign_standard
 from ponte.shared.embedded import EmbeddedBroker, free_port
 from ponte.shared.settings import Settings
+from ponte.shared.signatures import sign_standard
 from tests.conftest import RunningIngest, serve_ingest, unique_topic, write_sources
 
 pytestmark = pytest.mark.integration

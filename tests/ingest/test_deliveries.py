@@ -14,8 +14,8 @@ from ponte.ingest.deliveries import (
     parse_erp,
     parse_shop,
 )
-from ponte.ingest.rejections import Rejection
 from ponte.shared.events import SourceKind, delivery_id_for, erp_record_key
+from ponte.shared.rejections import Rejection
 
 NOW = datetime(2024, 11, 14, 15, 0, tzinfo=UTC)
 
@@ -175,7 +175,7 @@ def test_woocommerce_ping_detection() -> None:
 
 
 def test_mapping_keys_keep_a_child_sent_alone_with_its_record() -> None:
-    from ponte.transform.mapping import default_mapping
+    from ponte.shared.mapping import default_mapping
 
     keys = default_mapping("erp").record_key_fields()
     assert keys["Itens pedido"] == ["pedido", "seq"]

@@ -15,7 +15,7 @@ from openpyxl import Workbook  # type: ignore[import-untyped]  # no stubs shippe
 from pydantic import SecretStr
 
 from ponte.ingest.file_drops import XLSX_TYPE, read_csv, sniff_delimiter
-from ponte.ingest.rejections import Rejection
+from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
 from tests.conftest import RunningIngest, event_of, read_topic, serve_ingest, write_sources
 

@@ -26,10 +26,10 @@ from pyftpdlib.handlers import FTPHandler  # type: ignore[import-untyped]
 from pyftpdlib.servers import FTPServer  # type: ignore[import-untyped]
 
 from ponte.ingest.publisher import EventPublisher
-from ponte.ingest.pulls.config import FtpFolderPullDefinition, parse_definitions
 from ponte.ingest.pulls.runs import RunRecord
 from ponte.ingest.pulls.scheduler import PullScheduler
 from ponte.shared.embedded import free_port
+from ponte.shared.pulls import FtpFolderPullDefinition, parse_definitions
 from ponte.shared.settings import Settings
 from tests.conftest import event_of, read_topic
 

@@ -20,14 +20,15 @@ import pytest
 import yaml
 
 from ponte.ingest.publisher import EventPublisher
-from ponte.ingest.pulls.config import PullDefinition, check_sources, parse_definitions
-from ponte.ingest.pulls.scheduler import (
-    PullScheduler,
-    key_fields_by_source,
+from ponte.ingest.pulls.scheduler import PullScheduler, key_fields_by_source
+from ponte.shared import db
+from ponte.shared.pulls import (
+    PullDefinition,
+    check_sources,
     next_run,
+    parse_definitions,
     previous_slot,
 )
-from ponte.shared import db
 from ponte.shared.settings import Settings
 from ponte.shared.sources import SourceConfig
 from tests.conftest import event_of, read_topic, serve_ingest, write_sources

@@ -19,8 +19,8 @@ import asyncpg
 import httpx
 import pytest
 
-from ponte.ingest.signatures import sign_body, sign_standard
 from ponte.shared.settings import Settings
+from ponte.shared.signatures import sign_body, sign_standard
 from tests.conftest import (
     RunningIngest,
     event_of,

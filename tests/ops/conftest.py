@@ -16,8 +16,8 @@ import asyncpg
 import httpx
 import pytest
 
-from ponte.ingest.signatures import sign_standard
 from ponte.shared.settings import Settings
+from ponte.shared.signatures import sign_standard
 from tests.conftest import RunningIngest, serve_ingest, write_sources
 from tests.stand_ins.serve import serve
 

@@ -17,9 +17,9 @@ import asyncpg
 import httpx
 import pytest
 
-from ponte.ingest.signatures import sign_standard
 from ponte.shared import kafka
 from ponte.shared.settings import Settings
+from ponte.shared.signatures import sign_standard
 from tests.conftest import (
     read_topic,
     service_env,

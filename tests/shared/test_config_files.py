@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
+from ponte.deliver.connectors.registry import load_targets
 from ponte.deliver.origin import load_origins
 from ponte.deliver.status_back import load_config as load_status_back
-from ponte.deliver.targets import load_targets
-from ponte.ingest.pulls.config import load_pulls_file
 from ponte.shared.config_files import DuplicateKeyError, parse_yaml
+from ponte.shared.mapping import load_mapping
+from ponte.shared.pulls import load_pulls_file
 from ponte.shared.sources import load_sources_file
 from ponte.transform.classification import load_config as load_classification
-from ponte.transform.mapping import load_mapping
 
 TARGETS = """\
 targets:

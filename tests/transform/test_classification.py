@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from ponte.shared.db import DbConnection
+from ponte.shared.mapping import default_mapping
 from ponte.transform.classification import (
     ClassificationConfig,
     Classifier,
@@ -19,7 +20,6 @@ from ponte.transform.classification import (
     portfolio_of,
     rank_abc,
 )
-from ponte.transform.mapping import default_mapping
 from ponte.transform.normalize import normalize_record
 from ponte.transform.repository import BatchApplier, ChangeEvent
 from tests.transform.conftest import raw_event
@@ -208,7 +208,7 @@ async def test_a_transform_update_keeps_the_class_and_carries_it(
 
 @pg
 async def test_a_mapping_may_not_write_derived_columns() -> None:
-    from ponte.transform.mapping import Mapping
+    from ponte.shared.mapping import Mapping
 
     with pytest.raises(ValueError, match="abc_class"):
         Mapping.model_validate(

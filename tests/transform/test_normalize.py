@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ponte.transform.mapping import default_mapping, load_mapping
+from ponte.shared.mapping import default_mapping, load_mapping
 from ponte.transform.normalize import RecordRejected, normalize_record
 from tests.transform.conftest import raw_event
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from ponte.shared.crm import ENTITIES
 from ponte.shared.db import init_connection
 from ponte.shared.events import RawEvent
+from ponte.shared.mapping import default_mapping
 from ponte.shared.settings import Settings
-from ponte.transform.mapping import default_mapping
 from ponte.transform.normalize import normalize_record
 from ponte.transform.repository import BatchApplier, table_of
 from tests.transform.conftest import raw_event

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from ponte.shared.events import RawEvent
-from ponte.transform.mapping import default_mapping
+from ponte.shared.mapping import default_mapping
 from ponte.transform.normalize import normalize_record
 from ponte.transform.repository import BatchApplier, BatchResult
 from tests.transform.conftest import raw_event

@@ -8,9 +8,9 @@ import asyncpg
 import httpx
 import pytest
 
+from ponte.shared.mapping import default_mapping
 from ponte.shared.settings import Settings
 from ponte.transform.app import create_app
-from ponte.transform.mapping import default_mapping
 from ponte.transform.normalize import normalize_record
 from ponte.transform.repository import BatchApplier
 from tests.transform.conftest import raw_event

@@ -16,14 +16,15 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from ponte.deliver.connectors import Connector, build_connector
+from ponte.deliver.connectors.base import Connector
+from ponte.deliver.connectors.registry import build_connector, load_targets
 from ponte.deliver.consumer import DeliverConsumer
 from ponte.deliver.engine import Deliverer
 from ponte.deliver.keylock import KEY_LOCK_CONNECTIONS
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.status_back import StatusBack, load_config
 from ponte.deliver.status_back import router as status_back_router
-from ponte.deliver.targets import Target, load_targets
+from ponte.deliver.targets import Target
 from ponte.shared import db, kafka, probes
 from ponte.shared.http import draining, freeze_startup_heap
 from ponte.shared.probes import READINESS_RESPONSES, IdQuery

@@ -31,20 +31,9 @@ from datetime import UTC, datetime
 import asyncpg
 
 from ponte.deliver.changes import Change
-from ponte.deliver.connectors.base import TerminalError
-from ponte.deliver.targets import ObjectMapping, Target
-from ponte.shared.crm import ENTITIES
+from ponte.deliver.targets import Target
 
 WAITING, ASSOCIATED, FAILED = "waiting", "associated", "failed"
-
-
-class PairsRefused(TerminalError):
-    """The CRM linked some pairs of a call and refused these (HubSpot's 207)."""
-
-    def __init__(self, refused: dict[tuple[str, str], str], *, status: int, excerpt: str) -> None:
-        super().__init__(f"{len(refused)} pair(s) refused", status=status, excerpt=excerpt)
-        self.refused = refused
-        """(from CRM id, to CRM id) -> why."""
 
 
 @dataclass(frozen=True)
@@ -70,33 +59,6 @@ class LinkFailure:
     reason: str
     status: int | None
     attempts: int
-
-
-def check_associations(objects: dict[str, ObjectMapping]) -> None:
-    """Each declared link is a foreign key of its entity to the named entity's table, and
-    that entity is delivered by the same target (else the link could never complete)."""
-    for entity, mapping in objects.items():
-        if entity not in ENTITIES:
-            continue  # reported by Target's own check
-        table = ENTITIES[entity].__table__  # type: ignore[attr-defined]
-        for column, to_entity in mapping.associations.items():
-            where = f"objects.{entity}.associations.{column}"
-            if to_entity not in ENTITIES:
-                raise ValueError(f"{where}: unknown entity {to_entity!r}")
-            if column not in table.columns:
-                raise ValueError(f"{where}: {column!r} is not a column of {entity}")
-            pointed = {fk.column.table.name for fk in table.columns[column].foreign_keys}
-            wanted = ENTITIES[to_entity].__tablename__
-            if wanted not in pointed:
-                raise ValueError(
-                    f"{where}: {column!r} is not a foreign key to {to_entity} ({wanted}); "
-                    f"it points to {sorted(pointed) or 'nothing'}"
-                )
-            if to_entity not in objects:
-                raise ValueError(
-                    f"{where}: {to_entity!r} is not among this target's objects, "
-                    "so there is nothing to link to"
-                )
 
 
 def links_anything(target: Target) -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,24 +35,17 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
 )
 
 from ponte.deliver import associations, references
-from ponte.deliver.associations import Link, LinkFailure, PairsRefused
+from ponte.deliver.associations import Link, LinkFailure
 from ponte.deliver.changes import Change, latest_per_record, properties_for
-from ponte.deliver.connectors.base import (
-    BatchOutcome,
-    Connector,
-    DeliveryError,
-    Outgoing,
-    RetryableError,
-    TerminalError,
-)
+from ponte.deliver.connectors.base import BatchOutcome, Connector, Outgoing, PairsRefused
 from ponte.deliver.targets import Target
+from ponte.shared.http_policy import RetryableError, TerminalError, tenacity_wait
 from ponte.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,14 +103,6 @@ delivered (an order waiting for its company), then what those released, and so o
 chain deeper than this continues with the next batch."""
 
 
-def _wait(state: RetryCallState) -> float:
-    """Exponential backoff with full jitter, but never sooner than Retry-After."""
-    backoff = random.uniform(0, min(30.0, 0.5 * 2**state.attempt_number))  # noqa: S311
-    error = state.outcome.exception() if state.outcome else None
-    floor = error.retry_after if isinstance(error, DeliveryError) and error.retry_after else 0.0
-    return max(backoff, floor)
-
-
 class Deliverer:
     def __init__(
         self,
@@ -135,11 +119,6 @@ class Deliverer:
             target_id: asyncio.Semaphore(target.concurrency)
             for target_id, (target, _) in connectors.items()
         }
-        for target_id, (target, _) in connectors.items():
-            try:  # a kind's model may not check its links at load: never start with bad ones
-                associations.check_associations(target.objects)
-            except ValueError as error:
-                raise ValueError(f"target {target_id}: {error}") from None
 
     async def deliver(self, changes: list[Change]) -> dict[str, TargetResult]:
         results = await asyncio.gather(
@@ -185,7 +164,7 @@ class Deliverer:
             retry=retry_if_exception_type(RetryableError),
             stop=stop_after_attempt(self._settings.deliver_max_attempts)
             | stop_after_delay(self._settings.deliver_max_age_s),
-            wait=_wait,
+            wait=tenacity_wait,
             reraise=True,
         )
 

@@ -55,9 +55,9 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from ponte.deliver.connectors.base import RetryableError, TerminalError
 from ponte.deliver.connectors.rest import fill
 from ponte.shared.config_files import load_entries
+from ponte.shared.http_policy import raise_for, transport_failed
 
 
 @dataclass(frozen=True)
@@ -183,33 +183,14 @@ class OriginClient(Protocol):
         ...
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    """Retry-After in seconds (Shopify sends decimals such as ``2.0``)."""
-    value = response.headers.get("retry-after", "")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
 async def send(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One call, classified: 2xx returned, 429/5xx/network retryable, other 4xx terminal."""
+    what = f"{method} {path}"
     try:
         response = await client.request(method, path, **kwargs)
     except (httpx.TimeoutException, httpx.TransportError) as error:
-        raise RetryableError(f"{type(error).__name__} calling {method} {path}") from None
-    status = response.status_code
-    if status == 429 or status >= 500:
-        raise RetryableError(
-            f"{'rate limited' if status == 429 else 'server error'} {status} on {method} {path}",
-            status=status,
-            excerpt=response.text,
-            retry_after=retry_after(response),
-        )
-    if status >= 400:
-        raise TerminalError(
-            f"refused with {status} on {method} {path}", status=status, excerpt=response.text
-        )
+        raise transport_failed(error, what) from None
+    raise_for(response, what)
     return response
 
 
@@ -242,7 +223,7 @@ class WooCommerceClient:
 
 def standard_webhook_headers(secret: str, webhook_id: str, body: bytes) -> dict[str, str]:
     """Standard Webhooks v1 headers, the scheme Ponte verifies on the ERP's own webhooks
-    (``ponte.ingest.signatures``): the ERP checks ours with the same code. A ``whsec_``
+    (``ponte.shared.signatures``): the ERP checks ours with the same code. A ``whsec_``
     secret is base64 after the prefix, any other is its UTF-8 bytes."""
     key = secret.encode()
     if secret.startswith("whsec_"):

@@ -44,7 +44,6 @@ import base64
 import hashlib
 import hmac
 import logging
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -64,13 +63,11 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import (
     AsyncRetrying,
-    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
 )
 
-from ponte.deliver.connectors.base import DeliveryError, RetryableError, TerminalError
 from ponte.deliver.origin import (
     ErpOrigin,
     OriginClient,
@@ -82,6 +79,7 @@ from ponte.deliver.origin import (
 )
 from ponte.shared import db, kafka
 from ponte.shared.config_files import load_entries
+from ponte.shared.http_policy import RetryableError, TerminalError, tenacity_wait
 from ponte.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -319,15 +317,6 @@ class Outcome:
     last_attempt: datetime | None = None
 
 
-def _wait(state: RetryCallState) -> float:
-    """Exponential backoff with full jitter (as the deliver engine), never sooner than the
-    origin's Retry-After."""
-    backoff = random.uniform(0, min(30.0, 0.5 * 2**state.attempt_number))  # noqa: S311
-    error = state.outcome.exception() if state.outcome else None
-    floor = error.retry_after if isinstance(error, DeliveryError) and error.retry_after else 0.0
-    return max(backoff, floor)
-
-
 class StatusBack:
     """The webhook's producer side and the consumer loop, sharing one configuration."""
 
@@ -541,7 +530,7 @@ class StatusBack:
                 retry=retry_if_exception_type(RetryableError),
                 stop=stop_after_attempt(self.settings.deliver_max_attempts)
                 | stop_after_delay(self.settings.deliver_max_age_s),
-                wait=_wait,
+                wait=tenacity_wait,
                 reraise=True,
             ):
                 with attempt:

@@ -23,12 +23,10 @@ property map; ``id_property`` is the target's unique property holding Ponte's ex
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ponte.shared.config_files import load_entries
 from ponte.shared.crm import ENTITIES, references_of
 
 
@@ -140,28 +138,36 @@ class Target(BaseModel):
                     )
                 if reference.to in mapping.properties.values():
                     raise ValueError(f"{where}: {reference.to!r} is also mapped in properties")
+            _check_associations(entity, mapping, objects)
         return objects
 
     def wants(self, source_id: str, entity: str) -> bool:
         return entity in self.objects and (not self.sources or source_id in self.sources)
 
 
-def parse_target(entry: dict[str, Any]) -> Target:
-    """One target entry as its kind's model; an unknown kind is an error naming the kinds."""
-    from ponte.deliver.connectors import TARGET_KINDS  # the kinds import this module
-
-    kind = entry.get("kind") if isinstance(entry, dict) else None
-    if kind not in TARGET_KINDS:
-        raise ValueError(f"kind: {kind!r} is not one of {sorted(TARGET_KINDS)}")
-    return TARGET_KINDS[kind].model.model_validate(entry)
-
-
-def load_targets(path: Path) -> list[Target]:
-    targets = []
-    for index, entry in enumerate(load_entries(path, "targets")):
-        try:
-            targets.append(parse_target(entry))
-        except ValueError as error:
-            name = entry.get("id", "?") if isinstance(entry, dict) else "?"
-            raise ValueError(f"{path}: targets[{index}] ({name}): {error}") from None
-    return targets
+def _check_associations(
+    entity: str, mapping: ObjectMapping, objects: dict[str, ObjectMapping]
+) -> None:
+    """Each declared link is a reference column of the entity to the named entity, and
+    that entity is delivered by the same target (else the link could never complete)."""
+    columns = set(ENTITIES[entity].model_fields)
+    references = references_of(entity)
+    for column, to_entity in mapping.associations.items():
+        where = f"objects.{entity}.associations.{column}"
+        if to_entity not in ENTITIES:
+            raise ValueError(f"{where}: unknown entity {to_entity!r}")
+        if column not in columns:
+            raise ValueError(f"{where}: {column!r} is not a column of {entity}")
+        if references.get(column) != to_entity:
+            wanted = ENTITIES[to_entity].__tablename__
+            pointed = references.get(column)
+            actual = ENTITIES[pointed].__tablename__ if pointed else "nothing"
+            raise ValueError(
+                f"{where}: {column!r} is not a foreign key to {to_entity} ({wanted}); "
+                f"it points to {actual}"
+            )
+        if to_entity not in objects:
+            raise ValueError(
+                f"{where}: {to_entity!r} is not among this target's objects, "
+                "so there is nothing to link to"
+            )

@@ -12,7 +12,7 @@ import functools
 import ipaddress
 from collections.abc import Sequence
 
-from ponte.ingest.rejections import Rejection
+from ponte.shared.rejections import Rejection
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

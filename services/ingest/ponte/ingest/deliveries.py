@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ponte.ingest.rejections import Rejection
 from ponte.shared.events import (
     ErpEnvelope,
     Operation,
@@ -28,6 +27,7 @@ from ponte.shared.events import (
     delivery_id_for,
     erp_record_key,
 )
+from ponte.shared.rejections import Rejection
 
 
 @dataclass(frozen=True)

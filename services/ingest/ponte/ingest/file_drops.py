@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
 
-from ponte.ingest.rejections import Rejection
 from ponte.shared.events import Operation, RawEvent, SourceKind, delivery_id_for, erp_record_key
-from ponte.transform.parsers import PARSERS, ParseError
+from ponte.shared.parsers import PARSERS, ParseError
+from ponte.shared.rejections import Rejection
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV_TYPES = frozenset({"text/csv", "application/csv", "text/plain"})

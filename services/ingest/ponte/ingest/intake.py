@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ponte.ingest import signatures
 from ponte.ingest.addresses import check_allowed, client_address
 from ponte.ingest.deliveries import Delivery, is_woocommerce_ping, parse_delivery
 from ponte.ingest.history import HistoryEntry, HistoryWriter
 from ponte.ingest.publisher import BrokerUnavailable, EventPublisher
 from ponte.ingest.receipts import Claim, Receipts
 from ponte.ingest.registry import KnownSource, SourceRegistry
-from ponte.ingest.rejections import Rejection
+from ponte.shared import signatures
 from ponte.shared.events import SourceKind
+from ponte.shared.mapping import mapping_for
 from ponte.shared.metrics import (
     INGEST_BODY_BYTES,
     INGEST_DEDUP_UNAVAILABLE,
@@ -35,8 +35,8 @@ from ponte.shared.metrics import (
     INGEST_LATENCY,
     INGEST_REQUESTS,
 )
+from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
-from ponte.transform.mapping import mapping_for
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,9 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, Field
 
-from ponte.ingest.pulls.config import PullDefinition, Schedule, load_pulls_file
-from ponte.ingest.pulls.scheduler import next_run
 from ponte.ops.fingerprints import fingerprint
 from ponte.shared.crm import ENTITIES
+from ponte.shared.pulls import PullDefinition, Schedule, load_pulls_file, next_run
 
 RECENT_RUNS = 20
 SUCCESS_OUTCOMES = ("accepted", "duplicate")

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ponte.shared.events import RawEvent, SourceKind
-from ponte.transform.mapping import Mapping, mapping_for
+from ponte.shared.mapping import Mapping, mapping_for
 from ponte.transform.normalize import NormalizedRecord, RecordRejected, normalize_record
 from ponte.transform.shops import shop_records
 

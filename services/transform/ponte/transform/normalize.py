@@ -23,8 +23,8 @@ from typing import Any
 
 from ponte.shared.crm import ENTITIES
 from ponte.shared.events import Operation, RawEvent
-from ponte.transform.mapping import FieldMapping, Mapping, TableMapping
-from ponte.transform.parsers import PARSERS, ParseError
+from ponte.shared.mapping import FieldMapping, Mapping, TableMapping
+from ponte.shared.parsers import PARSERS, ParseError
 
 MAX_DEPTH = 8
 """Child tables nested deeper than this reject the record instead of recursing on."""

@@ -16,6 +16,7 @@ import httpx
 
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target
+from ponte.shared.http_policy import TerminalError
 
 
 @dataclass
@@ -42,27 +43,13 @@ class BatchOutcome:
     one (kept as ``deliveries.crm_key`` for ``check_same_record``)."""
 
 
-class DeliveryError(Exception):
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        excerpt: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.excerpt = excerpt[:500]
-        self.retry_after = retry_after
+class PairsRefused(TerminalError):
+    """The CRM linked some pairs of a call and refused these (HubSpot's 207)."""
 
-
-class RetryableError(DeliveryError):
-    """May work later: 429, 5xx, timeout, connection error."""
-
-
-class TerminalError(DeliveryError):
-    """Will not work as sent: any other 4xx."""
+    def __init__(self, refused: dict[tuple[str, str], str], *, status: int, excerpt: str) -> None:
+        super().__init__(f"{len(refused)} pair(s) refused", status=status, excerpt=excerpt)
+        self.refused = refused
+        """(from CRM id, to CRM id) -> why."""
 
 
 class RecordMismatch(TerminalError):

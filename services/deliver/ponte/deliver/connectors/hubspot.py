@@ -23,16 +23,18 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from ponte.deliver.connectors.base import (
-    BatchOutcome,
-    Outgoing,
-    RetryableError,
-    TerminalError,
-)
+from ponte.deliver.connectors.base import BatchOutcome, Outgoing, PairsRefused
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target
+from ponte.shared.http_policy import (
+    RetryableError,
+    TerminalError,
+    classify,
+    retry_after_s,
+    transport_failed,
+)
 
 
 class HubSpotTarget(Target):
@@ -43,19 +45,13 @@ class HubSpotTarget(Target):
     token: str = Field(repr=False)
     id_property: str = "ponte_id"
 
-    @model_validator(mode="after")
-    def _links_are_foreign_keys(self) -> HubSpotTarget:
-        # Imported here: ponte.deliver.associations imports the connectors package.
-        from ponte.deliver.associations import check_associations
-
-        check_associations(self.objects)
-        return self
-
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value and value.replace(".", "", 1).isdigit():
-        return float(value)
+    """Retry-After, else the length of HubSpot's rate-limit window
+    (``X-HubSpot-RateLimit-Interval-Milliseconds``): a 429 lasts until the window moves."""
+    wait = retry_after_s(response.headers)
+    if wait is not None:
+        return wait
     interval = response.headers.get("x-hubspot-ratelimit-interval-milliseconds")
     return int(interval) / 1000 if interval and interval.isdigit() else None
 
@@ -125,23 +121,24 @@ class HubSpotConnector:
                 method, path, json=json, params=params, headers=self._headers
             )
         except (httpx.TimeoutException, httpx.TransportError) as error:
-            raise RetryableError(f"{type(error).__name__} calling {path}") from None
+            raise transport_failed(error, f"{method} {path}") from None
         self._bucket.observe(response.headers)
-        if response.status_code == 429:
+        verdict = classify(response.status_code)
+        if verdict == "rate_limited":
             wait = _retry_after(response) or 10.0
             self._bucket.pause(wait)
             policy = _json(response).get("policyName", "")
             raise RetryableError(
                 f"rate limited ({policy})", status=429, excerpt=response.text, retry_after=wait
             )
-        if response.status_code >= 500:
+        if verdict == "retryable":
             raise RetryableError(
                 f"server error {response.status_code}",
                 status=response.status_code,
                 excerpt=response.text,
                 retry_after=_retry_after(response),
             )
-        if response.status_code >= 400:
+        if verdict == "terminal":
             raise TerminalError(
                 f"refused with {response.status_code}",
                 status=response.status_code,
@@ -188,7 +185,6 @@ class HubSpotConnector:
     async def associate(self, from_type: str, to_type: str, pairs: list[tuple[str, str]]) -> None:
         """Default-associate each (from, to) pair of CRM ids; raises ``PairsRefused``
         naming the pairs HubSpot did not make (the others are made)."""
-        from ponte.deliver.associations import PairsRefused  # imports this package
 
         refused: dict[tuple[str, str], str] = {}
         excerpt = ""

@@ -65,8 +65,7 @@ from ponte.deliver.connectors.base import (
     BatchOutcome,
     KeyMatch,
     Outgoing,
-    RetryableError,
-    TerminalError,
+    PairsRefused,
     check_same_record,
     same_key,
 )
@@ -74,6 +73,14 @@ from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import ObjectMapping, RateLimit, Target
 from ponte.shared import db
+from ponte.shared.http_policy import (
+    RetryableError,
+    TerminalError,
+    classify,
+    first_to_raise,
+    retry_after_s,
+    transport_failed,
+)
 
 ENTITY_SETS = ("Contacts", "Deals", "Orders", "Products")
 """The Ploomes collections this connector writes (and its stand-in speaks)."""
@@ -263,14 +270,6 @@ def _has_custom_text(record: dict[str, Any], *, key: str, value: str) -> bool:
     )
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def _message(response: httpx.Response) -> str:
     """Ploomes' own error message (OData ``error.message``, or ``Message``)."""
     try:
@@ -375,24 +374,25 @@ class PloomesConnector:
                 headers={**self._headers, "Content-Type": "application/json"},
             )
         except (httpx.TimeoutException, httpx.TransportError) as error:
-            raise RetryableError(f"{type(error).__name__} calling {method} {path}") from None
+            raise transport_failed(error, f"{method} {path}") from None
         status = response.status_code
-        if status == 429:
-            wait = _retry_after(response) or 60.0  # the limit is per minute
+        verdict = classify(status)
+        if verdict == "rate_limited":
+            wait = retry_after_s(response.headers) or 60.0  # the limit is per minute
             self._bucket.pause(wait)
             raise RetryableError(
                 "rate limited", status=429, excerpt=response.text, retry_after=wait
             )
-        if status >= 500:
+        if verdict == "retryable":
             raise RetryableError(
                 f"server error {status} on {method} {path}",
                 status=status,
                 excerpt=response.text,
-                retry_after=_retry_after(response),
+                retry_after=retry_after_s(response.headers),
             )
         if status == 404 and accept_404:
             return response
-        if status >= 400:
+        if verdict == "terminal":
             raise TerminalError(
                 f"{method} {path} refused with {status}: {_message(response)}",
                 status=status,
@@ -637,18 +637,11 @@ class PloomesConnector:
                 await self._call("DELETE", f"/{mapping.entity_set}({crm_id})", accept_404=True)
 
         results = await asyncio.gather(*(one(crm_id) for crm_id in crm_ids), return_exceptions=True)
-        errors = [result for result in results if isinstance(result, BaseException)]
-        for error in errors:  # terminal first: retrying will not fix it
-            if isinstance(error, TerminalError):
-                raise error
-        for error in errors:
+        if (error := first_to_raise(results)) is not None:
             raise error
 
     async def associate(self, from_type: str, to_type: str, pairs: list[tuple[str, str]]) -> None:
         """Set the link field of each ``from`` record to its ``to`` record's Ploomes id."""
-        # Imported here: associations imports the connectors package, which imports this.
-        from ponte.deliver.associations import PairsRefused
-
         mapping = self._mapping(from_type)
         to_entity = next(
             (entity for entity, m in self._by_entity.items() if m.object_type == to_type), None
@@ -669,17 +662,16 @@ class PloomesConnector:
                 )
 
         results = await asyncio.gather(*(one(pair) for pair in pairs), return_exceptions=True)
-        retry = next((r for r in results if isinstance(r, RetryableError)), None)
-        if retry is not None:
-            raise retry  # pairs already linked are linked again: the PATCH is idempotent
+        # A bug or a passing failure first (pairs already linked are linked again on the
+        # retry: the PATCH is idempotent); then the refused pairs, each with its reason.
+        error = first_to_raise(r for r in results if not isinstance(r, TerminalError))
+        if error is not None:
+            raise error
         refused = {
             pair: str(result)
             for pair, result in zip(pairs, results, strict=True)
             if isinstance(result, TerminalError)
         }
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, TerminalError):
-                raise result
         if refused:
             first = next(r for r in results if isinstance(r, TerminalError))
             raise PairsRefused(refused, status=first.status or 400, excerpt=first.excerpt)

@@ -50,27 +50,32 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ponte.deliver.associations import PairsRefused
 from ponte.deliver.connectors.base import (
     BatchOutcome,
-    DeliveryError,
     KeyMatch,
     Outgoing,
-    RetryableError,
-    TerminalError,
+    PairsRefused,
     check_same_record,
     same_key,
 )
 from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import ObjectMapping, Target
+from ponte.shared.http_policy import (
+    RetryableError,
+    TerminalError,
+    first_to_raise,
+    raise_for,
+    retry_after_s,
+    slowest,
+    transport_failed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -344,35 +349,11 @@ class RestTarget(Target):
 # --- the connector ------------------------------------------------------------------------
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("retry-after", "")))
-    except ValueError:
-        return None
-
-
 def _json(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError:
         return None
-
-
-def _raise_for(response: httpx.Response, what: str) -> None:
-    """429/5xx -> RetryableError, other 4xx -> TerminalError, 2xx/3xx -> nothing."""
-    status = response.status_code
-    if status == 429 or status >= 500:
-        kind = "rate limited" if status == 429 else "server error"
-        raise RetryableError(
-            f"{kind} {status} on {what}",
-            status=status,
-            excerpt=response.text,
-            retry_after=_retry_after(response),
-        )
-    if status >= 400:
-        raise TerminalError(
-            f"refused with {status} on {what}", status=status, excerpt=response.text
-        )
 
 
 class RestConnector:
@@ -426,8 +407,8 @@ class RestConnector:
                     auth.method, auth.path, json=auth.body or None, headers=self._target.headers
                 )
             except (httpx.TimeoutException, httpx.TransportError) as error:
-                raise RetryableError(f"{type(error).__name__} on {what}") from None
-            _raise_for(response, what)
+                raise transport_failed(error, what) from None
+            raise_for(response, what)
             answer = _json(response)
             token = get_path(answer, auth.token)
             if not isinstance(token, str) or not token:
@@ -470,15 +451,15 @@ class RestConnector:
                     headers={**self._target.headers, **headers},
                 )  # fmt: skip
             except (httpx.TimeoutException, httpx.TransportError) as error:
-                raise RetryableError(f"{type(error).__name__} on {what}") from None
+                raise transport_failed(error, what) from None
             if response.status_code == 401 and token is not None and not renewed:
                 headers, token = await self._auth_headers(stale=token)
                 continue
             break
         if response.status_code == 429 or (
-            response.status_code == 503 and _retry_after(response) is not None
+            response.status_code == 503 and retry_after_s(response.headers) is not None
         ):
-            wait = _retry_after(response) or 10.0
+            wait = retry_after_s(response.headers) or 10.0
             self._bucket.pause(wait)
             raise RetryableError(
                 f"rate limited {response.status_code} on {what}",
@@ -513,7 +494,7 @@ class RestConnector:
         found: list[Any] = []
         for _ in range(pages.max_pages if pages else 1):
             response = await self._request(search.method, path, params=params, json=body)
-            _raise_for(response, what)
+            raise_for(response, what)
             answer = _json(response)
             results = get_path(answer, search.results)
             if results is not None and not isinstance(results, list):
@@ -605,7 +586,7 @@ class RestConnector:
         )
         if response.status_code in (404, 410):
             return False
-        _raise_for(response, f"update {mapping.object_type} {crm_id}")
+        raise_for(response, f"update {mapping.object_type} {crm_id}")
         return True
 
     async def _create(
@@ -634,9 +615,9 @@ class RestConnector:
                 "is there (yet); the create will be retried after a search",
                 status=status,
                 excerpt=response.text,
-                retry_after=_retry_after(response),
+                retry_after=retry_after_s(response.headers),
             )
-        _raise_for(response, what)
+        raise_for(response, what)
         crm_id = get_path(_json(response), mapping.id_path)
         if crm_id is not None and crm_id != "":
             return str(crm_id)
@@ -760,7 +741,7 @@ class RestConnector:
         if retryable:
             # The records that worked are written; on the retry they are updates by the ids
             # learned now, so re-sending them is harmless.
-            raise _slowest(retryable)
+            raise slowest(retryable)
         return outcome
 
     async def delete_batch(self, object_type: str, crm_ids: list[str]) -> None:
@@ -772,12 +753,13 @@ class RestConnector:
         async def delete(crm_id: str) -> None:
             response = await self._request(call.method, fill_path(call.path, {"crm_id": crm_id}))
             if response.status_code not in (404, 410):  # already gone is what we wanted
-                _raise_for(response, f"delete {object_type} {crm_id}")
+                raise_for(response, f"delete {object_type} {crm_id}")
 
         results = await asyncio.gather(
             *(self._bounded(delete(crm_id)) for crm_id in crm_ids), return_exceptions=True
         )
-        _raise_first(results)
+        if (error := first_to_raise(results)) is not None:
+            raise error
 
     async def read_back(self, object_type: str, crm_id: str) -> dict[str, Any] | None:
         mapping = self._mapping(object_type)
@@ -788,7 +770,7 @@ class RestConnector:
         )
         if response.status_code in (404, 410):
             return None
-        _raise_for(response, f"read {object_type} {crm_id}")
+        raise_for(response, f"read {object_type} {crm_id}")
         record = get_path(_json(response), mapping.read_path)
         return record if isinstance(record, dict) else None
 
@@ -805,7 +787,7 @@ class RestConnector:
             response = await self._request(
                 call.method, fill_path(call.path, values), json=fill(call.body, values)
             )
-            _raise_for(response, f"associate {from_type} {from_id} -> {to_type} {to_id}")
+            raise_for(response, f"associate {from_type} {from_id} -> {to_type} {to_id}")
 
         results = await asyncio.gather(
             *(self._bounded(link(a, b)) for a, b in pairs), return_exceptions=True
@@ -816,26 +798,9 @@ class RestConnector:
             for pair, result in zip(pairs, results, strict=True)
             if isinstance(result, TerminalError)
         }
-        _raise_first(result for result in results if not isinstance(result, TerminalError))
+        error = first_to_raise(r for r in results if not isinstance(r, TerminalError))
+        if error is not None:
+            raise error
         if refused:
             first = next(r for r in results if isinstance(r, TerminalError))
             raise PairsRefused(refused, status=first.status or 400, excerpt=first.excerpt)
-
-
-def _slowest(errors: list[RetryableError]) -> RetryableError:
-    """The error to retry the batch on: the one asking for the longest wait."""
-    return max(errors, key=lambda error: error.retry_after or 0.0)
-
-
-def _raise_first(results: Iterable[Any]) -> None:
-    """After every call of a batch was tried: a retryable error first (the batch may pass
-    later), else the first refusal."""
-    errors = [result for result in results if isinstance(result, BaseException)]
-    for error in errors:
-        if not isinstance(error, DeliveryError):
-            raise error
-    retryable = [error for error in errors if isinstance(error, RetryableError)]
-    if retryable:
-        raise _slowest(retryable)
-    if errors:
-        raise errors[0]

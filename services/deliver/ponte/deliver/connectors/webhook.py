@@ -20,7 +20,7 @@ The body (``docs/connectors/webhook.md`` describes it field by field)::
                   "properties": {"name": "Acme"}}]}
 
 Signed the Standard Webhooks way, with the very code Ponte's ingest uses to sign and verify
-(``ponte.ingest.signatures.sign_standard``): ``webhook-id``, ``webhook-timestamp`` and
+(``ponte.shared.signatures.sign_standard``): ``webhook-id``, ``webhook-timestamp`` and
 ``webhook-signature: v1,<base64 HMAC-SHA256("{id}.{timestamp}.{body}")>``, the key being
 the base64-decoded bytes after ``whsec_``.
 
@@ -47,10 +47,17 @@ import httpx
 import orjson
 from pydantic import ConfigDict, Field, field_validator
 
-from ponte.deliver.connectors.base import BatchOutcome, Outgoing, RetryableError, TerminalError
+from ponte.deliver.connectors.base import BatchOutcome, Outgoing
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target
-from ponte.ingest.signatures import (
+from ponte.shared.http_policy import (
+    RetryableError,
+    TerminalError,
+    classify,
+    retry_after_s,
+    transport_failed,
+)
+from ponte.shared.signatures import (
     STANDARD_ID,
     STANDARD_SIGNATURE,
     STANDARD_TIMESTAMP,
@@ -81,13 +88,6 @@ class WebhookTarget(Target):
             if name.lower() in reserved:
                 raise ValueError(f"headers.{name}: set by Ponte, not configurable")
         return headers
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("retry-after", "")))
-    except ValueError:
-        return None
 
 
 class WebhookConnector:
@@ -130,10 +130,10 @@ class WebhookConnector:
         try:
             response = await self._client.post(self._target.path, content=body, headers=headers)
         except (httpx.TimeoutException, httpx.TransportError) as error:
-            raise RetryableError(f"{type(error).__name__} on {what}") from None
+            raise transport_failed(error, what) from None
         status = response.status_code
-        if status == 429 or status >= 500:
-            wait = _retry_after(response)
+        if classify(status) in ("rate_limited", "retryable"):
+            wait = retry_after_s(response.headers)
             if wait is not None:
                 self._bucket.pause(wait)
             kind = "rate limited" if status == 429 else "server error"

@@ -45,14 +45,14 @@ import asyncpg
 from ponte.ingest import file_drops
 from ponte.ingest.publisher import BrokerUnavailable, EventPublisher
 from ponte.ingest.pulls import runs
-from ponte.ingest.pulls.config import FtpFolder, FtpFolderPullDefinition
 from ponte.ingest.pulls.rest_poller import PullFailed
 from ponte.ingest.pulls.runs import RunRecord
-from ponte.ingest.rejections import Rejection
 from ponte.shared.db import DbConnection
 from ponte.shared.events import Operation
+from ponte.shared.mapping import Mapping, mapping_for
+from ponte.shared.pulls import FtpFolder, FtpFolderPullDefinition
+from ponte.shared.rejections import Rejection
 from ponte.shared.sources import SourceConfig, fetch_sources
-from ponte.transform.mapping import Mapping, mapping_for
 
 log = logging.getLogger(__name__)
 

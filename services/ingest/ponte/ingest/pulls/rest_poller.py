@@ -27,7 +27,6 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from ponte.ingest.pulls.config import RestPullDefinition, json_path
 from ponte.shared.events import (
     Operation,
     RawEvent,
@@ -35,7 +34,9 @@ from ponte.shared.events import (
     delivery_id_for,
     erp_record_key,
 )
-from ponte.transform.parsers import ParseError, parse_datetime
+from ponte.shared.http_policy import classify, retry_after_s
+from ponte.shared.parsers import ParseError, parse_datetime
+from ponte.shared.pulls import RestPullDefinition, json_path
 
 
 class PullFailed(Exception):
@@ -162,8 +163,19 @@ class RestPoller:
                 f"page {page}: GET {_where(url)} failed: {type(error).__name__}"
             ) from None
         if response.status_code != 200:
+            # The run fails either way (its cursor stays, the next run pulls this page
+            # again); the policy's verdict tells the operator whether waiting will help.
+            verdict = classify(response.status_code)
+            wait = retry_after_s(response.headers)
+            advice = {
+                "ok": "not the 200 a page needs",
+                "rate_limited": "rate limited"
+                + (f", the ERP asks to wait {wait:g} s" if wait is not None else ""),
+                "retryable": "a passing failure: the next run tries again",
+                "terminal": "refused: check the pull's URL, parameters and credentials",
+            }[verdict]
             raise PullFailed(
-                f"page {page}: GET {_where(url)} answered {response.status_code}: "
+                f"page {page}: GET {_where(url)} answered {response.status_code} ({advice}): "
                 f"{response.text[:200]}"
             )
         try:

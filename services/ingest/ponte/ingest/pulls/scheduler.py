@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -43,23 +42,24 @@ import httpx
 
 from ponte.ingest.publisher import BrokerUnavailable, EventPublisher
 from ponte.ingest.pulls import runs
-from ponte.ingest.pulls.config import (
-    ONLINE_INTERVAL_S,
+from ponte.ingest.pulls.ftp_folder import FtpFolderPuller
+from ponte.ingest.pulls.rest_poller import CursorTracker, PullFailed, RestPoller
+from ponte.ingest.pulls.runs import RunRecord, Trigger
+from ponte.shared import db
+from ponte.shared.kafka import sleep_or_stop
+from ponte.shared.mapping import mapping_for
+from ponte.shared.pulls import (
     FtpFolderPullDefinition,
     PullDefinition,
     RestPullDefinition,
     check_keys,
     check_sources,
     load_pulls_file,
+    next_run,
+    previous_slot,
 )
-from ponte.ingest.pulls.ftp_folder import FtpFolderPuller
-from ponte.ingest.pulls.rest_poller import CursorTracker, PullFailed, RestPoller
-from ponte.ingest.pulls.runs import RunRecord, Trigger
-from ponte.shared import db
-from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.settings import Settings
 from ponte.shared.sources import fetch_sources
-from ponte.transform.mapping import mapping_for
 
 log = logging.getLogger(__name__)
 
@@ -69,51 +69,6 @@ _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceErr
 
 class UnknownPull(LookupError):
     """No pull is defined for this source."""
-
-
-def next_run(definition: PullDefinition, now: datetime) -> datetime:
-    """The first scheduled run strictly after ``now`` (aware, UTC).
-
-    ``daily`` is a wall-clock time in the schedule's zone (so it stays at 02:00 local across
-    a DST change); ``every_minutes`` and ``online`` are on a grid from the Unix epoch, the
-    same on every replica."""
-    schedule = definition.schedule
-    if schedule.daily is not None:
-        hour, minute = (int(part) for part in schedule.daily.split(":"))
-        local = now.astimezone(schedule.zone)
-        day = local.date()
-        for _ in range(3):
-            candidate = datetime(
-                day.year, day.month, day.day, hour, minute, tzinfo=schedule.zone
-            ).astimezone(UTC)
-            if candidate > now:
-                return candidate
-            day += timedelta(days=1)
-        raise AssertionError("unreachable: a day later is always after now")
-    return _grid(_interval_s(definition), now, after=True)
-
-
-def previous_slot(definition: PullDefinition, now: datetime) -> datetime:
-    """The latest scheduled run at or before ``now``."""
-    schedule = definition.schedule
-    if schedule.daily is not None:
-        slot = next_run(definition, now - timedelta(days=1, seconds=1))
-        while (following := next_run(definition, slot)) <= now:
-            slot = following
-        return slot
-    return _grid(_interval_s(definition), now, after=False)
-
-
-def _interval_s(definition: PullDefinition) -> int:
-    every = definition.schedule.every_minutes
-    return every * 60 if every is not None else ONLINE_INTERVAL_S
-
-
-def _grid(interval_s: int, now: datetime, *, after: bool) -> datetime:
-    step = math.floor(now.timestamp() / interval_s)
-    if after:
-        step += 1
-    return datetime.fromtimestamp(step * interval_s, UTC)
 
 
 def lock_key(source_id: str) -> int:

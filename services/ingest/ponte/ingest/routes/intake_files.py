@@ -23,14 +23,15 @@ from fastapi.responses import JSONResponse
 from ponte.ingest import file_drops
 from ponte.ingest.publisher import BrokerUnavailable, EventPublisher
 from ponte.ingest.pulls.runs import last_runs
-from ponte.ingest.pulls.scheduler import PullScheduler, UnknownPull, next_run
+from ponte.ingest.pulls.scheduler import PullScheduler, UnknownPull
 from ponte.ingest.registry import KnownSource, SourceRegistry
-from ponte.ingest.rejections import Rejection
 from ponte.shared.events import Operation, SourceKind
+from ponte.shared.mapping import mapping_for
 from ponte.shared.metrics import INGEST_EVENTS, INGEST_LAST_ACCEPTED
+from ponte.shared.parsers import ParseError, parse_datetime
+from ponte.shared.pulls import next_run
+from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
-from ponte.transform.mapping import mapping_for
-from ponte.transform.parsers import ParseError, parse_datetime
 
 router = APIRouter(tags=["pulls and files"])
 

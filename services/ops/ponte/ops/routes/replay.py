@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from ponte.deliver.replay import Replayed, replay
 from ponte.ops import audit
 from ponte.ops.auth import UNAUTHORIZED, Operator
 from ponte.ops.deps import PoolDep, SettingsDep
 from ponte.ops.moments import IsoAwareDatetime
+from ponte.shared.replay import Replayed, replay
 
 router = APIRouter(prefix="/ops/replay", tags=["replay"], responses=UNAUTHORIZED)
 

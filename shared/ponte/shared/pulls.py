@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -442,3 +444,51 @@ def json_path(document: Any, path: str) -> Any:
         if value is None:
             return None
     return value
+
+
+# --- when a definition's runs fall ---------------------------------------------------
+
+
+def next_run(definition: PullDefinition, now: datetime) -> datetime:
+    """The first scheduled run strictly after ``now`` (aware, UTC).
+
+    ``daily`` is a wall-clock time in the schedule's zone (so it stays at 02:00 local across
+    a DST change); ``every_minutes`` and ``online`` are on a grid from the Unix epoch, the
+    same on every replica."""
+    schedule = definition.schedule
+    if schedule.daily is not None:
+        hour, minute = (int(part) for part in schedule.daily.split(":"))
+        local = now.astimezone(schedule.zone)
+        day = local.date()
+        for _ in range(3):
+            candidate = datetime(
+                day.year, day.month, day.day, hour, minute, tzinfo=schedule.zone
+            ).astimezone(UTC)
+            if candidate > now:
+                return candidate
+            day += timedelta(days=1)
+        raise AssertionError("unreachable: a day later is always after now")
+    return _grid(_interval_s(definition), now, after=True)
+
+
+def previous_slot(definition: PullDefinition, now: datetime) -> datetime:
+    """The latest scheduled run at or before ``now``."""
+    schedule = definition.schedule
+    if schedule.daily is not None:
+        slot = next_run(definition, now - timedelta(days=1, seconds=1))
+        while (following := next_run(definition, slot)) <= now:
+            slot = following
+        return slot
+    return _grid(_interval_s(definition), now, after=False)
+
+
+def _interval_s(definition: PullDefinition) -> int:
+    every = definition.schedule.every_minutes
+    return every * 60 if every is not None else ONLINE_INTERVAL_S
+
+
+def _grid(interval_s: int, now: datetime, *, after: bool) -> datetime:
+    step = math.floor(now.timestamp() / interval_s)
+    if after:
+        step += 1
+    return datetime.fromtimestamp(step * interval_s, UTC)

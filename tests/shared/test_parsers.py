@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ponte.transform.parsers import (
+from ponte.shared.parsers import (
     PARSERS,
     ParseError,
     parse_boolean,

@@ -21,8 +21,8 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
-from ponte.ingest.rejections import Rejection
 from ponte.shared.events import SourceKind
+from ponte.shared.rejections import Rejection
 
 STANDARD_ID = "webhook-id"
 STANDARD_TIMESTAMP = "webhook-timestamp"

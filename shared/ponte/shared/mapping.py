@@ -42,7 +42,7 @@ from sqlmodel import SQLModel
 
 from ponte.shared.config_files import load_yaml, parse_yaml
 from ponte.shared.crm import BOOKKEEPING_COLUMNS, DERIVED_COLUMNS, ENTITIES
-from ponte.transform.parsers import PARSERS
+from ponte.shared.parsers import PARSERS
 
 ValueType = Literal[
     "text",
@@ -234,10 +234,10 @@ def load_mapping(path: Path) -> Mapping:
 
 @cache
 def default_mapping(kind: str) -> Mapping:
-    text = (resources.files("ponte.transform") / "mappings" / f"{kind}.yaml").read_text(
+    text = (resources.files("ponte.shared") / "mappings" / f"{kind}.yaml").read_text(
         encoding="utf-8"
     )
-    return Mapping.model_validate(parse_yaml(text, f"ponte/transform/mappings/{kind}.yaml"))
+    return Mapping.model_validate(parse_yaml(text, f"ponte/shared/mappings/{kind}.yaml"))
 
 
 def mapping_for(kind: str, source_id: str, overrides_dir: Path | None = None) -> Mapping:

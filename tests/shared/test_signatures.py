@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ponte.ingest.rejections import Rejection
-from ponte.ingest.signatures import (
+from ponte.shared.events import SourceKind
+from ponte.shared.rejections import Rejection
+from ponte.shared.signatures import (
     SHOPIFY_SIGNATURE,
     WOOCOMMERCE_SIGNATURE,
     sign_standard,
@@ -13,7 +14,6 @@ from ponte.ingest.signatures import (
     verify_body_hmac,
     verify_standard,
 )
-from ponte.shared.events import SourceKind
 
 # The Standard Webhooks specification's own test vector.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

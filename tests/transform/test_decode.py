@@ -35,9 +35,7 @@ def test_a_payload_as_deep_as_the_edge_accepts_is_decoded() -> None:
     ],
     ids=["nul", "duplicate", "non-finite", "huge-int"],
 )
-def test_what_the_edge_refuses_is_refused_by_name_never_altered(
-    raw: bytes, mentions: str
-) -> None:
+def test_what_the_edge_refuses_is_refused_by_name_never_altered(raw: bytes, mentions: str) -> None:
     """NUL used to be stripped here (merging "X\\0Y" with "XY"); now every limit is a
     rejection naming the problem and its path, for messages the edge did not check."""
     decoded = Decoder().decode(raw)

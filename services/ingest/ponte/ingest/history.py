@@ -73,11 +73,7 @@ def _storable(value: Any) -> Any:
     if isinstance(value, str):
         if value.isascii() and "\x00" not in value:
             return value
-        return (
-            value.replace("\x00", "\\u0000")
-            .encode("utf-8", "backslashreplace")
-            .decode("utf-8")
-        )
+        return value.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {_storable(str(key)): _storable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from ponte.shared import db
 from ponte.shared.embedded import embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
-from ponte.shared.logs import configure_logging
+from ponte.shared.logs import configure_logging, printable
 from ponte.shared.sample_requests import example_order, signed_curl
 from ponte.shared.settings import Settings
 
@@ -77,21 +77,29 @@ async def _tail(settings: Settings) -> None:
     await consumer.start()
     try:
         async for message in consumer:
-            event = json.loads(message.value)
-            if message.topic == settings.raw_topic:
-                print(
-                    f"[raw]    {event['event_id']} {event['source_id']} {event['topic']} "
-                    f"{event['operation']} key={event['record_key']}",
-                    flush=True,
-                )
-            else:
-                print(
-                    f"[change] {event['entity']} {event['source_id']}/{event['source_key']} "
-                    f"{event['operation']} changed={','.join(event['changed'])}",
-                    flush=True,
-                )
+            print(tail_line(message.topic == settings.raw_topic, message.value), flush=True)
     finally:
         await consumer.stop()
+
+
+def tail_line(raw: bool, value: bytes) -> str:
+    """One console line for a raw or change event. Every field comes from a sender (a
+    table name, a key), so control characters are escaped: a newline in a table name
+    must not forge a line of its own on the console."""
+    event = json.loads(value)
+    if raw:
+        fields = (event["event_id"], event["source_id"], event["topic"], event["operation"])
+        return (
+            "[raw]    "
+            + " ".join(map(printable, fields))
+            + f" key={printable(event['record_key'])}"
+        )
+    changed = ",".join(event["changed"])
+    return (
+        f"[change] {printable(event['entity'])} {printable(event['source_id'])}/"
+        f"{printable(event['source_key'])} {printable(event['operation'])} "
+        f"changed={printable(changed)}"
+    )
 
 
 class _QuietServer(uvicorn.Server):

@@ -39,10 +39,11 @@ def test_unknown_charset_is_415() -> None:
     assert caught.value.status_code == 415
 
 
-def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
+def test_deeply_nested_json_is_a_422_not_a_crash() -> None:
     with pytest.raises(Rejection) as caught:
         decode_json(b"[" * 100_000 + b"]" * 100_000, None)
-    assert caught.value.status_code == 400
+    assert caught.value.status_code == 422 and caught.value.code == "too_deep"
+    assert "deeper than 64" in caught.value.message
 
 
 @pytest.mark.parametrize(
@@ -51,18 +52,25 @@ def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
         b'{"n": 18446744073709551615, "m": -9223372036854775808}',  # 20 digits: json.loads
         b'{"n": 1180591620717411303424}',  # 2**70: orjson would read a float
         b'{"n": [1234567890123456789, 123456789012345678]}',
-        b'{"cnpj": "12345678000190", "total": 1234.56, "big": 1e400}',
+        b'{"cnpj": "12345678000190", "total": 1234.56, "small": 1e-400}',
+        b'{"chave": "35241112345678000190550010000012341000012345"}',
         b'\xef\xbb\xbf{"bom": true}',
-        b'{"x": NaN, "y": -Infinity}',
     ],
 )
 def test_parsed_values_equal_json_loads(body: bytes) -> None:
     """The fast path (orjson) is taken only where it reads the same values: integers are
-    never widened to floats, and what orjson refuses is read by json.loads."""
+    never widened to floats, and what orjson refuses is read by the strict path."""
     expected = json.loads(body.decode("utf-8").removeprefix("\ufeff"))
     parsed = decode_json(body, "application/json")
     assert json.dumps(parsed) == json.dumps(expected)
     assert [type(v) for v in _leaves(parsed)] == [type(v) for v in _leaves(expected)]
+
+
+def test_a_latin1_body_meets_the_same_limits() -> None:
+    """A declared charset changes how bytes become text, not what the decoder allows."""
+    with pytest.raises(Rejection) as caught:
+        decode_json(b'{"a": 1, "a": 2}', "application/json; charset=ISO-8859-1")
+    assert caught.value.status_code == 422 and caught.value.code == "duplicate_key"
 
 
 def _leaves(value: object) -> list[object]:

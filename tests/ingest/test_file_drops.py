@@ -14,7 +14,7 @@ import pytest
 from openpyxl import Workbook  # type: ignore[import-untyped]  # no stubs shipped
 from pydantic import SecretStr
 
-from ponte.ingest.file_drops import XLSX_TYPE, read_csv, sniff_delimiter
+from ponte.ingest.file_drops import XLSX_TYPE, check_row, read_csv, sniff_delimiter
 from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
 from tests.conftest import RunningIngest, event_of, read_topic, serve_ingest, write_sources
@@ -243,3 +243,18 @@ def test_the_delimiter_is_sniffed_from_the_header() -> None:
     assert rows == [(2, ["E1", "1,5"])]
     with pytest.raises(Rejection, match="names 'codigo' twice"):
         read_csv(b"codigo;codigo\n1;2\n", None)
+
+
+def test_a_nul_in_a_cell_or_a_column_name_is_a_row_problem_not_an_event() -> None:
+    """The transform refuses NUL (it used to strip it, merging "X\\0Y" with "XY"), so a
+    file's row carrying one is reported by the drop, naming the column."""
+    for header, cells, mentions in [
+        (["codigo", "nome"], ["E1", "X\x00Y"], "$.nome"),
+        (["codigo", "no\x00me"], ["E1", "Ana"], '$["no\\u0000me"]'),
+    ]:
+        row, problems = check_row(2, header, cells, ["codigo"], {})
+        assert row is None
+        assert [p.row for p in problems] == [2]
+        assert "NUL" in problems[0].reason and mentions in problems[0].reason
+    row, problems = check_row(3, ["codigo", "nome"], ["E2", "Ana\tMaria"], ["codigo"], {})
+    assert row == {"codigo": "E2", "nome": "Ana\tMaria"} and problems == []

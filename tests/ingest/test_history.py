@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -106,3 +107,46 @@ async def test_a_steady_trickle_is_written_once_per_flush_interval(
     )
     assert count == 60 and sum(copies) == 60
     assert len(copies) <= elapsed / 0.2 + 2  # one per interval, plus the first and the last
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        ({"source_event_id": "evt\x00x"}, "NUL in a text column"),
+        ({"tables": ["Ped\x00ido"]}, "NUL in the tables array"),
+        ({"response_body": {"message": "X\x00Y"}}, "NUL in the JSONB answer"),
+        ({"response_body": {"message": "a\ud800"}}, "lone surrogate in the JSONB answer"),
+        ({"source_event_id": "a\udc00", "client_ip": "not an address"}, "unencodable text"),
+        ({"content_type": "application/json\ud800"}, "lone surrogate in a header"),
+    ],
+    ids=["nul-text", "nul-array", "nul-jsonb", "surrogate-jsonb", "surrogate-text", "header"],
+)
+async def test_a_row_the_database_refuses_is_written_sanitised(
+    pool: asyncpg.Pool, base_settings: Settings, change: dict[str, Any], what: str
+) -> None:
+    """Every request is recorded: a value PostgreSQL cannot store makes a sanitised row
+    (what it cannot hold replaced, the rest as it was), never no row; and the other rows
+    of the batch are written as they are."""
+    source_id = f"hist-{uuid.uuid4().hex[:8]}"
+    writer = HistoryWriter(pool, base_settings)
+    await writer.start()
+    now = datetime.now(UTC)
+    bad = entry(source_id, now)
+    for name, value in change.items():
+        setattr(bad, name, value)
+    writer.record(entry(source_id, now))
+    writer.record(bad)
+    writer.record(entry(source_id, now))
+    await writer.stop()
+
+    rows = await pool.fetch(
+        "SELECT * FROM webhook_requests WHERE source_id = $1 ORDER BY id", source_id
+    )
+    assert len(rows) == 3, what
+    sanitised = [row for row in rows if "history_sanitised" in row["response_body"]]
+    assert len(sanitised) == 1, [dict(row) for row in rows]
+    row = sanitised[0]
+    assert row["status_code"] == 202 and row["body"] == b"{}"
+    # What could not be stored is shown escaped (six characters such as \u0000).
+    text = json.dumps(dict(row), default=str, ensure_ascii=False)
+    assert "\\\\u0000" in text or "\\\\ud800" in text or "\\\\udc00" in text, text

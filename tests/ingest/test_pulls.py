@@ -266,6 +266,30 @@ async def test_a_failed_page_fails_the_run_and_keeps_the_cursor(
 
 
 @pytest.mark.integration
+async def test_a_page_beyond_the_edge_limits_fails_the_run_naming_the_value(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    publisher: EventPublisher,
+    erp: tuple[ErpRestState, str],
+    source_id: str,
+) -> None:
+    """Pulled pages go through the webhooks' strict decoder: a NUL in a value fails the
+    run by name (path included) instead of reaching the raw topic to be stripped or
+    refused later."""
+    state, url = erp
+    state.upsert("empresas", _company("E1", "2024-11-14T10:01:00-03:00", "X\u0000Y"))
+    (definition,) = parse_definitions([_definition(source_id, url)])
+    scheduler = _scheduler(pool, publisher, definition)
+    try:
+        failed = await scheduler.run_now(source_id, wait=True)
+    finally:
+        await scheduler.stop()
+    assert failed.status == "failed" and failed.rows_pulled == 0
+    assert failed.error is not None and "page 1" in failed.error
+    assert "NUL" in failed.error and "$.data[0].nome" in failed.error, failed.error
+
+
+@pytest.mark.integration
 async def test_run_now_over_http_is_protected_and_answers_409_while_a_run_is_going(
     settings: Settings,
     pool: asyncpg.Pool,

@@ -330,9 +330,9 @@ def _erp(body: dict[str, Any] | bytes, **kwargs: Any) -> tuple[bytes, dict[str, 
         (
             "wh-erp",
             lambda: _erp(b'{"id": "deep", "rows": [' + b"[" * 5000 + b"]" * 5000 + b"]}"),
-            400,
-            "invalid_json",
-            "",
+            422,
+            "too_deep",
+            "deeper than 64 levels",
         ),
         (
             "wh-erp",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ponte.shared import strict_json
 from ponte.shared.mapping import default_mapping, load_mapping
 from ponte.transform.normalize import RecordRejected, normalize_record
 from tests.transform.conftest import raw_event
@@ -139,15 +141,40 @@ def test_nested_children_any_form() -> None:
     )
 
 
-def test_depth_cap_rejects_instead_of_recursing() -> None:
+def _nested_items(levels: int) -> dict[str, Any]:
     row: dict[str, Any] = {"codigo": "X"}
     inner = row
-    for level in range(12):
+    for level in range(levels):
         child: dict[str, Any] = {"seq": level}
-        inner["Itens pedido"] = {"table": "Itens pedido", "rows": [child]}
+        inner["Itens pedido"] = [child]  # a list of rows: two JSON levels per child level
         inner = child
-    with pytest.raises(RecordRejected):
-        norm("Pedido", row)
+    return row
+
+
+def test_depth_cap_rejects_instead_of_recursing() -> None:
+    with pytest.raises(RecordRejected) as caught:
+        norm("Pedido", _nested_items(40))
+    assert caught.value.code == "too_deep"
+
+
+def test_child_tables_as_deep_as_the_edge_accepts_are_never_too_deep() -> None:
+    """The transform never refuses for depth what ingest accepted (issue #20): the
+    deepest child nesting whose envelope passes the edge's decoder is normalised."""
+    levels = 0
+    while True:
+        envelope = {"id": "e", "table": "Pedido", "rows": [_nested_items(levels + 1)]}
+        try:
+            strict_json.loads(json.dumps(envelope))
+        except strict_json.JsonRefused:
+            break
+        levels += 1
+    assert levels >= 30
+    try:
+        record = norm("Pedido", _nested_items(levels))
+    except RecordRejected as rejected:
+        assert rejected.code != "too_deep", rejected.reason
+    else:
+        assert len(record.rows) == levels + 1
 
 
 def test_standalone_child_event_references_its_parent_by_key() -> None:

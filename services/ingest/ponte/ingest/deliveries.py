@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 
+from ponte.shared import strict_json
 from ponte.shared.events import (
     ErpEnvelope,
     Operation,
@@ -60,59 +59,37 @@ def charset_of(content_type: str | None) -> str:
     return "utf-8"
 
 
-_LONG_DIGITS = b"0" * 19
-"""A run of digits that could be an integer beyond 64 bits, which orjson would read as a
-float (losing digits) where Python's json keeps it exact ..."""
-_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
-"""... looked for in the body with every ASCII digit turned into ``0`` and everything
-else into a space: two C passes, about 5x cheaper than the regular expression ``\\d{19}``
-(a backtracking scan that cost more than orjson's whole parse in the benchmark)."""
-
-
-def _fast_json(body: bytes, charset: str) -> tuple[bool, Any]:
-    """orjson's reading of a UTF-8 body, when it is certain to equal ``json.loads``'s.
-
-    orjson is several times faster, but differs from Python's json at the edges: it
-    refuses a BOM, NaN and Infinity, lone surrogates and deep nesting (Python accepts all
-    but the last), and reads integers beyond 64 bits as floats. Any refusal, and any body
-    with 19 digits in a row, goes to ``json.loads``, which decides as before."""
-    if charset != "utf-8" or _LONG_DIGITS in body.translate(_DIGITS_AS_ZERO):
-        return False, None
-    try:
-        return True, orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False, None
-
-
 def decode_json(body: bytes, content_type: str | None) -> Any:
-    """Decode and parse the body, naming the position of the first error."""
+    """Decode and parse the body with the edge's strict decoder (``strict_json``): what
+    it refuses (syntax, depth, number size, non-finite numbers, lone surrogates, NUL,
+    duplicate keys) is a 400/422 naming the problem and its JSON path or position."""
     charset = charset_of(content_type)
-    parsed, value = _fast_json(body, charset)
-    if parsed:
-        return value
+    document: bytes | str = body
+    if charset != "utf-8":
+        try:
+            document = body.decode(charset)
+        except UnicodeDecodeError as error:
+            raise _bad_encoding(charset, error.start) from None
     try:
-        text = body.decode(charset)
-    except UnicodeDecodeError as error:
-        raise Rejection(
-            400,
-            "bad_encoding",
-            f"body is not valid {charset} at byte {error.start}; declare the charset in "
-            "Content-Type (e.g. application/json; charset=ISO-8859-1)",
-            field="body",
-        ) from None
-    try:
-        return json.loads(text.removeprefix("\ufeff"))
-    except json.JSONDecodeError as error:
-        raise Rejection(
-            400,
-            "invalid_json",
-            f"body is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
-            field="body",
-        ) from None
-    except RecursionError:
-        raise Rejection(
-            400, "invalid_json", "body nests too deeply to parse", field="body"
-        ) from None
+        return strict_json.loads(document)
+    except strict_json.JsonRefused as refused:
+        if refused.code == "bad_encoding":
+            raise _bad_encoding(charset, refused.offset or 0) from None
+        field = "body" if refused.path == "$" else refused.path
+        message = (
+            "body is " + refused.message if refused.code == "invalid_json" else refused.message
+        )
+        raise Rejection(refused.status, refused.code, message, field=field) from None
+
+
+def _bad_encoding(charset: str, start: int) -> Rejection:
+    return Rejection(
+        400,
+        "bad_encoding",
+        f"body is not valid {charset} at byte {start}; declare the charset in "
+        "Content-Type (e.g. application/json; charset=ISO-8859-1)",
+        field="body",
+    )
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
 
+from ponte.shared import strict_json
 from ponte.shared.events import Operation, RawEvent, SourceKind, delivery_id_for, erp_record_key
 from ponte.shared.parsers import PARSERS, ParseError
 from ponte.shared.rejections import Rejection
@@ -234,6 +235,12 @@ def check_row(
         name: (cells[index] if index < len(cells) and not _empty(cells[index]) else None)
         for index, name in enumerate(header)
     }
+    try:
+        # The webhooks' limits (strict_json): a NUL in a cell or a column name would be
+        # refused by the transform, so it is a problem of the row here, by name.
+        strict_json.check_value(row)
+    except strict_json.JsonRefused as refused:
+        return None, [RowProblem(number, None, f"row {refused.message}")]
     problems = [
         RowProblem(number, name, "key field is empty")
         for name in key_fields

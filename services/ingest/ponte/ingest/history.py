@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,9 +55,35 @@ COLUMNS = (
 )
 PRUNE_EVERY_S = 3600.0
 
+_REFUSED = (asyncpg.DataError, ValueError, TypeError, OverflowError)
+"""What a row's values (not the database's state) raise: PostgreSQL refusing a value
+(NUL in text, a number out of range), or asyncpg unable to encode one (a lone
+surrogate: ``UnicodeEncodeError``, a ``ValueError``; orjson's ``TypeError`` for JSONB).
+Retrying cannot help; the row is written sanitised instead."""
+
 
 def _text(value: str | None) -> str | None:
     return value.replace("\x00", "") if value else value
+
+
+def _storable(value: Any) -> Any:
+    """``value`` with every string made storable in PostgreSQL text and JSONB: NUL
+    written as the six characters ``\\u0000`` and a lone surrogate as ``\\udXXX``,
+    so the sanitised row still shows what was there."""
+    if isinstance(value, str):
+        if value.isascii() and "\x00" not in value:
+            return value
+        return value.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_storable(str(key)): _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+_INT4_MAX = 2**31 - 1
 
 
 @dataclass
@@ -93,12 +120,34 @@ class HistoryEntry:
             self.reason,
             self.response_body,
             self.latency_ms,
-            self.size_bytes,
+            min(self.size_bytes, _INT4_MAX),
             self.client_ip,
             _text(self.content_type),
             kept,
             digest,
         )
+
+    def sanitised(self, keep_body_bytes: int, error: BaseException) -> tuple[Any, ...]:
+        """The row when PostgreSQL (or the encoding to it) refused ``record``'s: every
+        text storable (``_storable``), numbers in range, and the refusal named in the
+        answer column (``history_sanitised``), so the request is still recorded with
+        its status, reason, size, digest and raw body (``bytea`` holds any byte)."""
+        row = list(self.record(keep_body_bytes))
+        texts = {"source_id", "event_id", "source_event_id", "reason", "client_ip"}
+        for index, name in enumerate(COLUMNS):
+            if name in texts or name == "content_type":
+                row[index] = _storable(row[index])
+        row[COLUMNS.index("source_id")] = row[COLUMNS.index("source_id")][:200]
+        row[COLUMNS.index("outcome")] = _storable(self.outcome)[:16]
+        row[COLUMNS.index("tables")] = [_storable(table) for table in self.tables]
+        answer = _storable(self.response_body)
+        answer = answer if isinstance(answer, dict) else {"answer": answer}
+        answer["history_sanitised"] = type(error).__name__
+        row[COLUMNS.index("response_body")] = answer
+        latency = self.latency_ms
+        row[COLUMNS.index("latency_ms")] = latency if math.isfinite(latency) else 0.0
+        row[COLUMNS.index("size_bytes")] = max(0, min(self.size_bytes, _INT4_MAX))
+        return tuple(row)
 
 
 class HistoryWriter:
@@ -174,9 +223,11 @@ class HistoryWriter:
             try:
                 await self._copy(records)
                 return
-            except asyncpg.DataError:
-                # A value PostgreSQL refuses: write the rows one by one and drop only it.
-                await self._write_one_by_one(records)
+            except _REFUSED:
+                # A value PostgreSQL refuses, or that cannot even be encoded for it (a
+                # lone surrogate raises before anything is sent): write the rows one by
+                # one, and that one sanitised.
+                await self._write_one_by_one(batch, records)
                 return
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 HISTORY_WRITE_ERRORS.inc()
@@ -199,14 +250,26 @@ class HistoryWriter:
         )
         HISTORY_WRITTEN.inc(len(records))
 
-    async def _write_one_by_one(self, records: list[tuple[Any, ...]]) -> None:
-        for record in records:
+    async def _write_one_by_one(
+        self, batch: list[HistoryEntry], records: list[tuple[Any, ...]]
+    ) -> None:
+        keep = self._settings.history_keep_body_bytes
+        for entry, record in zip(batch, records, strict=True):
             try:
                 await self._copy([record])
-            except asyncpg.DataError as error:
+                continue
+            except _REFUSED as error:
+                log.warning(
+                    "history row refused by the database; writing it sanitised",
+                    extra={"error": type(error).__name__},
+                )
+                sanitised = entry.sanitised(keep, error)
+            try:
+                await self._copy([sanitised])
+            except _REFUSED as error:
                 HISTORY_DROPPED.inc()
                 log.error(
-                    "history row refused by the database; dropped",
+                    "sanitised history row refused by the database; dropped",
                     extra={"error": type(error).__name__},
                 )
 

@@ -1,11 +1,13 @@
 """What happens to one webhook request, in order; the route only adapts HTTP to this.
 
 source known and active (404) -> client address allowed (403) -> body within the limit
-(413) -> signature (401) -> WooCommerce ping (200) -> body decoded and valid (400/415/422)
--> table allowed (403) -> not a re-delivery (200 duplicate / 409 in flight)
--> broker acknowledged (503 + Retry-After otherwise) -> 202 with Ponte's event id.
+(413) -> signature (401) -> WooCommerce ping (200) -> body decoded within the edge's limits
+(``strict_json``) and valid (400/415/422) -> table allowed (403) -> not a re-delivery
+(200 duplicate / 409 in flight) -> broker acknowledged (503 + Retry-After otherwise)
+-> 202 with Ponte's event id.
 
-Every outcome, accepted or not, becomes one history row and one metric sample.
+Every outcome, accepted or not, becomes one history row and one metric sample; so does
+a failure nobody foresaw (a 500, outcome ``error``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from ponte.ingest.addresses import check_allowed, client_address
 from ponte.ingest.deliveries import Delivery, is_woocommerce_ping, parse_delivery
 from ponte.ingest.history import HistoryEntry, HistoryWriter
@@ -25,6 +29,7 @@ from ponte.ingest.receipts import Claim, Receipts
 from ponte.ingest.registry import KnownSource, SourceRegistry
 from ponte.shared import signatures
 from ponte.shared.events import SourceKind
+from ponte.shared.logs import printable
 from ponte.shared.mapping import mapping_for
 from ponte.shared.metrics import (
     INGEST_BODY_BYTES,
@@ -126,6 +131,21 @@ class Intake:
             answer = Answer(rejection.status_code, rejection.body(), rejection.headers)
             reason = rejection.code
             tables = rejection.tables
+        except ClientDisconnect:
+            raise  # nobody to answer; as Starlette, nothing was accepted or recorded
+        except Exception:
+            # A failure nobody foresaw is still answered and recorded: every request has
+            # its history row, the 500s most of all.
+            log.exception("webhook failed", extra={"source": printable(request.source_id)})
+            answer = Answer(
+                500,
+                {
+                    "error": "internal_error",
+                    "message": "Ponte failed to handle this delivery; nothing was accepted. "
+                    "Retry later",
+                },
+            )
+            outcome, reason = "error", "internal_error"
         if trace.delivery is not None:
             tables = trace.delivery.tables
         self._observe(request, trace, answer, outcome, reason, tables)

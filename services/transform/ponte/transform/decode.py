@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ponte.shared import strict_json
 from ponte.shared.events import RawEvent, SourceKind
 from ponte.shared.mapping import Mapping, mapping_for
 from ponte.transform.normalize import NormalizedRecord, RecordRejected, normalize_record
@@ -52,11 +53,21 @@ class Decoder:
             )
 
     def _decode(self, value: bytes | None) -> Decoded:
-        if value and b"\\u0000" in value:
-            # PostgreSQL text and JSONB cannot hold NUL; ERPs do send it in padded fields.
-            value = value.replace(b"\\u0000", b"")
+        # The edge's decoder and limits (ingest refused anything beyond them with a 4xx),
+        # so a message from anywhere else is refused for the same reasons, by name, and
+        # nothing is silently altered (NUL used to be stripped here, merging "X\0Y" and
+        # "XY").
         try:
-            event = RawEvent.model_validate_json(value or b"")
+            document = strict_json.loads(value or b"", max_depth=strict_json.RAW_EVENT_DEPTH)
+        except strict_json.JsonRefused as refused:
+            return Decoded(
+                None,
+                rejection=RecordRejected(
+                    "undecodable", f"not a Ponte raw event: {refused.message}", refused.path
+                ),
+            )
+        try:
+            event = RawEvent.model_validate(document)
         except ValidationError as error:
             first = error.errors()[0]
             path = ".".join(str(part) for part in first["loc"]) or "value"

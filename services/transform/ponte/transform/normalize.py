@@ -21,13 +21,16 @@ from dataclasses import field as dataclass_field
 from datetime import datetime
 from typing import Any
 
+from ponte.shared import strict_json
 from ponte.shared.crm import ENTITIES
 from ponte.shared.events import Operation, RawEvent
 from ponte.shared.mapping import FieldMapping, Mapping, TableMapping
 from ponte.shared.parsers import PARSERS, ParseError
 
-MAX_DEPTH = 8
-"""Child tables nested deeper than this reject the record instead of recursing on."""
+MAX_DEPTH = strict_json.RAW_EVENT_DEPTH // 2
+"""Child tables nested deeper than this reject the record instead of recursing on. Each
+child level is at least two JSON levels (a list of rows, a row), so a record within the
+edge's depth limit (``strict_json``) never reaches it: ingest refuses what is too deep."""
 
 
 class RecordRejected(Exception):

@@ -17,6 +17,7 @@ Errors never carry the request's headers (they hold the credentials) nor its que
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from ponte.shared import strict_json
 from ponte.shared.events import (
     Operation,
     RawEvent,
@@ -178,10 +180,19 @@ class RestPoller:
                 f"page {page}: GET {_where(url)} answered {response.status_code} ({advice}): "
                 f"{response.text[:200]}"
             )
+        # The edge's strict decoder, as for webhooks: a page beyond its limits fails the
+        # run by name rather than reaching the raw topic and being refused later.
+        charset = response.charset_encoding
+        document: bytes | str = response.content
+        if charset and codecs.lookup(charset).name != "utf-8":
+            document = response.text
         try:
-            return response.json()
-        except ValueError:
-            raise PullFailed(f"page {page}: GET {_where(url)} did not answer JSON") from None
+            return strict_json.loads(document)
+        except strict_json.JsonRefused as refused:
+            raise PullFailed(
+                f"page {page}: GET {_where(url)} did not answer JSON Ponte accepts: "
+                f"{refused.message}"
+            ) from None
 
     def _page(
         self,

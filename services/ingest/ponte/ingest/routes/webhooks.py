@@ -43,7 +43,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         409: "The same delivery is being accepted by a concurrent request; retry later.",
         413: "Body over the configured limit.",
         415: "Unknown charset declared in Content-Type.",
-        422: "Not a valid envelope; the message names the field.",
+        422: "Not a valid envelope, or beyond the edge's limits (depth, number size, NUL, lone "
+        "surrogates, duplicate keys); the message names the field or JSON path.",
+        500: "An unforeseen failure; nothing was accepted, the request is recorded. Retry later.",
         503: "The broker did not acknowledge in time; nothing was accepted. Retry later.",
     }.items()
 }

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ponte.shared.events import Operation, RawEvent, SourceKind, delivery_id_for, erp_record_key
+from ponte.shared.events import Operation, RawEvent, delivery_id_for, erp_record_key
+from ponte.shared.source_kinds import SourceKind
 
 SOURCE_ID = "erp-bench"
 BASE_TIME = datetime(2024, 11, 14, 8, 0, tzinfo=UTC)

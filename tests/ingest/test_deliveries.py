@@ -14,8 +14,9 @@ from ponte.ingest.deliveries import (
     parse_erp,
     parse_shop,
 )
-from ponte.shared.events import SourceKind, delivery_id_for, erp_record_key
+from ponte.shared.events import delivery_id_for, erp_record_key
 from ponte.shared.rejections import Rejection
+from ponte.shared.source_kinds import SourceKind
 
 NOW = datetime(2024, 11, 14, 15, 0, tzinfo=UTC)
 

@@ -10,9 +10,10 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from ponte.ingest.publisher import EventPublisher, encode_event
-from ponte.shared.events import ERP_TIMEZONE, Operation, RawEvent, SourceKind
+from ponte.shared.events import ERP_TIMEZONE, Operation, RawEvent
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.settings import Settings
+from ponte.shared.source_kinds import SourceKind
 from tests.conftest import read_topic
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from ponte.shared.events import SourceKind
 from ponte.shared.rejections import Rejection
 from ponte.shared.signatures import (
     SHOPIFY_SIGNATURE,
@@ -14,6 +13,7 @@ from ponte.shared.signatures import (
     verify_body_hmac,
     verify_standard,
 )
+from ponte.shared.source_kinds import SourceKind
 
 # The Standard Webhooks specification's own test vector.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -11,8 +11,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from ponte.shared import kafka
-from ponte.shared.events import Operation, RawEvent, SourceKind
+from ponte.shared.events import Operation, RawEvent
 from ponte.shared.settings import Settings
+from ponte.shared.source_kinds import SourceKind
 
 BASE_TIME = datetime(2024, 11, 14, 15, 0, tzinfo=UTC)
 

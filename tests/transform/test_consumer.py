@@ -12,8 +12,9 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ponte.shared.events import RawEvent, SourceKind
+from ponte.shared.events import RawEvent
 from ponte.shared.settings import Settings
+from ponte.shared.source_kinds import SourceKind
 from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import BatchProcessor

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ponte.shared.events import SourceKind
+from ponte.shared.source_kinds import SourceKind
 from ponte.transform.decode import Decoder
 from ponte.transform.repository import BatchApplier
 from tests.transform.conftest import raw_event

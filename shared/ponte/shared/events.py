@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from ponte.shared.source_kinds import SourceKind, resource_of
+
 ERP_TIMEZONE = ZoneInfo("America/Sao_Paulo")
 """Local time of the ERPs Ponte was built for; a naive ``occurred_at`` is read in it."""
 
@@ -31,12 +33,6 @@ CODE_TABLE_NAMES = frozenset({"tabela de tabelas", "tabela_de_tabelas", "tabelas
 
 
 _BR_DATETIME = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?")
-
-
-class SourceKind(StrEnum):
-    ERP = "erp"
-    SHOPIFY = "shopify"
-    WOOCOMMERCE = "woocommerce"
 
 
 class Operation(StrEnum):
@@ -107,14 +103,6 @@ class RawEvent(BaseModel):
     def topic_resource(self) -> str:
         """The record's kind without the verb: ``orders/create`` -> ``orders``."""
         return resource_of(self.source_kind, self.topic)
-
-
-def resource_of(kind: SourceKind, topic: str) -> str:
-    if kind is SourceKind.SHOPIFY:
-        return topic.split("/", 1)[0]
-    if kind is SourceKind.WOOCOMMERCE:
-        return topic.split(".", 1)[0]
-    return topic
 
 
 def partition_key(source_id: str, resource: str, record_key: str) -> bytes:

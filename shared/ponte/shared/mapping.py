@@ -43,6 +43,7 @@ from sqlmodel import SQLModel
 from ponte.shared.config_files import load_yaml, parse_yaml
 from ponte.shared.crm import BOOKKEEPING_COLUMNS, DERIVED_COLUMNS, ENTITIES
 from ponte.shared.parsers import PARSERS
+from ponte.shared.source_kinds import SourceKind, spec_of
 
 ValueType = Literal[
     "text",
@@ -240,13 +241,13 @@ def default_mapping(kind: str) -> Mapping:
     return Mapping.model_validate(parse_yaml(text, f"ponte/shared/mappings/{kind}.yaml"))
 
 
-def mapping_for(kind: str, source_id: str, overrides_dir: Path | None = None) -> Mapping:
+def mapping_for(kind: SourceKind, source_id: str, overrides_dir: Path | None = None) -> Mapping:
     """The source's own mapping file, else its kind's override, else the shipped default."""
     if overrides_dir is not None:
-        for name in (f"{source_id}.yaml", f"{kind}.yaml"):
+        for name in (f"{source_id}.yaml", f"{kind.value}.yaml"):
             if (overrides_dir / name).exists():
                 return load_mapping(overrides_dir / name)
-    return default_mapping(kind)
+    return default_mapping(spec_of(kind).default_mapping)
 
 
 assert set(PARSERS) == set(get_args(ValueType)), "ValueType and PARSERS must list the same types"

@@ -42,8 +42,9 @@ from pydantic import (
 )
 
 from ponte.shared.config_files import load_entries
-from ponte.shared.events import SourceKind
+from ponte.shared.source_kinds import spec_of
 from ponte.shared.sources import SourceConfig
+from ponte.shared.validation_errors import first_problem
 
 log = logging.getLogger(__name__)
 
@@ -352,10 +353,6 @@ PullDefinition: TypeAlias = Annotated[
 _DEFINITION = TypeAdapter[RestPullDefinition | FtpFolderPullDefinition](PullDefinition)
 
 
-def _field_path(location: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in location)
-
-
 def parse_definitions(entries: list[Any], where: str = "pulls") -> list[PullDefinition]:
     """Validate ``pulls:`` entries; the error names ``pulls[i].field`` and says why."""
     definitions: list[PullDefinition] = []
@@ -363,15 +360,14 @@ def parse_definitions(entries: list[Any], where: str = "pulls") -> list[PullDefi
         try:
             definition = _DEFINITION.validate_python(entry)
         except ValidationError as error:
-            first = error.errors()[0]
-            if first["type"] == "union_tag_invalid":
+            if error.errors()[0]["type"] == "union_tag_invalid":
                 raise ValueError(
                     f"{where}[{index}].kind: {_kind_of(entry)!r} is not rest or ftp_folder"
                 ) from None
             # The first step of the location is the kind's tag; the file's fields follow.
-            location = _field_path(first["loc"][1:])
+            location, reason = first_problem(error, skip=1)
             field = f"{where}[{index}]" + (f".{location}" if location else "")
-            raise ValueError(f"{field}: {first['msg']}") from None
+            raise ValueError(f"{field}: {reason}") from None
         every = definition.schedule.every_minutes
         if every is not None and every < FREQUENT_WARNING_MINUTES:
             log.warning(
@@ -404,7 +400,7 @@ def check_sources(
                 f"pulls[{index}].source_id: no source {definition.source_id!r} "
                 "(add it to the sources file first)"
             )
-        if source.kind is not SourceKind.ERP:
+        if not spec_of(source.kind).pulls_and_files:
             raise ValueError(
                 f"pulls[{index}].source_id: source {definition.source_id!r} is "
                 f"{source.kind.value}; only erp sources can be pulled"

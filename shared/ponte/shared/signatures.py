@@ -20,9 +20,10 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping, Sequence
+from typing import assert_never
 
-from ponte.shared.events import SourceKind
 from ponte.shared.rejections import Rejection
+from ponte.shared.source_kinds import SourceKind, spec_of
 
 STANDARD_ID = "webhook-id"
 STANDARD_TIMESTAMP = "webhook-timestamp"
@@ -145,10 +146,14 @@ def verify(
     *,
     tolerance_s: int,
 ) -> None:
-    """Verify the request under the scheme of its source's kind, or raise 401."""
-    if kind is SourceKind.ERP:
-        verify_standard(headers, body, secrets, tolerance_s=tolerance_s)
-    elif kind is SourceKind.SHOPIFY:
-        verify_body_hmac(headers, body, secrets, header=SHOPIFY_SIGNATURE)
-    else:
-        verify_body_hmac(headers, body, secrets, header=WOOCOMMERCE_SIGNATURE)
+    """Verify the request under the scheme its source's kind declares, or raise 401."""
+    scheme = spec_of(kind).signature
+    match scheme:
+        case "standard_webhooks":
+            verify_standard(headers, body, secrets, tolerance_s=tolerance_s)
+        case "shopify_hmac":
+            verify_body_hmac(headers, body, secrets, header=SHOPIFY_SIGNATURE)
+        case "woocommerce_hmac":
+            verify_body_hmac(headers, body, secrets, header=WOOCOMMERCE_SIGNATURE)
+        case _:
+            assert_never(scheme)

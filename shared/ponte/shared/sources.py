@@ -20,7 +20,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ponte.shared.config_files import load_entries
-from ponte.shared.events import SourceKind
+from ponte.shared.source_kinds import SourceKind
 
 log = logging.getLogger(__name__)
 

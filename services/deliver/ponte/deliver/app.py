@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import asyncpg
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -26,6 +26,7 @@ from ponte.deliver.status_back import StatusBack, load_config
 from ponte.deliver.status_back import router as status_back_router
 from ponte.deliver.targets import Target
 from ponte.shared import db, kafka, probes
+from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining, freeze_startup_heap
 from ponte.shared.probes import READINESS_RESPONSES, IdQuery
 from ponte.shared.settings import Settings
@@ -86,14 +87,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await producer.stop()
         await key_lock_pool.close()
         await pool.close()
-
-
-async def get_pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
-
-
-PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 
 
 class DeliveryState(BaseModel):

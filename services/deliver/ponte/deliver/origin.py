@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from ponte.deliver.connectors.rest import fill
 from ponte.shared.config_files import load_entries
 from ponte.shared.http_policy import raise_for, transport_failed
+from ponte.shared.validation_errors import every_problem
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,7 @@ def load_origins(path: Path) -> dict[str, ShopifyOrigin | WooCommerceOrigin | Er
         try:
             origin = parse_origin(entry)
         except ValidationError as error:
-            details = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-            )
+            details = every_problem(error)
             raise ValueError(f"{path}: origins[{index}] ({name}): {details}") from None
         if origin.source in origins:
             raise ValueError(f"{path}: origins[{index}]: source {origin.source!r} listed twice")

@@ -81,6 +81,7 @@ from ponte.shared import db, kafka
 from ponte.shared.config_files import load_entries
 from ponte.shared.http_policy import RetryableError, TerminalError, tenacity_wait
 from ponte.shared.settings import Settings
+from ponte.shared.validation_errors import every_problem
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +149,7 @@ def load_config(path: Path | None) -> StatusBackConfig:
         try:
             webhook = CrmWebhook.model_validate(entry)
         except ValidationError as error:
-            details = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-            )
+            details = every_problem(error)
             raise ValueError(f"{path}: crm_webhooks[{index}]: {details}") from None
         webhooks[webhook.target] = webhook
     return StatusBackConfig(webhooks, load_origins(path))

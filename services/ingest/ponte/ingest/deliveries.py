@@ -13,20 +13,15 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 from pydantic import ValidationError
 
 from ponte.shared import strict_json
-from ponte.shared.events import (
-    ErpEnvelope,
-    Operation,
-    RawEvent,
-    SourceKind,
-    delivery_id_for,
-    erp_record_key,
-)
+from ponte.shared.events import ErpEnvelope, Operation, RawEvent, delivery_id_for, erp_record_key
 from ponte.shared.rejections import Rejection
+from ponte.shared.source_kinds import SourceKind, spec_of, verb_of
+from ponte.shared.validation_errors import first_problem
 
 
 @dataclass(frozen=True)
@@ -92,14 +87,10 @@ def _bad_encoding(charset: str, start: int) -> Rejection:
     )
 
 
-def _field_path(location: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in location) or "body"
-
-
 def _invalid(error: ValidationError, prefix: str = "") -> Rejection:
-    first = error.errors()[0]
-    field = prefix + _field_path(first["loc"])
-    return Rejection(422, "invalid_envelope", f"field {field}: {first['msg']}", field=field)
+    path, reason = first_problem(error, default="body")
+    field = prefix + path
+    return Rejection(422, "invalid_envelope", f"field {field}: {reason}", field=field)
 
 
 def parse_erp(
@@ -145,10 +136,6 @@ def parse_erp(
 
 
 # Shops: a topic header names what happened; the body is the whole resource.
-SHOP_HEADERS = {
-    SourceKind.SHOPIFY: ("x-shopify-topic", ("x-shopify-webhook-id", "x-shopify-event-id")),
-    SourceKind.WOOCOMMERCE: ("x-wc-webhook-topic", ("x-wc-webhook-delivery-id",)),
-}
 _DELETE_VERBS = ("delete", "deleted", "redact")
 
 
@@ -175,7 +162,9 @@ def parse_shop(
     received_at: datetime,
 ) -> Delivery:
     """A Shopify or WooCommerce webhook: one resource, one record event."""
-    topic_header, id_headers = SHOP_HEADERS[kind]
+    spec = spec_of(kind)
+    topic_header, id_headers = spec.topic_header, spec.delivery_id_headers
+    assert topic_header is not None, f"{kind} is not a shop kind"
     topic = (headers.get(topic_header) or "").strip()
     if not topic:
         raise Rejection(
@@ -192,7 +181,7 @@ def parse_shop(
     # Without a delivery id, identical bodies count as the same delivery.
     dedup_key = delivery_header_id or "sha256:" + hashlib.sha256(raw).hexdigest()
     delivery_id = delivery_id_for(source_id, dedup_key)
-    verb = topic.rsplit("/" if kind is SourceKind.SHOPIFY else ".", 1)[-1].lower()
+    verb = verb_of(kind, topic)
     operation = Operation.DELETE if verb in _DELETE_VERBS else Operation.UPSERT
     event = RawEvent(
         event_id=f"{delivery_id}/0",
@@ -231,6 +220,11 @@ def parse_delivery(
     key_fields: Mapping[str, list[str]] | None = None,
 ) -> Delivery:
     body = decode_json(raw, headers.get("content-type"))
-    if kind is SourceKind.ERP:
-        return parse_erp(source_id, body, received_at, key_fields)
-    return parse_shop(kind, source_id, headers, raw, body, received_at)
+    shape = spec_of(kind).body
+    match shape:
+        case "envelope":
+            return parse_erp(source_id, body, received_at, key_fields)
+        case "shop_resource":
+            return parse_shop(kind, source_id, headers, raw, body, received_at)
+        case _:
+            assert_never(shape)

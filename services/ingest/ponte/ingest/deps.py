@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import asyncpg
 from fastapi import Depends, Request
 
 from ponte.ingest.intake import Intake
@@ -25,11 +24,6 @@ async def get_publisher(request: Request) -> EventPublisher:
     return publisher
 
 
-async def get_pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
-
-
 async def get_registry(request: Request) -> SourceRegistry:
     registry: SourceRegistry = request.app.state.registry
     return registry
@@ -37,5 +31,4 @@ async def get_registry(request: Request) -> SourceRegistry:
 
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 PublisherDep = Annotated[EventPublisher, Depends(get_publisher)]
-PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 RegistryDep = Annotated[SourceRegistry, Depends(get_registry)]

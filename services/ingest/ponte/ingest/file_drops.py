@@ -39,9 +39,10 @@ from datetime import date, datetime, time
 from typing import Any
 
 from ponte.shared import strict_json
-from ponte.shared.events import Operation, RawEvent, SourceKind, delivery_id_for, erp_record_key
+from ponte.shared.events import Operation, RawEvent, delivery_id_for, erp_record_key
 from ponte.shared.parsers import PARSERS, ParseError
 from ponte.shared.rejections import Rejection
+from ponte.shared.source_kinds import SourceKind
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV_TYPES = frozenset({"text/csv", "application/csv", "text/plain"})

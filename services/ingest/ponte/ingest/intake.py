@@ -28,7 +28,6 @@ from ponte.ingest.publisher import BrokerUnavailable, EventPublisher
 from ponte.ingest.receipts import Claim, Receipts
 from ponte.ingest.registry import KnownSource, SourceRegistry
 from ponte.shared import signatures
-from ponte.shared.events import SourceKind
 from ponte.shared.logs import printable
 from ponte.shared.mapping import mapping_for
 from ponte.shared.metrics import (
@@ -42,6 +41,7 @@ from ponte.shared.metrics import (
 )
 from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
+from ponte.shared.source_kinds import SourceKind, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,11 @@ class Intake:
     def _key_fields(self, kind: SourceKind, source_id: str) -> dict[str, list[str]] | None:
         """The record keys of the source's mapping (read once per source): ingest shares
         the transform's mapping files so both key a record the same way."""
-        if kind is not SourceKind.ERP:
+        if spec_of(kind).body != "envelope":  # a shop resource is keyed by its own id
             return None
         if source_id not in self._keys:
             self._keys[source_id] = mapping_for(
-                kind.value, source_id, self._settings.mappings_dir
+                kind, source_id, self._settings.mappings_dir
             ).record_key_fields()
         return self._keys[source_id]
 

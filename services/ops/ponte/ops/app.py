@@ -23,6 +23,7 @@ from ponte.ops.routes import audit, health, history, pages, replay, sources
 from ponte.ops.status import load_schedules
 from ponte.shared import db, probes
 from ponte.shared.settings import Settings
+from ponte.shared.validation_errors import api_details
 
 PLACEHOLDER_TOKENS = frozenset({"", "CHANGE_ME", "changeme"})
 MIN_TOKEN_LENGTH = 16
@@ -59,9 +60,7 @@ async def validation_error(request: Request, error: Exception) -> JSONResponse:
     """FastAPI's 422, minus the rejected input: the input may be a secret (``add_secret``),
     and the location and message already name the field and say what is wrong."""
     assert isinstance(error, RequestValidationError)
-    details = [
-        {"loc": item["loc"], "msg": item["msg"], "type": item["type"]} for item in error.errors()
-    ]
+    details = api_details(error.errors())
     return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)
 
 

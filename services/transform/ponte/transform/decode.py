@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from pydantic import ValidationError
 
 from ponte.shared import strict_json
-from ponte.shared.events import RawEvent, SourceKind
+from ponte.shared.events import RawEvent
 from ponte.shared.mapping import Mapping, mapping_for
+from ponte.shared.source_kinds import SourceKind, spec_of
+from ponte.shared.validation_errors import first_problem
 from ponte.transform.normalize import NormalizedRecord, RecordRejected, normalize_record
 from ponte.transform.shops import shop_records
 
@@ -36,7 +38,7 @@ class Decoder:
     def mapping(self, kind: SourceKind, source_id: str) -> Mapping:
         key = (kind, source_id)
         if key not in self._mappings:
-            self._mappings[key] = mapping_for(kind.value, source_id, self._overrides_dir)
+            self._mappings[key] = mapping_for(kind, source_id, self._overrides_dir)
         return self._mappings[key]
 
     def decode(self, value: bytes | None) -> Decoded:
@@ -69,20 +71,24 @@ class Decoder:
         try:
             event = RawEvent.model_validate(document)
         except ValidationError as error:
-            first = error.errors()[0]
-            path = ".".join(str(part) for part in first["loc"]) or "value"
+            path, reason = first_problem(error, default="value")
             return Decoded(
                 None,
                 rejection=RecordRejected(
-                    "undecodable", f"not a Ponte raw event: {path}: {first['msg']}", path
+                    "undecodable", f"not a Ponte raw event: {path}: {reason}", path
                 ),
             )
         mapping = self.mapping(event.source_kind, event.source_id)
         try:
-            if event.source_kind is SourceKind.ERP:
-                record = normalize_record(event, mapping)
-                return Decoded(event, [record], unmapped=record.unmapped)
-            return self._decode_shop(event, mapping)
+            body = spec_of(event.source_kind).body
+            match body:
+                case "envelope":
+                    record = normalize_record(event, mapping)
+                    return Decoded(event, [record], unmapped=record.unmapped)
+                case "shop_resource":
+                    return self._decode_shop(event, mapping)
+                case _:
+                    assert_never(body)
         except RecordRejected as rejection:
             return Decoded(event, rejection=rejection, unmapped=rejection.unmapped)
 

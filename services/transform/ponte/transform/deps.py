@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import asyncpg
 from fastapi import Depends, Request
 
 from ponte.transform.consumer import TransformConsumer
-
-
-async def get_pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
 
 
 async def get_consumer(request: Request) -> TransformConsumer:
@@ -20,5 +14,4 @@ async def get_consumer(request: Request) -> TransformConsumer:
     return consumer
 
 
-PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 ConsumerDep = Annotated[TransformConsumer, Depends(get_consumer)]

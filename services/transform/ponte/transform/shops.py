@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ponte.shared.events import Operation, RawEvent, SourceKind, resource_of
+from ponte.shared.events import Operation, RawEvent
+from ponte.shared.source_kinds import SOURCE_KINDS, SourceKind, resource_of
 
 
 @dataclass
@@ -276,6 +277,10 @@ ADAPTERS: dict[SourceKind, Callable[[str, dict[str, Any], bool], list[ShopRecord
     SourceKind.SHOPIFY: shopify_records,
     SourceKind.WOOCOMMERCE: woocommerce_records,
 }
+"""Each shop kind's reshaping of its resources into mapping tables."""
+assert set(ADAPTERS) == {
+    kind for kind, spec in SOURCE_KINDS.items() if spec.body == "shop_resource"
+}, "every kind whose body is a shop resource needs its adapter here"
 
 
 def shop_records(event: RawEvent) -> list[ShopRecord]:

@@ -52,6 +52,7 @@ from ponte.shared.events import Operation
 from ponte.shared.mapping import Mapping, mapping_for
 from ponte.shared.pulls import FtpFolder, FtpFolderPullDefinition
 from ponte.shared.rejections import Rejection
+from ponte.shared.source_kinds import SourceKind
 from ponte.shared.sources import SourceConfig, fetch_sources
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ class FtpFolderPuller:
         await self._call("connect/login", self._session.open)
         listed: list[RemoteFile] = await self._call("listing", self._session.listing)
         candidates = await self._settled(run, [f for f in listed if self._wanted(f, ledger)])
-        mapping = mapping_for("erp", source_id, self._mappings_dir)
+        mapping = mapping_for(SourceKind.ERP, source_id, self._mappings_dir)
         source = (await fetch_sources(self._pool)).get(source_id)
         for remote in candidates:
             if not await self._take(run, remote, mapping, source):

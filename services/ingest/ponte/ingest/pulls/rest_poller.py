@@ -29,16 +29,11 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from ponte.shared import strict_json
-from ponte.shared.events import (
-    Operation,
-    RawEvent,
-    SourceKind,
-    delivery_id_for,
-    erp_record_key,
-)
+from ponte.shared.events import Operation, RawEvent, delivery_id_for, erp_record_key
 from ponte.shared.http_policy import classify, retry_after_s
 from ponte.shared.parsers import ParseError, parse_datetime
 from ponte.shared.pulls import RestPullDefinition, json_path
+from ponte.shared.source_kinds import SourceKind
 
 
 class PullFailed(Exception):

@@ -59,6 +59,7 @@ from ponte.shared.pulls import (
     previous_slot,
 )
 from ponte.shared.settings import Settings
+from ponte.shared.source_kinds import SourceKind
 from ponte.shared.sources import fetch_sources
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def key_fields_by_source(
     rest = [definition for definition in definitions if isinstance(definition, RestPullDefinition)]
     mapping_keys = {
         definition.source_id: mapping_for(
-            "erp", definition.source_id, mappings_dir
+            SourceKind.ERP, definition.source_id, mappings_dir
         ).record_key_fields()
         for definition in rest
     }

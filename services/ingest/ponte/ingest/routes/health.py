@@ -8,8 +8,9 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ponte.ingest.deps import PoolDep, PublisherDep, RegistryDep
+from ponte.ingest.deps import PublisherDep, RegistryDep
 from ponte.shared import db
+from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining
 from ponte.shared.probes import READINESS_RESPONSES
 

@@ -25,13 +25,14 @@ from ponte.ingest.publisher import BrokerUnavailable, EventPublisher
 from ponte.ingest.pulls.runs import last_runs
 from ponte.ingest.pulls.scheduler import PullScheduler, UnknownPull
 from ponte.ingest.registry import KnownSource, SourceRegistry
-from ponte.shared.events import Operation, SourceKind
+from ponte.shared.events import Operation
 from ponte.shared.mapping import mapping_for
 from ponte.shared.metrics import INGEST_EVENTS, INGEST_LAST_ACCEPTED
 from ponte.shared.parsers import ParseError, parse_datetime
 from ponte.shared.pulls import next_run
 from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
+from ponte.shared.source_kinds import SourceKind, spec_of
 
 router = APIRouter(tags=["pulls and files"])
 
@@ -64,7 +65,7 @@ def _source(request: Request, source_id: str) -> KnownSource:
         raise Rejection(
             404, "unknown_source", f"source {source_id!r} is unknown or inactive", field="source_id"
         )
-    if source.config.kind is not SourceKind.ERP:
+    if not spec_of(source.config.kind).pulls_and_files:
         raise Rejection(
             404,
             "not_an_erp_source",
@@ -152,7 +153,7 @@ class _Table:
     """The table's key fields and value types, from the source's mapping."""
 
     def __init__(self, settings: Settings, source_id: str, table: str) -> None:
-        mapping = mapping_for("erp", source_id, settings.mappings_dir)
+        mapping = mapping_for(SourceKind.ERP, source_id, settings.mappings_dir)
         found = mapping.table(table)
         if found is None:
             raise Rejection(

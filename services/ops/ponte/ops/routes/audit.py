@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from ponte.ops import audit
 from ponte.ops.auth import UNAUTHORIZED, Operator
-from ponte.ops.deps import PoolDep
+from ponte.shared.deps import PoolDep
 from ponte.shared.probes import IdQuery
 
 router = APIRouter(prefix="/ops/audit", tags=["audit"], responses=UNAUTHORIZED)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ponte.ops.deps import PoolDep
 from ponte.shared import db
+from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining
 from ponte.shared.probes import READINESS_RESPONSES
 

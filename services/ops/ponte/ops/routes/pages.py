@@ -18,9 +18,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from ponte.ops.auth import SESSION_COOKIE, SESSION_TTL_S, session_cookie, valid_session, valid_token
-from ponte.ops.deps import PoolDep, PullsDep, SettingsDep
+from ponte.ops.deps import PullsDep
 from ponte.ops.onboarding import onboarding
 from ponte.ops.status import source_ids, source_status
+from ponte.shared.deps import PoolDep, SettingsDep
 from ponte.shared.events import ERP_TIMEZONE
 from ponte.shared.settings import Settings
 

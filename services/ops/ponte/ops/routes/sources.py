@@ -9,10 +9,12 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ValidationError
 
 from ponte.ops.auth import UNAUTHORIZED, Operator
-from ponte.ops.deps import PoolDep, PullsDep, SettingsDep
+from ponte.ops.deps import PullsDep
 from ponte.ops.edits import SourcePatch, UnknownSource, apply_patch
 from ponte.ops.onboarding import Onboarding, onboarding
 from ponte.ops.status import SourceStatus, source_ids, source_status
+from ponte.shared.deps import PoolDep, SettingsDep
+from ponte.shared.validation_errors import api_details
 
 router = APIRouter(prefix="/ops/sources", tags=["sources"], responses=UNAUTHORIZED)
 
@@ -71,10 +73,9 @@ async def patch_source(
     except ValidationError as error:  # the combined source would not load in ingest
         raise HTTPException(
             422,
-            detail=[
-                {"loc": ["body", *item["loc"]], "msg": item["msg"], "type": item["type"]}
-                for item in jsonable_encoder(error.errors(include_input=False))
-            ],
+            detail=api_details(
+                jsonable_encoder(error.errors(include_input=False)), prefix=["body"]
+            ),
         ) from None
     status = await source_status(pool, source_id, pulls=pulls)
     assert status is not None  # it was just updated inside a transaction

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ponte.shared import db
+from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining
 from ponte.shared.probes import READINESS_RESPONSES
-from ponte.transform.deps import ConsumerDep, PoolDep
+from ponte.transform.deps import ConsumerDep
 
 router = APIRouter(tags=["health"])
 

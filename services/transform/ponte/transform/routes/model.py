@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from ponte.shared.crm import ParkedReference, TransformRejection, UnmappedField
+from ponte.shared.deps import PoolDep
 from ponte.shared.probes import IdQuery
-from ponte.transform.deps import PoolDep
 
 router = APIRouter(tags=["transform"])
 

@@ -40,27 +40,56 @@ class Change:
         )
 
 
+def change_from(
+    data: dict[str, Any], *, topic: str, partition: int, offset: int, published_at: float | None
+) -> Change:
+    """A change from its event body (``event_body``) and where it stood on its topic."""
+    version = data.get("version") or {}
+    at = version.get("at")
+    return Change(
+        entity=data["entity"],
+        source_id=data["source_id"],
+        source_key=data["source_key"],
+        row_id=int(data["row_id"]),
+        operation=data["operation"],
+        version_at=datetime.fromisoformat(at) if at else None,
+        version_event_id=version.get("event_id"),
+        row=data.get("row") or {},
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        published_at=published_at,
+    )
+
+
+def event_body(change: Change) -> dict[str, Any]:
+    """The change as its event carries it (what the transform published), for the
+    dead-letter topic and for changes kept while they wait (``references``)."""
+    return {
+        "entity": change.entity,
+        "source_id": change.source_id,
+        "source_key": change.source_key,
+        "row_id": change.row_id,
+        "operation": change.operation,
+        "row": change.row,
+        "version": {
+            "at": change.version_at.isoformat() if change.version_at else None,
+            "event_id": change.version_event_id,
+        },
+    }
+
+
 def parse_change(record: ConsumerRecord[bytes, bytes]) -> Change | None:
     """A change event, or None for a message that is not one (counted by the caller)."""
     try:
-        data = orjson.loads(record.value or b"")
-        version = data.get("version") or {}
-        at = version.get("at")
-        return Change(
-            entity=data["entity"],
-            source_id=data["source_id"],
-            source_key=data["source_key"],
-            row_id=int(data["row_id"]),
-            operation=data["operation"],
-            version_at=datetime.fromisoformat(at) if at else None,
-            version_event_id=version.get("event_id"),
-            row=data.get("row") or {},
+        return change_from(
+            orjson.loads(record.value or b""),
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             published_at=record.timestamp / 1000,
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
 

@@ -42,7 +42,7 @@ from tenacity import (
 
 from ponte.deliver import associations, references
 from ponte.deliver.associations import Link, LinkFailure
-from ponte.deliver.changes import Change, latest_per_record, properties_for
+from ponte.deliver.changes import Change, event_body, latest_per_record, properties_for
 from ponte.deliver.connectors.base import BatchOutcome, Connector, Outgoing, PairsRefused
 from ponte.deliver.targets import Target
 from ponte.shared.http_policy import RetryableError, TerminalError, tenacity_wait
@@ -384,18 +384,7 @@ class Deliverer:
             value = orjson.dumps(
                 {
                     "target": target_id,
-                    "change": {
-                        "entity": change.entity,
-                        "source_id": change.source_id,
-                        "source_key": change.source_key,
-                        "row_id": change.row_id,
-                        "operation": change.operation,
-                        "row": change.row,
-                        "version": {
-                            "at": change.version_at.isoformat() if change.version_at else None,
-                            "event_id": change.version_event_id,
-                        },
-                    },
+                    "change": event_body(change),
                 }
             )
             headers = {

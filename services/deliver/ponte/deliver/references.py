@@ -37,7 +37,7 @@ from typing import Any
 
 import asyncpg
 
-from ponte.deliver.changes import Change
+from ponte.deliver.changes import Change, change_from, event_body
 from ponte.deliver.targets import Reference, Target
 from ponte.shared.crm import references_of
 
@@ -137,14 +137,7 @@ async def resolve(pool: asyncpg.Pool, target: Target, changes: Iterable[Change])
 
 def _encode(change: Change) -> dict[str, Any]:
     return {
-        "entity": change.entity,
-        "source_id": change.source_id,
-        "source_key": change.source_key,
-        "row_id": change.row_id,
-        "operation": change.operation,
-        "version_at": change.version_at.isoformat() if change.version_at else None,
-        "version_event_id": change.version_event_id,
-        "row": change.row,
+        "event": event_body(change),
         "topic": change.topic,
         "partition": change.partition,
         "offset": change.offset,
@@ -153,16 +146,8 @@ def _encode(change: Change) -> dict[str, Any]:
 
 
 def _decode(data: dict[str, Any]) -> Change:
-    at = data["version_at"]
-    return Change(
-        entity=data["entity"],
-        source_id=data["source_id"],
-        source_key=data["source_key"],
-        row_id=int(data["row_id"]),
-        operation=data["operation"],
-        version_at=datetime.fromisoformat(at) if at else None,
-        version_event_id=data["version_event_id"],
-        row=data["row"],
+    return change_from(
+        data["event"],
         topic=data["topic"],
         partition=int(data["partition"]),
         offset=int(data["offset"]),
@@ -172,6 +157,17 @@ def _decode(data: dict[str, Any]) -> Change:
 
 def _version(change: Change) -> tuple[datetime | None, str]:
     return change.version_at, change.version_event_id or ""
+
+
+def _versions(changes: list[Change]) -> tuple[list[Any], ...]:
+    """Each record and version as the column arrays ``unnest`` takes."""
+    return (
+        [c.entity for c in changes],
+        [c.source_id for c in changes],
+        [c.source_key for c in changes],
+        [c.version_at for c in changes],
+        [c.version_event_id or "" for c in changes],
+    )
 
 
 async def park(pool: asyncpg.Pool, target: Target, missing: list[tuple[Change, Missing]]) -> None:
@@ -225,11 +221,7 @@ async def newer_waiting(
         "WHERE (COALESCE(w.version_at, '-infinity'), COALESCE(w.version_event_id, '')) > "
         "(COALESCE(c.version_at, '-infinity'), COALESCE(c.version_event_id, ''))",
         target.id,
-        [c.entity for c in changes],
-        [c.source_id for c in changes],
-        [c.source_key for c in changes],
-        [c.version_at for c in changes],
-        [c.version_event_id or "" for c in changes],
+        *_versions(changes),
     )
     return {(row["entity"], row["source_id"], row["source_key"]) for row in rows}
 
@@ -247,11 +239,7 @@ async def settle(pool: asyncpg.Pool, target: Target, changes: list[Change]) -> N
         "AND (COALESCE(w.version_at, '-infinity'), COALESCE(w.version_event_id, '')) <= "
         "(COALESCE(c.version_at, '-infinity'), COALESCE(c.version_event_id, ''))",
         target.id,
-        [c.entity for c in changes],
-        [c.source_id for c in changes],
-        [c.source_key for c in changes],
-        [c.version_at for c in changes],
-        [c.version_event_id or "" for c in changes],
+        *_versions(changes),
     )
 
 

@@ -2,7 +2,7 @@
 and body as documented, whatever the client sends. Services run as their own processes
 on the session's broker and PostgreSQL.
 
-The ops service is run with its token, which schemathesis sends on every request (its
+Every service is run with the ops token, which schemathesis sends on every request (its
 ``ignored_auth`` check also sends requests without it and expects them refused). Each
 service's document must list the routes named in ``MUST_COVER`` and schemathesis must
 have called each of them: a route left out of the document, or skipped by a filter, would
@@ -96,10 +96,11 @@ def service_extra_env(service: str, tmp_path: Path) -> tuple[dict[str, str], lis
             encoding="utf-8",
         )
         env["PONTE_TARGETS_FILE"] = str(targets)
-    if service == "ops":
-        token = secrets.token_urlsafe(32)
-        env["PONTE_OPS_TOKEN"] = token
-        headers = ["--header", f"Authorization: Bearer {token}"]
+    # Every service's data routes take the ops token (ponte.shared.ops_token); the
+    # ingest's file and pull routes also take it.
+    token = secrets.token_urlsafe(32)
+    env["PONTE_OPS_TOKEN"] = token
+    headers = ["--header", f"Authorization: Bearer {token}"]
     return env, headers
 
 

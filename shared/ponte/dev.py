@@ -155,7 +155,7 @@ async def _serve(settings: Settings, port: int, secret: str) -> None:
     print(f"  ingest:    http://127.0.0.1:{port}/docs  /metrics  /readyz")
     print(
         f"  transform: http://127.0.0.1:{ports['transform']}/docs  /parked-references  "
-        "/rejections  /unmapped-fields  /classification  /metrics"
+        "/rejections  /unmapped-fields  /classification  /metrics  (Bearer: the ops token)"
     )
     print(f"  ops page:  http://127.0.0.1:{ports['ops']}/   token: {token}  (API: /docs)")
     print(f"  broker:    {settings.kafka_bootstrap}   database: {settings.asyncpg_dsn}")

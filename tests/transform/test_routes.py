@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from ponte.shared.mapping import default_mapping
 from ponte.shared.settings import Settings
@@ -17,13 +18,17 @@ from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
 
+TOKEN = "transform-routes-token-0123456789"
+
 
 @pytest.fixture
 async def client(base_settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(base_settings)
+    app = create_app(base_settings.model_copy(update={"ops_token": SecretStr(TOKEN)}))
     app.state.pool = pool  # the routes need only the pool; no consumer is started
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://transform"
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://transform",
+        headers={"Authorization": f"Bearer {TOKEN}"},
     ) as client:
         yield client
 

@@ -28,6 +28,8 @@ from ponte.deliver.targets import Target
 from ponte.shared import db, kafka, probes
 from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining, freeze_startup_heap
+from ponte.shared.ops_token import UNAUTHORIZED as OPS_TOKEN_MISSING
+from ponte.shared.ops_token import OpsTokenRequired
 from ponte.shared.probes import READINESS_RESPONSES, IdQuery
 from ponte.shared.settings import Settings
 
@@ -104,7 +106,13 @@ class DeliveryState(BaseModel):
     updated_at: datetime
 
 
-@router.get("/deliveries", tags=["deliver"], summary="Delivery state per record and target")
+@router.get(
+    "/deliveries",
+    tags=["deliver"],
+    summary="Delivery state per record and target",
+    dependencies=[OpsTokenRequired],
+    responses=OPS_TOKEN_MISSING,
+)
 async def deliveries(
     pool: PoolDep,
     target_id: IdQuery = None,

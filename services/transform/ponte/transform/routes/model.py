@@ -12,9 +12,12 @@ from pydantic import BaseModel
 
 from ponte.shared.crm import ParkedReference, TransformRejection, UnmappedField
 from ponte.shared.deps import PoolDep
+from ponte.shared.ops_token import UNAUTHORIZED as OPS_TOKEN_MISSING
+from ponte.shared.ops_token import OpsTokenRequired
 from ponte.shared.probes import IdQuery
 
-router = APIRouter(tags=["transform"])
+router = APIRouter(tags=["transform"], dependencies=[OpsTokenRequired], responses=OPS_TOKEN_MISSING)
+"""Every route here returns stored data (payloads, CNPJs, names): the ops token guards it."""
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
 

@@ -289,33 +289,41 @@ def _set_cookie(response: httpx.Response) -> list[str]:
     return [part.strip().lower() for part in header.split(";")]
 
 
-async def test_the_session_cookie_is_secure_unless_configured_off(
+async def test_the_session_cookie_is_secure_over_https_or_when_configured(
     ops: RunningOps, settings: Settings
 ) -> None:
-    """Behind the TLS ingress the app sees plain HTTP (X-Forwarded-Proto is not
-    believed), so Secure cannot come from the scheme: it comes from
-    PONTE_OPS_COOKIE_SECURE, on by default; off, the cookie works over plain HTTP."""
-    async with httpx.AsyncClient(base_url=ops.url) as client:
+    """Unset, PONTE_OPS_COOKIE_SECURE marks the cookie Secure only when the request came
+    over HTTPS, so `make dev`'s plain-HTTP page works in any client. Behind the TLS
+    ingress the app sees plain HTTP and X-Forwarded-Proto is not believed, so production
+    sets it true (deploy/k8s): Secure whatever the scheme. A header cannot switch it."""
+    async with httpx.AsyncClient(base_url=ops.url, follow_redirects=False) as client:
         login = await client.post("/login", data={"token": OPS_TOKEN})
-        logout = await client.post("/logout")
+        forwarded = await client.post(
+            "/login", data={"token": OPS_TOKEN}, headers={"X-Forwarded-Proto": "https"}
+        )
+        # The jar sends a cookie without Secure over HTTP: the session works.
+        assert (await client.get("/")).status_code == 200
     attributes = _set_cookie(login)
-    assert {"secure", "httponly", "samesite=strict"} <= set(attributes)
-    assert "secure" in _set_cookie(logout)  # deleted with the attributes it was set with
+    assert "secure" not in attributes and {"httponly", "samesite=strict"} <= set(attributes)
+    assert "secure" not in _set_cookie(forwarded)
 
-    plain = settings.model_copy(
-        update={"ops_token": SecretStr(OPS_TOKEN), "ops_cookie_secure": False}
+    behind_tls = settings.model_copy(
+        update={"ops_token": SecretStr(OPS_TOKEN), "ops_cookie_secure": True}
     )
-    async for running in serve_ops(plain):
+    async for running in serve_ops(behind_tls):
         async with httpx.AsyncClient(base_url=running.url, follow_redirects=False) as client:
             login = await client.post("/login", data={"token": OPS_TOKEN})
-            assert "secure" not in _set_cookie(login)
-            assert "httponly" in _set_cookie(login)
-            forwarded = await client.post(
-                "/login", data={"token": OPS_TOKEN}, headers={"X-Forwarded-Proto": "https"}
-            )
-            assert "secure" not in _set_cookie(forwarded)  # a header cannot switch it
-            # The jar sends a cookie without Secure over HTTP: the session works.
-            assert (await client.get("/")).status_code == 200
+            logout = await client.post("/logout")
+        assert {"secure", "httponly", "samesite=strict"} <= set(_set_cookie(login))
+        assert "secure" in _set_cookie(logout)  # deleted with the attributes it was set with
+
+
+async def test_the_page_takes_the_api_token_too(ops: RunningOps) -> None:
+    async with httpx.AsyncClient(base_url=ops.url, follow_redirects=False) as client:
+        with_token = await client.get("/", headers={"Authorization": f"Bearer {OPS_TOKEN}"})
+        wrong = await client.get("/", headers={"Authorization": "Bearer not-the-token"})
+    assert with_token.status_code == 200 and "<table" in with_token.text
+    assert wrong.status_code == 303 and wrong.headers["location"] == "/login"
 
 
 @pytest.mark.parametrize(

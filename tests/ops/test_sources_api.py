@@ -110,12 +110,19 @@ async def test_general_information_comes_from_the_request_history(
     assert '"Pedido"' in log.json()["request_body"]
 
 
-async def test_a_source_never_successful_is_silent_too_long(
-    ops: RunningOps, ingest: RunningIngest, source_id: str
+async def test_a_source_never_successful_is_silent_too_long_once_its_limit_has_passed(
+    ops: RunningOps, ingest: RunningIngest, source_id: str, pool: asyncpg.Pool
 ) -> None:
     async with ops.client() as client:
-        info = (await client.get(f"/ops/sources/{source_id}")).json()
-    assert info["last_success_at"] is None and info["silent_too_long"] is True
+        new = (await client.get(f"/ops/sources/{source_id}")).json()
+        # Created a moment ago: not yet silent for its 24 h, only "never yet".
+        assert new["last_success_at"] is None and new["never_succeeded"] is True
+        assert new["silent_too_long"] is False
+        await pool.execute(
+            "UPDATE sources SET created_at = now() - interval '25 hours' WHERE id = $1", source_id
+        )
+        old = (await client.get(f"/ops/sources/{source_id}")).json()
+    assert old["never_succeeded"] is True and old["silent_too_long"] is True
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ build their own.
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -129,12 +130,22 @@ class Settings(BaseSettings):
     without one)."""
     history_max_days: int = 7
     """Longest period one history export may span (seed 001: at most 7 days per query)."""
-    ops_cookie_secure: bool = True
-    """Mark the ops page's session cookie ``Secure``. Behind the TLS ingress the app sees
-    plain HTTP (X-Forwarded-Proto is not trusted, like X-Forwarded-For), so it cannot tell
-    by itself. Browsers keep a Secure cookie from http://127.0.0.1 and http://localhost
-    (secure contexts), so ``ponte dev`` works with it; false only to reach the page over
-    plain HTTP on another address."""
+    ops_cookie_secure: bool | None = None
+    """Mark the ops page's session cookie ``Secure``: unset, only when the request itself
+    came over HTTPS; ``true`` behind a TLS ingress, where the app sees plain HTTP
+    (X-Forwarded-Proto is not trusted, like X-Forwarded-For) and cannot tell by itself
+    (the Kubernetes config sets it); ``false`` never."""
+    ops_timezone: str = "America/Sao_Paulo"
+    """The zone the ops page shows times in (each time carries its offset)."""
+
+    @field_validator("ops_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone (e.g. America/Sao_Paulo)") from None
+        return value
 
     # --- process --------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -110,8 +110,10 @@ class SourceStatus(BaseModel):
     last_success_at: datetime | None
     last_request_at: datetime | None
     silent_too_long: bool = Field(
-        description="Active, and no success within max_silence_hours (what alerts fire on)."
+        description="Active, and no success within max_silence_hours (what alerts fire on); "
+        "a source that never succeeded counts from its creation."
     )
+    never_succeeded: bool = Field(description="No successful request or pull yet.")
     secret_fingerprints: list[str] = Field(description="Secrets are never shown, only these.")
     allowed_cidrs: list[str]
     tables: list[str]
@@ -244,7 +246,8 @@ async def source_status(
         last_success_at=last_success,
         last_request_at=history["last_at"],
         silent_too_long=source["active"]
-        and (last_success is None or now - last_success > max_silence),
+        and now - (last_success or source["created_at"]) > max_silence,
+        never_succeeded=last_success is None,
         secret_fingerprints=[fingerprint(secret) for secret in source["secrets"]],
         allowed_cidrs=source["allowed_cidrs"],
         tables=source["tables"],

@@ -12,17 +12,19 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
+from jinja2.runtime import Context
 
 from ponte.ops.auth import SESSION_COOKIE, SESSION_TTL_S, session_cookie, valid_session, valid_token
 from ponte.ops.deps import PullsDep
 from ponte.ops.onboarding import onboarding
 from ponte.ops.status import source_ids, source_status
 from ponte.shared.deps import PoolDep, SettingsDep
-from ponte.shared.events import ERP_TIMEZONE
 from ponte.shared.settings import Settings
 
 router = APIRouter(include_in_schema=False)
@@ -36,16 +38,32 @@ SEED_TABLES = (
 MAX_LOGIN_BODY = 4096
 
 
-def _local(moment: datetime | None) -> str:
-    """A time as the consultant reads it: São Paulo local time."""
-    return moment.astimezone(ERP_TIMEZONE).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+def _zone(request: Request) -> ZoneInfo:
+    settings: Settings = request.app.state.settings
+    return ZoneInfo(settings.ops_timezone)
+
+
+@pass_context
+def _local(context: Context, moment: datetime | None) -> str:
+    """A time as the consultant reads it: in ``PONTE_OPS_TIMEZONE`` (São Paulo by
+    default), with its offset, so nobody has to guess the zone."""
+    if moment is None:
+        return "—"
+    local = moment.astimezone(_zone(context["request"]))
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {offset[:3]}:{offset[3:]}"
 
 
 templates.env.filters["local"] = _local
 
 
 def _signed_in(request: Request) -> bool:
-    return valid_session(request.app.state.ops_token, request.cookies.get(SESSION_COOKIE))
+    """A session cookie from the login form, or the same bearer token the API takes."""
+    token: str = request.app.state.ops_token
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and presented and valid_token(token, presented.strip()):
+        return True
+    return valid_session(token, request.cookies.get(SESSION_COOKIE))
 
 
 def _to_login() -> RedirectResponse:
@@ -61,7 +79,9 @@ def _secure_cookie(request: Request, settings: Settings) -> bool:
     """``PONTE_OPS_COOKIE_SECURE``, or HTTPS seen directly. The scheme alone is not enough:
     behind the TLS ingress the app sees plain HTTP, and it does not believe
     X-Forwarded-Proto (``ponte.shared.http.server_config``)."""
-    return settings.ops_cookie_secure or request.url.scheme == "https"
+    if settings.ops_cookie_secure is not None:
+        return settings.ops_cookie_secure
+    return request.url.scheme == "https"
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -126,7 +146,7 @@ async def source_page(
             request, "missing.html", {"source_id": source_id}, status_code=404
         )
     progress = await onboarding(pool, source_id, settings.history_retention_days)
-    now = datetime.now(UTC).astimezone(ERP_TIMEZONE).replace(second=0, microsecond=0)
+    now = datetime.now(UTC).astimezone(_zone(request)).replace(second=0, microsecond=0)
     context: dict[str, Any] = {
         "source": status,
         "onboarding": progress,

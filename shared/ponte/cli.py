@@ -8,11 +8,14 @@
     ponte replay     re-deliver dead letters after a fix (--dry-run by default)
     ponte migrate    bring the database schema up to date
     ponte topics     create the Kafka topics Ponte uses
-    ponte sources    validate a sources file and store it in PostgreSQL
-    ponte sign       print a signed curl for a test delivery to an ERP source
+    ponte sources    check a sources file, or load it into PostgreSQL
+    ponte sign       print a signed curl for a sample delivery to any source
     ponte pull       run a source's scheduled pull now
+    ponte classify   rank companies on the ABC curve now
 
-``ponte deliver`` covers HubSpot so far (issue #5 lists the other connectors).
+Commands that talk to a running stack read ``.ponte/dev.env`` when ``make dev`` wrote one
+(``ponte.dev_env``). A broker or database they cannot reach is one line and exit 1;
+``ponte --debug <command>`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,7 +38,70 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+_debug = False
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the whole traceback when a command fails.")
+    ] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def cli_settings() -> Settings:
+    """The settings a command that talks to a stack uses: the environment, then ``.env``,
+    then the running ``make dev`` stack's ``.ponte/dev.env`` when there is one."""
+    from ponte.dev_env import DEV_ENV
+
+    return Settings(_env_file=(".env", DEV_ENV))
+
+
+def _unreachable(error: BaseException) -> str | None:
+    """One line naming what could not be reached and the setting that says where, for
+    the failures a user meets when no stack is running; None for anything else."""
+    from aiokafka.errors import KafkaError
+
+    settings = cli_settings()
+    if isinstance(error, KafkaError):
+        return (
+            f"cannot reach the Kafka broker at {settings.kafka_bootstrap} "
+            f"({type(error).__name__}); start `make dev`, or set PONTE_KAFKA_BOOTSTRAP"
+        )
+    if isinstance(error, OSError | TimeoutError) or type(error).__module__.startswith("asyncpg"):
+        return (
+            f"cannot reach PostgreSQL at {settings.asyncpg_dsn.split('@')[-1]} "
+            f"({type(error).__name__}: {error}); start `make dev`, or set PONTE_DATABASE_URL"
+        )
+    return None
+
+
+def main() -> None:
+    """The ``ponte`` command: a failure to reach the broker or the database is one line
+    and exit status 1, unless ``--debug`` asks for the traceback."""
+    try:
+        app()
+    except Exception as error:
+        cause: BaseException = error
+        while cause.__cause__ is not None and _unreachable(cause) is None:
+            cause = cause.__cause__
+        message = None if _debug else _unreachable(cause)
+        if message is None:
+            raise
+        typer.echo(f"ponte: {message}", err=True)
+        raise SystemExit(1) from None
+
+
+class SourceKindName(StrEnum):
+    """The kinds ``ponte sign`` signs for (``ponte.shared.source_kinds``)."""
+
+    erp = "erp"
+    shopify = "shopify"
+    woocommerce = "woocommerce"
 
 
 Host = Annotated[str | None, typer.Option(help="Address to listen on (PONTE_HTTP_HOST).")]
@@ -109,7 +176,7 @@ def replay(
     skipped). Prints what is (or would be) replayed."""
     from ponte.shared.replay import replay as run_replay
 
-    settings = Settings()
+    settings = cli_settings()
     configure_logging(settings.log_level)
     replayed = asyncio.run(
         run_replay(
@@ -139,7 +206,7 @@ def classify(
     (PONTE_CLASSIFICATION_FILE); the transform service also does it on schedule."""
     from ponte.transform.classification import classify_companies
 
-    settings = Settings()
+    settings = cli_settings()
     configure_logging(settings.log_level)
     counts = asyncio.run(classify_companies(settings, dry_run=dry_run))
     for abc_class, count in counts.items():
@@ -155,7 +222,7 @@ def pull(
     ingest replicas; prints the run and exits 1 if it failed, 2 if one was already going."""
     from ponte.ingest.pulls.scheduler import UnknownPull, pull_once
 
-    settings = Settings()
+    settings = cli_settings()
     configure_logging(settings.log_level)
     try:
         run = asyncio.run(pull_once(settings, source_id))
@@ -172,7 +239,7 @@ def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = 
     """Bring the PostgreSQL schema up to date (PONTE_DATABASE_URL)."""
     from ponte.shared.db import migrate as run_migrations
 
-    settings = Settings()
+    settings = cli_settings()
     configure_logging(settings.log_level)
     run_migrations(settings, revision)
     typer.echo(f"schema at {revision}")
@@ -184,34 +251,47 @@ def topics() -> None:
     from ponte.shared.kafka import ensure_topics
     from ponte.shared.kafka import topics as topic_specs
 
-    settings = Settings()
+    settings = cli_settings()
     configure_logging(settings.log_level)
     asyncio.run(ensure_topics(settings))
     for spec in topic_specs(settings):
         typer.echo(f"{spec.name}\tpartitions={spec.partitions}\tretention_ms={spec.retention_ms}")
 
 
-@app.command()
-def sources(
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Sources YAML.")],
-    check: Annotated[bool, typer.Option("--check", help="Only validate; store nothing.")] = False,
-) -> None:
-    """Validate a sources file and store it in PostgreSQL (changed entries only)."""
-    from ponte.shared import db
-    from ponte.shared.sources import apply_sources, load_sources_file
+sources_app = typer.Typer(
+    help="Check or load a sources file (PONTE_SOURCES_FILE's format).", no_args_is_help=True
+)
+app.add_typer(sources_app, name="sources")
+SourcesPath = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Sources YAML.")]
+
+
+def _read_sources(path: Path) -> list[Any]:
+    from ponte.shared.sources import load_sources_file
 
     try:
-        configs = load_sources_file(path)
+        return load_sources_file(path)
     except ValueError as error:
         typer.echo(f"invalid sources file: {error}", err=True)
         raise typer.Exit(1) from None
-    if check:
-        for config in configs:
-            typer.echo(f"{config.id}\t{config.kind.value}\tactive={config.active}")
-        return
+
+
+@sources_app.command("check")
+def sources_check(path: SourcesPath) -> None:
+    """Validate a sources file and list its sources; stores nothing."""
+    for config in _read_sources(path):
+        typer.echo(f"{config.id}\t{config.kind.value}\tactive={config.active}")
+
+
+@sources_app.command("load")
+def sources_load(path: SourcesPath) -> None:
+    """Validate a sources file and store it in PostgreSQL (changed entries only)."""
+    from ponte.shared import db
+    from ponte.shared.sources import apply_sources
+
+    configs = _read_sources(path)
 
     async def store() -> dict[str, str]:
-        pool = await db.create_pool(Settings())
+        pool = await db.create_pool(cli_settings())
         try:
             return await apply_sources(pool, configs)
         finally:
@@ -223,20 +303,71 @@ def sources(
 
 @app.command()
 def sign(
-    url: Annotated[str, typer.Option(help="The source's webhook URL.")],
-    secret: Annotated[str, typer.Option(envvar="PONTE_SIGN_SECRET", help="The source's secret.")],
+    source: Annotated[
+        str | None,
+        typer.Argument(help="The source to sign for (default with --url: an ERP source)."),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="The webhook URL (default: the make dev stack's).")
+    ] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(envvar="PONTE_SIGN_SECRET", help="The source's secret (default: make dev's)."),
+    ] = None,
+    kind: Annotated[
+        SourceKindName | None, typer.Option(help="The source's kind (default: make dev's, or erp).")
+    ] = None,
     body_file: Annotated[
         Path | None,
-        typer.Option(
-            "--body", exists=True, dir_okay=False, help="JSON body; default: an example order."
-        ),
+        typer.Option("--body", exists=True, dir_okay=False, help="JSON body (default: a sample)."),
     ] = None,
+    repeat_id: Annotated[
+        str | None,
+        typer.Option(help="Send under this delivery id (to see a re-send answered duplicate)."),
+    ] = None,
+    send: Annotated[
+        bool, typer.Option("--send", help="Send it now and print the answer, not the curl.")
+    ] = False,
 ) -> None:
-    """Print a signed curl for an ERP source (Standard Webhooks headers)."""
-    from ponte.shared.sample_requests import example_order, signed_curl
+    """Print a signed curl for a source (pipe it to `sh`, or use --send): an ERP order, a
+    Shopify or a WooCommerce order, each a fresh delivery unless --repeat-id is given."""
+    from ponte import dev_env
+    from ponte.shared.sample_requests import sample_request
+    from ponte.shared.source_kinds import SourceKind
 
-    body = body_file.read_bytes() if body_file else example_order()
-    typer.echo(signed_curl(url, secret, body))
+    stack = dev_env.read()
+    demo = dict(
+        item.split(":", 1) for item in stack.get("PONTE_DEV_SOURCES", "").split(",") if item
+    )
+    if source is None and url is None:
+        typer.echo("name a source (e.g. `ponte sign erp-demo`) or give --url", err=True)
+        raise typer.Exit(2)
+    if url is None:
+        base = stack.get("PONTE_DEV_INGEST_URL")
+        if base is None:
+            typer.echo(f"no --url, and no running make dev stack ({dev_env.DEV_ENV})", err=True)
+            raise typer.Exit(2)
+        url = f"{base}/webhooks/{source}"
+    secret = secret or (stack.get(dev_env.secret_key(source)) if source else None)
+    if not secret:
+        typer.echo(f"no --secret for {source or url}, and make dev has none for it", err=True)
+        raise typer.Exit(2)
+    chosen = SourceKind(kind.value if kind else demo.get(source or "", "erp"))
+    body = body_file.read_bytes() if body_file else None
+    request = sample_request(chosen, url, secret, body=body, delivery_id=repeat_id)
+    if not send:
+        typer.echo(request.curl())
+        return
+    import httpx
+
+    try:
+        answer = httpx.post(request.url, content=request.body, headers=request.headers, timeout=15)
+    except httpx.TransportError as error:
+        typer.echo(f"ponte: cannot reach {request.url} ({type(error).__name__})", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{answer.status_code} {answer.text}")
+    if not answer.is_success:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -256,4 +387,4 @@ def dev(
 
 
 if __name__ == "__main__":
-    app()
+    main()

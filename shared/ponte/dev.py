@@ -24,6 +24,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
+from ponte import dev_env
 from ponte.shared import db
 from ponte.shared.embedded import embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
@@ -37,18 +38,21 @@ def _port_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+DEMO_SOURCES: dict[str, dict[str, str]] = {
+    "erp-demo": {
+        "kind": "erp",
+        "display_name": "Demo ERP",
+        "erp_name": "Demo ERP",
+        "erp_version": "1.0",
+    },
+    "shopify-demo": {"kind": "shopify", "display_name": "Demo Shopify shop"},
+    "woo-demo": {"kind": "woocommerce", "display_name": "Demo WooCommerce shop"},
+}
+
+
 def write_demo_sources(path: Path) -> dict[str, str]:
     """One source of each kind, each with a fresh secret; returns the secrets by source."""
-    demo = {
-        "erp-demo": {
-            "kind": "erp",
-            "display_name": "Demo ERP",
-            "erp_name": "Demo ERP",
-            "erp_version": "1.0",
-        },
-        "shopify-demo": {"kind": "shopify", "display_name": "Demo Shopify shop"},
-        "woo-demo": {"kind": "woocommerce", "display_name": "Demo WooCommerce shop"},
-    }
+    demo = DEMO_SOURCES
     keys = {
         source_id: "whsec_" + secrets.token_urlsafe(24)
         if spec["kind"] == "erp"
@@ -115,7 +119,9 @@ def _next_port(port: int) -> int:
     return port if _port_free(port) else free_port()
 
 
-async def _serve(settings: Settings, port: int, secret: str) -> None:
+async def _serve(
+    settings: Settings, port: int, keys: dict[str, str], kinds: dict[str, str]
+) -> None:
     from ponte.ingest.app import create_app as create_ingest
     from ponte.ops.app import create_app as create_ops
     from ponte.shared.http import server_config
@@ -150,6 +156,20 @@ async def _serve(settings: Settings, port: int, secret: str) -> None:
     url = f"http://127.0.0.1:{port}/webhooks/erp-demo"
     body = example_order()
     token = settings.ops_token.get_secret_value() if settings.ops_token else ""
+    written = dev_env.write(
+        {
+            "PONTE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "PONTE_DATABASE_URL": settings.database_url,
+            "PONTE_KAFKA_IDEMPOTENCE": "false",
+            "PONTE_KAFKA_REPLICATION_FACTOR": "1",
+            "PONTE_OPS_TOKEN": token,
+            "PONTE_DEV_INGEST_URL": f"http://127.0.0.1:{port}",
+            "PONTE_DEV_TRANSFORM_URL": f"http://127.0.0.1:{ports['transform']}",
+            "PONTE_DEV_OPS_URL": f"http://127.0.0.1:{ports['ops']}",
+            "PONTE_DEV_SOURCES": ",".join(f"{sid}:{kind}" for sid, kind in kinds.items()),
+            **{dev_env.secret_key(sid): secret for sid, secret in keys.items()},
+        }
+    )
     print("\nPonte is running.", flush=True)
     print(f"  webhooks:  {url}   (also /webhooks/shopify-demo, /webhooks/woo-demo)")
     print(f"  ingest:    http://127.0.0.1:{port}/docs  /metrics  /readyz")
@@ -159,11 +179,12 @@ async def _serve(settings: Settings, port: int, secret: str) -> None:
     )
     print(f"  ops page:  http://127.0.0.1:{ports['ops']}/   token: {token}  (API: /docs)")
     print(f"  broker:    {settings.kafka_bootstrap}   database: {settings.asyncpg_dsn}")
+    print(f"  this stack's addresses, token and demo secrets: {written} (the CLI reads it)")
     print(
-        "\nSend an order (the signature is valid for 5 minutes; `ponte sign --url ... "
-        "--secret ...` makes a fresh one):\n"
+        "\nSend an order (the signature is valid for 5 minutes). A fresh one, for any demo\n"
+        "source, is `.venv/bin/ponte sign erp-demo | sh` (or shopify-demo, woo-demo):\n"
     )
-    print(signed_curl(url, secret, body), "\n\nCtrl-C stops everything.\n", flush=True)
+    print(signed_curl(url, keys["erp-demo"], body), "\n\nCtrl-C stops everything.\n", flush=True)
     tail = asyncio.create_task(_tail(settings))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -198,6 +219,7 @@ def run_dev(*, port: int = 8000, durable: bool = False) -> None:
     ):
         sources_file = Path(workdir) / "sources.yaml"
         keys = write_demo_sources(sources_file)
+        kinds = {sid: entry["kind"] for sid, entry in DEMO_SOURCES.items()}
         settings = base.model_copy(
             update={
                 "kafka_bootstrap": broker.bootstrap,
@@ -210,6 +232,9 @@ def run_dev(*, port: int = 8000, durable: bool = False) -> None:
             }
         )
         db.migrate(settings)
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(settings, port, keys["erp-demo"]))
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_serve(settings, port, keys, kinds))
+        finally:
+            dev_env.remove()
     print("stopped: services, broker and database are down, their files removed.")

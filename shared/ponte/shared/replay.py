@@ -39,7 +39,11 @@ async def _dead_letters(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # a broker that is not there: close what was opened
+        raise
     found = []
     try:
         quiet_since = asyncio.get_running_loop().time()

@@ -205,7 +205,7 @@ def run_dev(*, port: int = 8000, durable: bool = False) -> None:
     # Ctrl-C, so the embedded broker and database are always stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     base = Settings()
-    configure_logging(base.log_level)
+    configure_logging(base.log_level, console=True)
     if not _port_free(port):
         chosen = free_port()
         print(f"port {port} is taken; using {chosen}")

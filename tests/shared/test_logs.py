@@ -6,10 +6,11 @@ import io
 import json
 import logging
 
+import pytest
 from pythonjsonlogger.json import JsonFormatter
 
 from ponte.dev import tail_line
-from ponte.shared.logs import configure_logging, printable
+from ponte.shared.logs import ConsoleFormatter, configure_logging, printable
 
 
 def test_printable_escapes_what_could_forge_or_rewrite_a_line() -> None:
@@ -62,3 +63,34 @@ def test_json_logs_keep_a_record_on_one_line() -> None:
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert json.loads(lines[0])["table"] == "a\nb\u2028c"
+
+
+def _record(**extra: object) -> logging.LogRecord:
+    record = logging.makeLogRecord(
+        {"name": "ponte.test", "levelname": "INFO", "levelno": 20, "msg": "sources\napplied"}
+    )
+    record.__dict__.update(extra)
+    return record
+
+
+def test_the_console_format_is_one_line_with_the_extra_fields() -> None:
+    line = ConsoleFormatter().format(_record(source="erp-demo\n", color_message="\x1b[36mx"))
+    assert "\n" not in line and "\x1b" not in line
+    assert line.endswith("INFO    ponte.test: sources\\x0aapplied source=erp-demo\\x0a")
+
+
+def test_uvicorns_colour_copy_of_each_message_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    configure_logging("INFO")
+    try:
+        logging.getLogger("uvicorn.error").info(
+            "Started server process [%d]", 7, extra={"color_message": "\x1b[36m%d\x1b[0m"}
+        )
+    finally:
+        configure_logging("WARNING")
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["message"] == "Started server process [7]"
+    assert "color_message" not in json.loads(line)

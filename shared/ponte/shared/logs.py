@@ -29,14 +29,53 @@ def printable(value: object) -> str:
     return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
 
 
-def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+
+
+class _DropColour(logging.Filter):
+    """uvicorn attaches ``color_message`` (its message with terminal colour codes) to
+    its records: a second copy of the message, escape codes included, in every line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
+class ConsoleFormatter(logging.Formatter):
+    """One readable line per event for a person at a terminal (``ponte dev``): time,
+    level, logger, message, then the ``extra=`` fields as ``key=value``, every part
+    escaped with ``printable`` so nothing from input can start a line of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{key}={printable(value)}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_")
         )
-    )
+        line = (
+            f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: "
+            f"{printable(record.getMessage())}"
+        )
+        if record.exc_info:
+            line += " " + printable(self.formatException(record.exc_info))
+        return f"{line} {extras}" if extras else line
+
+
+def configure_logging(level: str = "INFO", *, console: bool = False) -> None:
+    """JSON lines on stderr (for log collectors), or with ``console`` plain lines for a
+    person (``ponte dev``), which also leaves out the start-up chatter of the three
+    servers and the migrations: ``ponte dev`` prints where everything is itself."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_DropColour())
+    if console:
+        handler.setFormatter(ConsoleFormatter())
+    else:
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -44,3 +83,6 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(
         logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG
     )
+    if console and level.upper() != "DEBUG":
+        for chatty in ("uvicorn.error", "uvicorn.access", "alembic"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)

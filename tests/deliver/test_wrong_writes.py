@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from ponte.deliver.connectors.base import Outgoing
+from ponte.deliver.connectors.base import Outgoing, RecordMismatch, check_same_record
 from ponte.deliver.connectors.ploomes import PloomesConnector, PloomesTarget
 from ponte.deliver.connectors.registry import load_targets, parse_target
 from ponte.deliver.connectors.rest import RestConnector, RestTarget
@@ -394,3 +394,31 @@ async def test_an_update_by_a_stored_id_is_refused_when_the_crm_record_is_anothe
         )  # fmt: skip
     assert moved.delivered == {"erp/company/E1": crm_id}
     assert state.records["organizations"][crm_id]["custom_fields"]["cnpj"] == "77888999000155"
+
+
+@pytest.mark.parametrize(
+    ("found", "refused"),
+    [
+        ("11222333000181", False),  # the change's own key
+        ("11.222.333/0001-81", False),  # the same digits, as match: digits compares
+        ("44555666000199", False),  # the key last delivered: it changed in the source
+        (None, False),  # empty in the CRM proves nothing either way
+        ([], False),
+        ([{"value": "", "primary": True}], False),
+        ([{"value": "x", "primary": True}, {"value": "11222333000181"}], False),
+        ("99888777000166", True),  # another record's key
+        ([{"value": "99888777000166"}], True),
+    ],
+)
+def test_the_update_guard_refuses_only_another_records_key(found: object, refused: bool) -> None:
+    def check() -> None:
+        check_same_record(
+            what="organizations 7 in the CRM", key_name="document", found=found,
+            key="11222333000181", last_delivered="44555666000199", match="digits",
+        )  # fmt: skip
+
+    if refused:
+        with pytest.raises(RecordMismatch, match="it is another record"):
+            check()
+    else:
+        check()

@@ -41,7 +41,7 @@ from ponte.deliver.changes import Change, change_from, event_body
 from ponte.deliver.targets import Reference, Target
 from ponte.shared.crm import references_of
 
-CLAIM_STALE_S = 300
+CLAIM_STALE_S = 120
 """A claimed waiting change not settled within this long was lost with its process."""
 RELEASE_LIMIT = 1000
 """Waiting changes taken in one release (the rest on the next round or batch)."""

@@ -102,7 +102,9 @@ def check_same_record(
     really changed in the source still goes through). An empty value there proves
     nothing either way and passes. Anything else is another record (merged in the CRM,
     an id reused, an earlier wrong match): refuse rather than overwrite it."""
-    if normalise_key(found, match) is None and not isinstance(found, list):
+    values = found if isinstance(found, list) else [found]
+    present = [v.get("value") if isinstance(v, dict) else v for v in values]
+    if all(normalise_key(value, match) is None for value in present):
         return
     if same_key(found, key, match) or (
         last_delivered is not None and same_key(found, last_delivered, match)

@@ -274,3 +274,75 @@ def test_any_row_is_normalised_or_rejected_with_a_reason(table: str, row: dict[s
         assert rejection.code and rejection.reason
     else:
         assert record.rows and all(r.source_key for r in record.rows)
+
+
+def test_a_code_sent_to_a_text_column_stores_the_codes_key(tmp_path: Path) -> None:
+    """A city sent as a code of the ERP's city list: its key lands in `city`, the row is
+    not refused (the default `on_code: key`); `on_code: refuse` keeps the old refusal."""
+    city = {"$code": {"tabela": "CIDADE", "chave": "Curitiba"}}
+    record = norm("Empresa", {"codigo": "E1", "cidade": city, "uf": "PR"})
+    assert record.root.values["city"] == "Curitiba" and record.root.values["state"] == "PR"
+    assert not [r for r in record.root.references if r.column == "city"]
+    strict = tmp_path / "erp.yaml"
+    strict.write_text(
+        "kind: erp\ntables:\n  Empresa:\n    entity: company\n    key: [codigo]\n"
+        "    fields:\n      cidade: {column: city, on_code: refuse}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(RecordRejected) as caught:
+        normalize_record(
+            raw_event("Empresa", {"codigo": "E1", "cidade": city}, source_id="erp"),
+            load_mapping(strict),
+        )
+    assert caught.value.field == "Empresa.cidade"
+    assert (
+        "a $code (CIDADE:Curitiba) was sent for a field that is not a code" in caught.value.reason
+    )
+
+
+CODE_TABLE_UNDER_ITS_OWN_NAME = """
+kind: erp
+tables:
+  Cadastros auxiliares:
+    entity: code
+    key: [lista, cod]
+    code_table: {list: lista, key: cod, description: nome, parent_key: pai,
+                 parent_list: lista_pai}
+"""
+
+
+@pytest.mark.parametrize(
+    ("parent", "expected"),
+    [
+        ({"$code": {"tabela": "UF", "chave": "PR"}}, ("UF:PR", "UF", "PR")),  # names its list
+        ("PR", ("CIDADE:PR", "CIDADE", "PR")),  # a plain key: this row's own list
+    ],
+)
+def test_a_code_table_under_any_name_takes_its_parent_as_a_key_or_a_code(
+    tmp_path: Path, parent: Any, expected: tuple[str, str, str]
+) -> None:
+    path = tmp_path / "erp.yaml"
+    path.write_text(CODE_TABLE_UNDER_ITS_OWN_NAME, encoding="utf-8")
+    row = {"lista": "CIDADE", "cod": "CWB", "nome": "Curitiba", "pai": parent}
+    record = normalize_record(
+        raw_event("Cadastros auxiliares", row, source_id="erp"), load_mapping(path)
+    )
+    assert record.root.source_key == "CIDADE:CWB"
+    assert record.root.values == {"list_name": "CIDADE", "code": "CWB", "description": "Curitiba"}
+    (reference,) = record.root.references
+    key, list_name, code = expected
+    assert (reference.column, reference.target_key) == ("parent_id", key)
+    assert reference.stub_values == {"list_name": list_name, "code": code}
+    assert "{" not in reference.target_key  # never the object's text
+
+
+def test_a_parent_code_that_is_neither_a_key_nor_a_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "erp.yaml"
+    path.write_text(CODE_TABLE_UNDER_ITS_OWN_NAME, encoding="utf-8")
+    row = {"lista": "CIDADE", "cod": "CWB", "pai": {"uf": "PR"}}
+    with pytest.raises(RecordRejected) as caught:
+        normalize_record(
+            raw_event("Cadastros auxiliares", row, source_id="erp"), load_mapping(path)
+        )
+    assert caught.value.field == "Cadastros auxiliares.pai"
+    assert "a parent code must be a key or a $code object" in caught.value.reason

@@ -16,7 +16,10 @@ A field is written one of these ways::
     observacao: {ignore: true}                            # known, deliberately not stored
 
 A ``$code`` object (``{"$code": {"tabela": ..., "chave": ...}}``) is accepted for any
-field declared as a code. A reference whose target has not arrived is parked
+field declared as a code; sent to any other column it stores the code's key there
+(``on_code: key``, the default) or refuses the row (``on_code: refuse``). A code table's
+parent (``chave_pai``) may be a plain key or a ``$code`` naming the parent's own list.
+A reference whose target has not arrived is parked
 (``on_missing: park``, the default) or creates a placeholder row (``stub``).
 
 Mappings are validated at load against the CRM model: unknown entities or columns, and
@@ -70,6 +73,9 @@ class FieldMapping(BaseModel):
     code: str | None = None
     """Code list: the value is a code in it (or a ``$code`` object naming the list)."""
     on_missing: Literal["park", "stub"] = "park"
+    on_code: Literal["key", "refuse"] = "key"
+    """A ``$code`` object sent to a field that is not a code: store the code's key in
+    the column (``key``, parsed as the column's type), or refuse the row (``refuse``)."""
     ignore: bool = False
 
     @property

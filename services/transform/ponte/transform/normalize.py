@@ -269,8 +269,27 @@ class _Normalizer:
         }
         parent_code = data.get(fields.parent_key)
         if parent_code not in (None, ""):
-            parent_list = str(data.get(fields.parent_list) or list_name).strip()
-            parent_key = str(parent_code).strip()
+            # The parent as a $code object names its own list (region > state > city
+            # across lists); as a plain key it is in parent_list, else in this row's list.
+            try:
+                named = _code_object(parent_code)
+            except ParseError as error:
+                raise self.reject(
+                    "invalid_value", f"field {path}.{fields.parent_key}: {error}",
+                    f"{path}.{fields.parent_key}",
+                ) from None  # fmt: skip
+            if named is not None:
+                parent_list, parent_key = named
+            elif isinstance(parent_code, dict | list):
+                raise self.reject(
+                    "invalid_value",
+                    f"field {path}.{fields.parent_key}: a parent code must be a key or a "
+                    f"$code object, not {type(parent_code).__name__} {parent_code!r:.80}",
+                    f"{path}.{fields.parent_key}",
+                )
+            else:
+                parent_list = str(data.get(fields.parent_list) or list_name).strip()
+                parent_key = str(parent_code).strip()
             row.references.append(
                 Reference(
                     "parent_id",
@@ -326,7 +345,16 @@ class _Normalizer:
                 return
             list_name, key = code if code is not None else (str(spec.code), _key_part(value))
             if not spec.is_code and spec.reference != "code":
-                raise ParseError("a $code was sent for a field that is not a code")
+                if spec.reference is None and spec.on_code == "key":
+                    # A text or typed column sent a code (a city as a code of its list):
+                    # the code's own key is the value, parsed as the column's type.
+                    row.values[column] = PARSERS[spec.type](key)
+                    return
+                raise ParseError(
+                    f"a $code ({list_name}:{key}) was sent for a field that is not a code; "
+                    "map it as {code: <list>, column: <..._id>}, or set on_code: key to "
+                    "store the code's key in this column"
+                )
             row.references.append(
                 Reference(
                     column,

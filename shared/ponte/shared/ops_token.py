@@ -33,20 +33,24 @@ def token_matches(settings: Settings, presented: str) -> bool:
     return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def unauthorized() -> HTTPException:
+    return HTTPException(
+        401,
+        detail={
+            "error": "unauthorized",
+            "message": "send the ops token as 'Authorization: Bearer <PONTE_OPS_TOKEN>'",
+        },
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 async def require_ops_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> None:
     settings: Settings = request.app.state.settings
     if credentials is None or not token_matches(settings, credentials.credentials):
-        raise HTTPException(
-            401,
-            detail={
-                "error": "unauthorized",
-                "message": "send the ops token as 'Authorization: Bearer <PONTE_OPS_TOKEN>'",
-            },
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized()
 
 
 OpsTokenRequired = Depends(require_ops_token)

@@ -16,10 +16,12 @@ import hashlib
 import hmac
 import re
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
+
+from ponte.shared.ops_token import bearer, unauthorized
 
 SESSION_COOKIE = "ponte_ops_session"
 SESSION_TTL_S = 12 * 3600
@@ -29,16 +31,6 @@ TOKEN_ACTOR = "ops-token"  # noqa: S105 - a name for the audit, not a secret
 """Who the audit names when a bearer request says nothing (no ``X-Ponte-Actor``)."""
 PAGE_ACTOR = "ops-page"
 _ACTOR = re.compile(r"^[\w .@+-]{1,100}$")
-
-bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="PonteOpsToken",
-    description="`Authorization: Bearer <PONTE_OPS_TOKEN>`",
-)
-
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No valid `Authorization: Bearer <PONTE_OPS_TOKEN>`."}
-}
 
 
 def _token(request: Request) -> str:
@@ -69,17 +61,6 @@ def valid_session(token: str, cookie: str | None, now: float | None = None) -> b
 
 def valid_token(token: str, presented: str) -> bool:
     return hmac.compare_digest(presented.encode(), token.encode())
-
-
-def unauthorized() -> HTTPException:
-    return HTTPException(
-        401,
-        detail={
-            "error": "unauthorized",
-            "message": "send the ops token as 'Authorization: Bearer <PONTE_OPS_TOKEN>'",
-        },
-        headers={"WWW-Authenticate": "Bearer"},
-    )
 
 
 async def require_operator(

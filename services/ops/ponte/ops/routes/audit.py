@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from ponte.ops import audit
-from ponte.ops.auth import UNAUTHORIZED, Operator
+from ponte.ops.auth import Operator
 from ponte.shared.deps import PoolDep
+from ponte.shared.ops_token import UNAUTHORIZED
 from ponte.shared.probes import IdQuery
 
 router = APIRouter(prefix="/ops/audit", tags=["audit"], responses=UNAUTHORIZED)

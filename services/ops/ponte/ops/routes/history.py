@@ -11,12 +11,13 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import StringConstraints
 
-from ponte.ops.auth import UNAUTHORIZED, Operator
+from ponte.ops.auth import Operator
 from ponte.ops.errors import InvalidRequest
 from ponte.ops.history import HistoryQuery, csv_chunks, history_batches, xlsx_chunks
 from ponte.ops.moments import IsoDatetime
 from ponte.shared.deps import PoolDep, SettingsDep
 from ponte.shared.events import ERP_TIMEZONE
+from ponte.shared.ops_token import UNAUTHORIZED
 from ponte.shared.probes import IdQuery
 
 router = APIRouter(prefix="/ops/history", tags=["history"], responses=UNAUTHORIZED)

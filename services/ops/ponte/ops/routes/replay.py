@@ -8,9 +8,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ponte.ops import audit
-from ponte.ops.auth import UNAUTHORIZED, Operator
+from ponte.ops.auth import Operator
 from ponte.ops.moments import IsoAwareDatetime
 from ponte.shared.deps import PoolDep, SettingsDep
+from ponte.shared.ops_token import UNAUTHORIZED
 from ponte.shared.replay import Replayed, replay
 
 router = APIRouter(prefix="/ops/replay", tags=["replay"], responses=UNAUTHORIZED)

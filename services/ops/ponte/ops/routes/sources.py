@@ -8,12 +8,13 @@ from fastapi import APIRouter, HTTPException, Path
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ValidationError
 
-from ponte.ops.auth import UNAUTHORIZED, Operator
+from ponte.ops.auth import Operator
 from ponte.ops.deps import PullsDep
 from ponte.ops.edits import SourcePatch, UnknownSource, apply_patch
 from ponte.ops.onboarding import Onboarding, onboarding
 from ponte.ops.status import SourceStatus, source_ids, source_status
 from ponte.shared.deps import PoolDep, SettingsDep
+from ponte.shared.ops_token import UNAUTHORIZED
 from ponte.shared.validation_errors import api_details
 
 router = APIRouter(prefix="/ops/sources", tags=["sources"], responses=UNAUTHORIZED)

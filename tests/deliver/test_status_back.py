@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import REGISTRY
 
 from ponte.deliver.app import create_app
-from ponte.deliver.status_back import (
+from ponte.deliver.status_back.signature import (
     SignatureRejected,
     hubspot_uri,
     sign_hubspot_v3,

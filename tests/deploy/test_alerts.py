@@ -24,7 +24,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from ponte.deliver import status_back
+from ponte.deliver.status_back import metrics as status_back_metrics
 from ponte.shared import metrics
 from ponte.shared.settings import Settings
 from tests.deploy.test_manifests import OVERLAYS, REPO, of_kind, render
@@ -36,9 +36,9 @@ DASHBOARD_CONFIGMAP = "ponte-grafana-dashboard"
 
 PROMTOOL_INSTALL = "apt-get install -y --no-install-recommends prometheus"
 
-METRIC_MODULES = (metrics, status_back)
+METRIC_MODULES = (metrics, status_back_metrics)
 """Where Ponte's metrics are defined: ``ponte.shared.metrics``, and the status-back
-counter, which lives beside the code that counts it."""
+counter (``ponte.deliver.status_back.metrics``, beside the code that counts it)."""
 
 EXTERNAL_METRICS = {
     # Strimzi's Kafka Exporter (spec.kafkaExporter of the Kafka resource): lag per partition.

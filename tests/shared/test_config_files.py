@@ -15,7 +15,7 @@ import pytest
 
 from ponte.deliver.connectors.registry import load_targets
 from ponte.deliver.origin import load_origins
-from ponte.deliver.status_back import load_config as load_status_back
+from ponte.deliver.status_back.config import load_config as load_status_back
 from ponte.shared.config_files import DuplicateKeyError, parse_yaml
 from ponte.shared.mapping import load_mapping
 from ponte.shared.pulls import load_pulls_file

@@ -442,8 +442,9 @@ class Association(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
 
 
-# What became of one CRM webhook event sent back to its origin (``ponte.deliver.status_back``;
-# migration 0006): the dedup key when the CRM re-sends, and the record of what was done.
+# What became of one CRM webhook event sent back to its origin
+# (``ponte.deliver.status_back.outcomes``; migration 0006): the dedup key when the CRM
+# re-sends, and the record of what was done.
 class StatusBackEvent(SQLModel, table=True):
     __tablename__ = "status_updates"
     __table_args__ = (

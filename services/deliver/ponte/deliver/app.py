@@ -22,8 +22,9 @@ from ponte.deliver.consumer import DeliverConsumer
 from ponte.deliver.engine import Deliverer
 from ponte.deliver.keylock import KEY_LOCK_CONNECTIONS
 from ponte.deliver.ratelimit import TokenBucket
-from ponte.deliver.status_back import StatusBack, load_config
-from ponte.deliver.status_back import router as status_back_router
+from ponte.deliver.status_back.config import load_config
+from ponte.deliver.status_back.route import router as status_back_router
+from ponte.deliver.status_back.service import StatusBack
 from ponte.deliver.targets import Target
 from ponte.shared import db, kafka, probes
 from ponte.shared.deps import PoolDep

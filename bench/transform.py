@@ -625,6 +625,8 @@ def summarize_profile(raw: Path, top: int = 30) -> dict[str, Any]:
 
 
 _TRUNK = ("transform_worker.py", "asyncio/runners.py", "TransformConsumer.run ")
+_REPOSITORY = "transform/repository/"
+"""Frames in the write path (the ``ponte.transform.repository`` package)."""
 _LINE = re.compile(r":\d+\)$")
 
 AREAS: list[tuple[str, Callable[[str], bool]]] = [
@@ -635,7 +637,7 @@ AREAS: list[tuple[str, Callable[[str], bool]]] = [
     ("decode: pydantic RawEvent", lambda f: "model_validate_json" in f),
     ("decode: normalize/parsers/mapping", lambda f: "Decoder.decode" in f),
     ("repository: asyncpg round trips", lambda f: "asyncpg" in f),
-    ("repository: python", lambda f: "repository.py" in f),
+    ("repository: python", lambda f: _REPOSITORY in f),
     ("processor: metrics, rejections, unmapped", lambda f: "processor.py" in f),
     ("consumer: Kafka fetch, offset commit (aiokafka)", lambda f: "aiokafka" in f),
     ("event loop: socket I/O, driver callbacks", lambda f: "uvloop" in f or "loop.c" in f),
@@ -647,7 +649,7 @@ to stacks inside the repository; other asyncpg work falls to the area above it."
 
 
 def _area(frames: list[str]) -> str:
-    in_repository = any("repository.py" in f for f in frames)
+    in_repository = any(_REPOSITORY in f for f in frames)
     for name, test in AREAS:
         if name.startswith("repository: asyncpg") and not in_repository:
             continue

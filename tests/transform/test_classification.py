@@ -21,7 +21,8 @@ from ponte.transform.classification import (
     rank_abc,
 )
 from ponte.transform.normalize import normalize_record
-from ponte.transform.repository import BatchApplier, ChangeEvent
+from ponte.transform.repository.applier import BatchApplier
+from ponte.transform.repository.changes import ChangeEvent
 from tests.transform.conftest import raw_event
 
 ERP = default_mapping("erp")

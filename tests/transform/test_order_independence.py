@@ -19,7 +19,8 @@ from ponte.shared.events import RawEvent
 from ponte.shared.mapping import default_mapping
 from ponte.shared.settings import Settings
 from ponte.transform.normalize import normalize_record
-from ponte.transform.repository import BatchApplier, table_of
+from ponte.transform.repository.applier import BatchApplier
+from ponte.transform.repository.tables import table_of
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration

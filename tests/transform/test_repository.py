@@ -12,7 +12,8 @@ import pytest
 from ponte.shared.events import RawEvent
 from ponte.shared.mapping import default_mapping
 from ponte.transform.normalize import normalize_record
-from ponte.transform.repository import BatchApplier, BatchResult
+from ponte.transform.repository.applier import BatchApplier
+from ponte.transform.repository.changes import BatchResult
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration

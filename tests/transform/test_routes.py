@@ -13,7 +13,7 @@ from ponte.shared.mapping import default_mapping
 from ponte.shared.settings import Settings
 from ponte.transform.app import create_app
 from ponte.transform.normalize import normalize_record
-from ponte.transform.repository import BatchApplier
+from ponte.transform.repository.applier import BatchApplier
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 
 from ponte.shared.source_kinds import SourceKind
 from ponte.transform.decode import Decoder
-from ponte.transform.repository import BatchApplier
+from ponte.transform.repository.applier import BatchApplier
 from tests.transform.conftest import raw_event
 
 CASES = Path(__file__).parent / "cases"

@@ -43,7 +43,7 @@ from ponte.shared.db import DbConnection
 from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.settings import Settings
 from ponte.transform.normalize import Version
-from ponte.transform.repository import ChangeEvent
+from ponte.transform.repository.changes import ChangeEvent
 
 log = logging.getLogger(__name__)
 

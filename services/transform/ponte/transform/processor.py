@@ -39,7 +39,8 @@ from ponte.shared.settings import Settings
 from ponte.transform.decode import Decoded, Decoder
 from ponte.transform.normalize import RecordRejected
 from ponte.transform.outbox import Outgoing, add_messages
-from ponte.transform.repository import BatchApplier, ChangeEvent
+from ponte.transform.repository.applier import BatchApplier
+from ponte.transform.repository.changes import ChangeEvent
 
 log = logging.getLogger(__name__)
 

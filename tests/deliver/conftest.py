@@ -5,8 +5,8 @@
 The consumer is the production one (real broker, real PostgreSQL, real HTTP clients from
 ``build_connectors``); only the target and the stand-in it points at differ per test
 file. A test waits on a condition it reads from the database or the stand-in, never on a
-sleep, and fails with "deliver did not finish" at its deadline, or at once with the
-consumer's own exception if the consumer died."""
+sleep (``tests.eventually``), and fails naming the condition at its deadline, or at once
+with the consumer's own exception if the consumer died."""
 
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ from ponte.deliver.engine import Deliverer
 from ponte.deliver.targets import Target
 from ponte.shared import kafka
 from ponte.shared.settings import Settings
+from tests.eventually import eventually
 
 Condition = Callable[[], Awaitable[bool]]
 """What a test waits for, read fresh on every poll."""
-
-POLL_S = 0.1
 
 
 def company_change(
@@ -97,11 +96,8 @@ async def delivering(
 async def until(task: asyncio.Task[None], done: Condition, timeout_s: float = 30.0) -> None:
     """Poll ``done`` while the consumer ``task`` runs; fail at the deadline, or with the
     consumer's exception as soon as it stops."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await done():
-        assert asyncio.get_running_loop().time() < deadline, "deliver did not finish"
-        assert not task.done(), task.exception()
-        await asyncio.sleep(POLL_S)
+    what = getattr(done, "__qualname__", repr(done))  # the test's own function names it
+    await eventually(done, timeout_s=timeout_s, task=task, message=f"deliver: {what}")
 
 
 async def run_deliver(

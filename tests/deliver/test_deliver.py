@@ -3,7 +3,6 @@ exactly what arrived, in order, with rate limits, retries, dead letters and repl
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -134,12 +133,25 @@ async def test_refused_records_dead_letter_and_replay_after_fix(
         == "00000000000000"
     )
     writes = len(state.writes)
-    # Replaying again delivers nothing new: that version is already there.
+    skipped = _skipped(target)
+    # Replaying again delivers nothing new: that version is already there. The consumer
+    # runs until it has read the replayed change and counted it skipped (its condition is
+    # that, not the deliveries table, which already held before it started).
     await replay(settings, target_id=target.id, dry_run=False)
-    await run_deliver(settings, pool, target, lambda: _delivered(pool, target, 2))
-    await asyncio.sleep(0.5)
+
+    async def replay_read() -> bool:
+        return _skipped(target) == skipped + 1
+
+    await run_deliver(settings, pool, target, replay_read)
     assert len(state.writes) == writes
+    assert await count_deliveries(pool, target) == 2
 
 
 async def _delivered(pool: asyncpg.Pool, target: Target, count: int) -> bool:
     return await count_deliveries(pool, target) == count
+
+
+def _skipped(target: Target) -> float:
+    """Changes the deliver consumer read for ``target`` and skipped as already there."""
+    sample = {"target": target.id, "outcome": "skipped"}
+    return REGISTRY.get_sample_value("ponte_deliver_records_total", sample) or 0.0

@@ -7,7 +7,7 @@ locks and pool, writing two records with one CNPJ at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -23,6 +23,7 @@ from ponte.deliver.ratelimit import TokenBucket
 from ponte.shared import db
 from ponte.shared.settings import Settings
 from tests.deliver.test_ploomes import by_external_id, cnpj, ploomes, target_for
+from tests.eventually import eventually
 from tests.stand_ins.ploomes import PloomesState
 
 pytestmark = pytest.mark.integration
@@ -58,11 +59,15 @@ async def advisory_locks(pool: asyncpg.Pool, keys: list[str], granted: bool) -> 
     return count
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = WAIT_S) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
+async def waiters(pool: asyncpg.Pool, keys: list[str], count: int) -> None:
+    """Wait until PostgreSQL shows ``count`` of ``keys``' advisory locks waited for."""
+    await eventually(
+        lambda: advisory_locks(pool, keys, granted=False),
+        satisfied=lambda waiting: waiting == count,
+        timeout_s=WAIT_S,
+        interval_s=0.01,
+        message=f"{count} waiting advisory locks on {keys}",
+    )
 
 
 async def holder(
@@ -85,7 +90,7 @@ async def test_two_processes_on_one_key_run_one_after_the_other(
     a = asyncio.create_task(holder(first, ["k"], entered[0], leave[0], log))
     await asyncio.wait_for(entered[0].wait(), WAIT_S)
     b = asyncio.create_task(holder(second, ["k"], entered[1], leave[1], log))
-    await eventually(lambda: _is(advisory_locks(pool, ["k"], granted=False), 1))
+    await waiters(pool, ["k"], 1)
     assert not entered[1].is_set()  # waiting in PostgreSQL for the first holder
     leave[0].set()
     await asyncio.wait_for(entered[1].wait(), WAIT_S)
@@ -123,9 +128,9 @@ async def test_opposite_orders_never_deadlock(
     go = asyncio.Event()
     go.set()
     b = asyncio.create_task(holder(holders[1], ["b", "a"], done[1], go, log))
-    await eventually(lambda: _is(advisory_locks(pool, ["a", "b"], granted=False), 1))
+    await waiters(pool, ["a", "b"], 1)
     a = asyncio.create_task(holder(holders[0], ["a", "b"], done[0], go, log))
-    await eventually(lambda: _is(advisory_locks(pool, ["a", "b"], granted=False), 2))
+    await waiters(pool, ["a", "b"], 2)
     c_leave.set()
     async with asyncio.timeout(WAIT_S):
         await asyncio.gather(a, b, c)  # a deadlock error or a hang fails here
@@ -139,7 +144,7 @@ async def test_opposite_orders_in_one_process_never_deadlock(pools: list[asyncpg
 
     async def write(keys: list[str]) -> None:
         async with locks.hold(keys):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the scenario: let the other writers interleave here
 
     async with asyncio.timeout(WAIT_S):
         await asyncio.gather(*(write(["x", "y"] if n % 2 else ["y", "x"]) for n in range(50)))
@@ -172,7 +177,7 @@ async def test_a_holder_cancelled_while_waiting_leaves_no_lock_behind(
     a = asyncio.create_task(holder(first, [high], inside, leave, []))
     await asyncio.wait_for(inside.wait(), WAIT_S)
     waiter = asyncio.create_task(holder(second, [low, high], asyncio.Event(), leave, []))
-    await eventually(lambda: _is(advisory_locks(pool, [high], granted=False), 1))
+    await waiters(pool, [high], 1)
     assert await advisory_locks(pool, [low], granted=True) == 1  # taken by the waiter
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -245,10 +250,6 @@ async def test_the_service_builds_lookup_then_write_connectors_with_shared_locks
         for _, connector in connectors.values():
             assert isinstance(connector, PloomesConnector | RestConnector)
             assert connector._locks.shared is shared
-
-
-async def _is(count: Awaitable[int], expected: int) -> bool:
-    return await count == expected
 
 
 # --- end to end: two Ploomes connectors, as two deliver replicas ---------------------------

@@ -22,6 +22,7 @@ from ponte.shared.http_policy import RetryableError, TerminalError
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic
 from tests.deliver.conftest import company_change, count_deliveries, produce, run_deliver
+from tests.eventually import eventually
 from tests.stand_ins.ploomes import PloomesState, create_stand_in, parse_filter
 from tests.stand_ins.serve import serve
 
@@ -141,8 +142,12 @@ async def test_many_versions_end_as_one_record_per_key_with_latest_values(
 
     async def changes_arrive() -> None:
         await produce(settings, version(1))
-        while await count_deliveries(pool, target) < keys:  # the first versions are in Ploomes ...
-            await asyncio.sleep(0.05)
+        await eventually(  # the first versions are in Ploomes ...
+            lambda: count_deliveries(pool, target),
+            satisfied=lambda delivered: delivered >= keys,
+            timeout_s=60,
+            message=f"the first versions of {keys} keys delivered",
+        )
         # ... then two producers at once: a key's v2 and v3 race, in either order.
         await asyncio.gather(produce(settings, version(2)), produce(settings, version(3)))
 

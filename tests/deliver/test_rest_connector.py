@@ -299,7 +299,7 @@ async def test_token_is_renewed_before_expiry_and_once_on_401(
     await connector.upsert_batch("organizations", [outgoing(1, "v1")])
     await connector.upsert_batch("organizations", [outgoing(1, "v2")])
     assert state.logins == 1  # reused while fresh
-    await asyncio.sleep(0.7)
+    await asyncio.sleep(0.7)  # the scenario: the token goes stale (not a wait for Ponte)
     await connector.upsert_batch("organizations", [outgoing(1, "v3")])
     assert state.logins == 2 and state.unauthorized == 0  # renewed before it lapsed
 

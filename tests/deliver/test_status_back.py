@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from ponte.shared.embedded import EmbeddedBroker
 from ponte.shared.settings import Settings
 from ponte.shared.signatures import verify_standard
 from tests.conftest import read_topic, unique_topic
+from tests.eventually import eventually
 from tests.stand_ins.serve import serve
 from tests.stand_ins.shop_apis import (
     ShopState,
@@ -228,13 +229,6 @@ async def post_events(stack: Stack, events: list[dict[str, Any]], **sign: Any) -
         )
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
 async def states(pool: asyncpg.Pool, stack: Stack) -> dict[str, tuple[str, str | None]]:
     rows = await pool.fetch(
         "SELECT event_id, state, reason FROM status_updates WHERE target_id = $1", stack.target
@@ -297,10 +291,10 @@ async def test_stage_change_reaches_each_origin_exactly_once_despite_hubspot_ret
     again = await post_events(stack, [{**event, "attemptNumber": 1} for event in batch])
     assert again.status_code == 200, again.text
 
-    async def all_handled() -> bool:  # six events read, whatever became of them
-        return counted(stack.target, "duplicate") + counted(stack.target, "applied") >= 6
+    def handled() -> float:  # six events read, whatever became of them
+        return counted(stack.target, "duplicate") + counted(stack.target, "applied")
 
-    await wait_until(all_handled)
+    await eventually(handled, satisfied=lambda n: n >= 6, timeout_s=30, message="6 events handled")
     assert counted(stack.target, "duplicate") == 3
     assert stack.shopify.applied == [("5001", "close")]
     assert stack.woo.applied == [("7001", "completed")]
@@ -373,11 +367,9 @@ async def test_forged_or_replayed_webhooks_are_refused_and_nothing_is_produced(
     assert stack.shopify.calls == []
     # The real thing, for contrast: accepted, and the shop is called.
     assert (await post_events(stack, events)).status_code == 200
-    await wait_until(lambda: _applied(stack.shopify, 1))
-
-
-async def _applied(shop: ShopState, count: int) -> bool:
-    return len(shop.applied) >= count
+    await eventually(
+        lambda: stack.shopify.applied, timeout_s=30, message="the stage applied on Shopify"
+    )
 
 
 async def test_a_5xx_storm_on_the_shop_is_retried_through(
@@ -395,10 +387,12 @@ async def test_a_5xx_storm_on_the_shop_is_retried_through(
     )
     assert response.status_code == 200, response.text
 
-    async def both_applied() -> bool:
+    def both_applied() -> bool:
         return len(stack.shopify.applied) == 1 and len(stack.woo.applied) == 1
 
-    await wait_until(both_applied, timeout_s=45)
+    await eventually(
+        both_applied, timeout_s=45, message="the stage applied once on Shopify and on Woo"
+    )
     assert [status for _, _, status in stack.shopify.calls] == [503, 502, 429, 500, 200]
     assert [status for _, _, status in stack.woo.calls] == [500, 503, 200]
     attempts = await pool.fetch(
@@ -459,13 +453,19 @@ async def test_refusals_dead_letter_at_once_with_their_reason(
         assert headers["ponte-entity"] == "order"
         value = orjson.loads(by_key[key].value or b"")
         assert value["event"]["objectId"] in (9031, 9032, 9033)
-    await wait_until(lambda: _recorded(pool, stack, 3))
+    await recorded(pool, stack, 3)
     assert {v[0] for v in (await states(pool, stack)).values()} == {"failed"}
     assert stack.shopify.applied == [] and stack.woo.applied == []
 
 
-async def _recorded(pool: asyncpg.Pool, stack: Stack, count: int) -> bool:
-    return len(await states(pool, stack)) >= count
+async def recorded(pool: asyncpg.Pool, stack: Stack, count: int) -> None:
+    """Wait until ``count`` events of the stack's target have a status_updates row."""
+    await eventually(
+        lambda: states(pool, stack),
+        satisfied=lambda rows: len(rows) >= count,
+        timeout_s=30,
+        message=f"{count} events recorded in status_updates",
+    )
 
 
 async def test_unmapped_stages_and_unknown_deals_are_ignored_and_counted(
@@ -484,10 +484,12 @@ async def test_unmapped_stages_and_unknown_deals_are_ignored_and_counted(
     )
     assert response.status_code == 200, response.text
 
-    async def all_counted() -> bool:
-        return counted(stack.target, "ignored") == 3
-
-    await wait_until(all_counted)
+    await eventually(
+        lambda: counted(stack.target, "ignored"),
+        satisfied=lambda n: n == 3,
+        timeout_s=30,
+        message="3 events counted as ignored",
+    )
     recorded = await states(pool, stack)
     assert recorded["51"] == (
         "ignored",
@@ -511,7 +513,7 @@ async def test_a_deal_that_is_two_ponte_records_is_refused_not_guessed(
     stack.woo.add_order("7101", status="processing")
     response = await post_events(stack, [stage_event("9061", "closedwon", 61)])
     assert response.status_code == 200, response.text
-    await wait_until(lambda: _recorded(pool, stack, 1))
+    await recorded(pool, stack, 1)
     state, reason = (await states(pool, stack))["61"]
     assert state == "failed"
     assert "deal 9061 is the CRM record of 2 Ponte records" in str(reason)
@@ -529,11 +531,11 @@ async def test_an_older_stage_change_never_overrides_a_newer_one(
     now_ms = int(time.time() * 1000)
     newer = stage_event("9051", "closedwon", 61, occurred_at_ms=now_ms)
     assert (await post_events(stack, [newer])).status_code == 200
-    await wait_until(lambda: _applied(stack.woo, 1))
+    await eventually(lambda: stack.woo.applied, timeout_s=30, message="the newer stage on Woo")
     # HubSpot delivers an earlier change late (its events are not ordered).
     older = stage_event("9051", "contractsent", 62, occurred_at_ms=now_ms - 60_000)
     assert (await post_events(stack, [older])).status_code == 200
-    await wait_until(lambda: _recorded(pool, stack, 2))
+    await recorded(pool, stack, 2)
     state, reason = (await states(pool, stack))["62"]
     assert state == "stale" and "already applied" in str(reason)
     assert stack.woo.applied == [("7006", "completed")]
@@ -595,6 +597,9 @@ async def test_broker_down_means_503_and_the_retry_is_applied_once(
             own_broker.start()
             after = await post_events(stack, [{**event, "attemptNumber": 1}])
             assert after.status_code == 200, after.text
-            await wait_until(lambda: _applied(shopify, 1), timeout_s=45)
-            await asyncio.sleep(1.0)  # a late copy of the first attempt would show now
+            await eventually(
+                lambda: shopify.applied, timeout_s=45, message="the retry applied on Shopify"
+            )
+            # A settle window, not a wait: a late copy of the first attempt would show now.
+            await asyncio.sleep(1.0)
             assert shopify.applied == [("5007", "close")]

@@ -23,6 +23,7 @@ from ponte.transform.classification import (
 from ponte.transform.normalize import normalize_record
 from ponte.transform.repository.applier import BatchApplier
 from ponte.transform.repository.changes import ChangeEvent
+from tests.eventually import eventually
 from tests.transform.conftest import raw_event
 
 ERP = default_mapping("erp")
@@ -240,17 +241,26 @@ async def test_revenue_changes_trigger_a_run_after_the_debounce(
     stop = asyncio.Event()
     task = asyncio.create_task(classifier.run(stop))
     try:
-        await asyncio.sleep(0.3)  # the first run at start
-        assert (await classes_of(pool, source_id))["E1"] == ("C", None)
+        await eventually(  # the first run, at start (abc_class is NULL until then)
+            lambda: classes_of(pool, source_id),
+            satisfied=lambda classes: classes["E1"] == ("C", None),
+            timeout_s=5,
+            task=task,
+            message="E1 classified C by the run at start",
+        )
         await apply(pool, source_id, ("Pedido", order("P1", "E1", "10,00")), minute=1)
         classifier.revenue_changed(["company"])  # not revenue: no run
+        # A settle window, not a wait: four debounces in which a run would have made E1 A.
         await asyncio.sleep(0.4)
         assert (await classes_of(pool, source_id))["E1"] == ("C", None)
         classifier.revenue_changed(["order", "order_item"])
-        for _ in range(50):
-            if (await classes_of(pool, source_id))["E1"][0] == "A":
-                break
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: classes_of(pool, source_id),
+            satisfied=lambda classes: classes["E1"][0] == "A",
+            timeout_s=5,
+            task=task,
+            message="E1 classified A after the revenue change",
+        )
         assert (await classes_of(pool, source_id))["E1"] == ("A", None)
     finally:
         stop.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,7 @@ from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import BatchProcessor
 from tests.conftest import read_topic
+from tests.eventually import eventually
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
@@ -39,15 +41,14 @@ async def produce(producer: AIOKafkaProducer, topic: str, events: list[RawEvent 
             )
 
 
-async def run_until(consumer: TransformConsumer, done: Any, timeout_s: float = 20) -> None:
+async def run_until(
+    consumer: TransformConsumer, done: Callable[[], Awaitable[bool]], timeout_s: float = 20
+) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not await done():
-            assert asyncio.get_running_loop().time() < deadline, "transform did not finish"
-            assert not task.done(), task.exception()
-            await asyncio.sleep(0.1)
+        what = getattr(done, "__qualname__", repr(done))  # the test's own function names it
+        await eventually(done, timeout_s=timeout_s, task=task, message=f"transform: {what}")
     finally:
         stop.set()
         await task

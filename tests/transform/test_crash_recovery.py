@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
-import time
 from decimal import Decimal
 
 import asyncpg
@@ -16,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from ponte.shared import kafka
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic, service_env, service_log, start_service
+from tests.eventually import eventually
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
@@ -26,15 +25,24 @@ def start_transform(settings: Settings) -> subprocess.Popen[bytes]:
     return start_service("transform", service_env(settings, PONTE_TRANSFORM_BATCH_SIZE="100"))
 
 
-async def wait_for(pool: asyncpg.Pool, source_id: str, at_least: int, timeout_s: float) -> int:
-    deadline = time.monotonic() + timeout_s
-    count = 0
-    while time.monotonic() < deadline:
-        count = await pool.fetchval("SELECT count(*) FROM orders WHERE source_id = $1", source_id)
-        if count >= at_least:
-            return int(count)
-        await asyncio.sleep(0.02)
-    return int(count)
+async def stored(pool: asyncpg.Pool, source_id: str) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM orders WHERE source_id = $1", source_id))
+
+
+async def settled(pool: asyncpg.Pool, source_id: str) -> tuple[int, int, int]:
+    """Orders at their newest total, live order items, outbox rows left: what the end
+    state must be once nothing is in flight any more."""
+    row = await pool.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM orders
+                WHERE source_id = $1 AND total = substr(source_key, 2)::numeric) AS newest,
+               (SELECT count(*) FROM order_items
+                WHERE source_id = $1 AND deleted_at IS NULL) AS items,
+               (SELECT count(*) FROM outbox) AS outbox
+        """,
+        source_id,
+    )
+    return row["newest"], row["items"], row["outbox"]
 
 
 async def test_kill_mid_run_and_restart(
@@ -66,15 +74,36 @@ async def test_kill_mid_run_and_restart(
 
     first = start_transform(settings)
     processes.append(first)
-    seen = await wait_for(pool, source_id, ORDERS // 10, timeout_s=60)
+    seen = await eventually(
+        lambda: stored(pool, source_id),
+        satisfied=lambda count: count >= ORDERS // 10,
+        timeout_s=60,
+        interval_s=0.02,  # fine-grained: the kill must land mid-run
+        message=f"{ORDERS // 10} orders stored by the first transform",
+    )
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert 0 < seen < ORDERS, f"the kill was not mid-run ({seen} orders)"
 
     second = start_transform(settings)
     processes.append(second)
-    assert await wait_for(pool, source_id, ORDERS, timeout_s=120) == ORDERS
-    await asyncio.sleep(1)  # anything in flight after the last order
+    assert (
+        await eventually(
+            lambda: stored(pool, source_id),
+            satisfied=lambda count: count >= ORDERS,
+            timeout_s=120,
+            message=f"{ORDERS} orders stored after the restart",
+        )
+        == ORDERS
+    )
+    # The last orders' newest versions, their items and the outbox's relay may still be in
+    # flight: wait for that end state, then stop the transform and check it strictly.
+    await eventually(
+        lambda: settled(pool, source_id),
+        satisfied=lambda state: state == (ORDERS, 2 * ORDERS, 0),
+        timeout_s=60,
+        message="newest totals, live items and an empty outbox",
+    )
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0, service_log(second)
 

@@ -14,7 +14,7 @@ async def test_concurrent_items_share_flushes_and_get_their_own_results() -> Non
 
     async def flush(items: list[int]) -> list[int]:
         flushes.append(items)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the scenario: a slow flush, so items queue behind it
         return [item * 10 for item in items]
 
     group = GroupCommit(flush, max_batch=30)
@@ -49,7 +49,8 @@ async def test_lingering_flush_gathers_items_that_arrive_one_by_one() -> None:
         marks = []
         for n in range(5):
             marks.append(group.submit_nowait(n))
-            await asyncio.sleep(0.002)  # each item's flush would be done by now unlingered
+            # The scenario: arrivals 2 ms apart (unlingered, each flush is done by then).
+            await asyncio.sleep(0.002)
         assert await asyncio.gather(*marks) == list(range(5))
         assert len(flushes) == expected_flushes
         assert sorted(item for batch in flushes for item in batch) == list(range(5))

@@ -98,7 +98,7 @@ async def test_a_steady_trickle_is_written_once_per_flush_interval(
     started = time.monotonic()
     for _ in range(60):  # 60 rows over ~0.6 s: 3 flush intervals
         writer.record(entry(source_id, datetime.now(UTC)))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the scenario: one row every 10 ms
     elapsed = time.monotonic() - started
     await writer.stop()
 

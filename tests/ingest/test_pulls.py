@@ -32,6 +32,7 @@ from ponte.shared.pulls import (
 from ponte.shared.settings import Settings
 from ponte.shared.sources import SourceConfig
 from tests.conftest import event_of, read_topic, serve_ingest, write_sources
+from tests.eventually import eventually
 from tests.ingest.conftest import SOURCE_SECRET
 from tests.stand_ins.erp_rest import ErpRestState, create_stand_in
 from tests.stand_ins.serve import serve
@@ -117,11 +118,12 @@ async def test_scheduled_pull_of_two_pages_lands_every_record_once_and_saves_the
     scheduler = _scheduler(pool, publisher, definition, clock=lambda: datetime.now(UTC) + shift)
     await scheduler.start()
     try:
-        for _ in range(100):
-            runs = await _runs(pool, source_id)
-            if runs and runs[-1]["status"] != "running":
-                break
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: _runs(pool, source_id),
+            satisfied=lambda runs: runs and runs[-1]["status"] != "running",
+            timeout_s=10,
+            message="the scheduled pull run to finish",
+        )
     finally:
         await scheduler.stop()
 
@@ -305,9 +307,9 @@ async def test_run_now_over_http_is_protected_and_answers_409_while_a_run_is_goi
     pulls = tmp_path / "pulls.yaml"
     pulls.write_text(yaml.safe_dump({"pulls": [_definition(source_id, url, daily="03:00")]}))
     running = settings.model_copy(update={"sources_file": sources, "pulls_file": pulls})
+    auth = {"Authorization": f"Bearer {SECRET}"}
     async for ingest in serve_ingest(running):
         run_url = f"{ingest.url}/pulls/{source_id}/run"
-        auth = {"Authorization": f"Bearer {SECRET}"}
         async with httpx.AsyncClient(timeout=10) as client:
             assert (await client.post(run_url)).status_code == 401
             bad = await client.post(run_url, headers={"Authorization": "Bearer nope"})
@@ -319,12 +321,16 @@ async def test_run_now_over_http_is_protected_and_answers_409_while_a_run_is_goi
             assert started.json()["status"] == "running"
             assert busy.status_code == 409, busy.text
             assert busy.json()["run"]["status"] == "skipped_locked"
-            for _ in range(50):
-                status = await client.get(f"{ingest.url}/pulls/{source_id}", headers=auth)
-                if all(run["status"] != "running" for run in status.json()["runs"]):
-                    break
-                await asyncio.sleep(0.1)
-            body = status.json()
+
+            async def status(url: str = f"{ingest.url}/pulls/{source_id}") -> Any:
+                return (await client.get(url, headers=auth)).json()
+
+            body = await eventually(
+                status,
+                satisfied=lambda body: all(run["status"] != "running" for run in body["runs"]),
+                timeout_s=5,
+                message="every pull run of the source to finish",
+            )
             unknown = await client.post(f"{ingest.url}/pulls/nope/run", headers=auth)
     assert [run["status"] for run in body["runs"]] == ["skipped_locked", "ok"]
     assert body["schedule"] == "Diário às 03:00 (America/Sao_Paulo)"

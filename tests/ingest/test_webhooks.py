@@ -5,7 +5,6 @@ what landed: the raw topic's messages (key, headers, value) and the history row.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -29,6 +28,7 @@ from tests.conftest import (
     unique_topic,
     write_sources,
 )
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -117,19 +117,19 @@ async def history_row(
 ) -> asyncpg.Record:
     """The history row of a source with that status received after ``since`` (rows are
     written asynchronously, in batches, so wait for it)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        row = await pool.fetchrow(
+    row: asyncpg.Record = await eventually(
+        lambda: pool.fetchrow(
             "SELECT * FROM webhook_requests WHERE source_id = $1 AND status_code = $2 "
             "AND received_at >= $3 ORDER BY id DESC LIMIT 1",
             source_id,
             status,
             since,
-        )
-        if row is not None:
-            return row
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no history row for {source_id} with status {status}")
+        ),
+        satisfied=lambda found: found is not None,
+        timeout_s=timeout_s,
+        message=f"a history row for {source_id} with status {status}",
+    )
+    return row
 
 
 async def test_signed_erp_delivery_becomes_one_message_per_record(

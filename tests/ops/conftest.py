@@ -3,7 +3,6 @@ session's PostgreSQL and broker."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -19,6 +18,7 @@ import pytest
 from ponte.shared.settings import Settings
 from ponte.shared.signatures import sign_standard
 from tests.conftest import RunningIngest, serve_ingest, write_sources
+from tests.eventually import eventually
 from tests.stand_ins.serve import serve
 
 OPS_TOKEN = "ops-test-token-" + "x" * 24
@@ -114,12 +114,11 @@ async def wait_for_history(
     pool: asyncpg.Pool, source_id: str, count: int, timeout_s: float = 10
 ) -> None:
     """Ingest writes history in the background: wait until ``count`` rows are in."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = await pool.fetchval(
+    await eventually(
+        lambda: pool.fetchval(
             "SELECT count(*) FROM webhook_requests WHERE source_id = $1", source_id
-        )
-        if found >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"only {found} of {count} history rows for {source_id}")
+        ),
+        satisfied=lambda found: found >= count,
+        timeout_s=timeout_s,
+        message=f"{count} history rows for {source_id}",
+    )

@@ -3,8 +3,6 @@ into the CRM model), and ``/ops/replay`` over the real dead-letter topic."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from ponte.shared.settings import Settings
 from tests.conftest import RunningIngest, read_topic
+from tests.eventually import eventually
 from tests.ops.conftest import RunningOps, send_webhook, wait_for_history
 from tests.stand_ins.serve import serve
 
@@ -43,18 +42,17 @@ def erp_body(table: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def wait_for_rows(pool: asyncpg.Pool, source_id: str, count: int) -> None:
-    deadline = time.monotonic() + 20
-    found = 0
-    while time.monotonic() < deadline:
-        found = await pool.fetchval(
+    """The transform stores in the background: wait until ``count`` rows are in."""
+    await eventually(
+        lambda: pool.fetchval(
             "SELECT (SELECT count(*) FROM companies WHERE source_id = $1) "
             "+ (SELECT count(*) FROM orders WHERE source_id = $1)",
             source_id,
-        )
-        if found >= count:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the transform stored {found} of {count} rows")
+        ),
+        satisfied=lambda found: found >= count,
+        timeout_s=20,
+        message=f"the transform to store {count} rows",
+    )
 
 
 async def test_onboarding_counts_each_step_per_table(

@@ -11,7 +11,6 @@ import asyncio
 import io
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from openpyxl import load_workbook
 
 from tests.conftest import RunningIngest
+from tests.eventually import eventually
 from tests.ops.conftest import OPS_TOKEN, RunningOps, envelope, send_webhook, wait_for_history
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -73,14 +73,12 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
-def _wait_for_download(directory: Path, suffix: str, timeout_s: float = 20) -> Path:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done = [path for path in directory.glob(f"*{suffix}") if path.stat().st_size > 0]
-        if done and not list(directory.glob("*.crdownload")):
-            return done[0]
-        time.sleep(0.1)
-    raise AssertionError(f"no {suffix} downloaded into {directory}: {list(directory.iterdir())}")
+def _downloaded(files: list[Path], suffix: str) -> Path | None:
+    """The finished ``suffix`` download among ``files`` (none while Chromium still writes
+    a ``.crdownload``)."""
+    done = [path for path in files if path.suffix == suffix and path.stat().st_size > 0]
+    in_progress = [path for path in files if path.suffix == ".crdownload"]
+    return done[0] if done and not in_progress else None
 
 
 def _session_and_source_page(driver, url: str, source_id: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -112,15 +110,20 @@ def _session_and_source_page(driver, url: str, source_id: str) -> dict[str, obje
     # "Histórico": only Pedido, as Excel, over the default period (the last 24 hours).
     driver.find_element(By.CSS_SELECTOR, "input[name=tables][value='Pedido']").click()
     driver.find_element(By.ID, "download").click()
-    seen["workbook"] = _wait_for_download(driver.download_dir, ".xlsx")
-    # Over the limit, the page says so and downloads nothing.
+    return seen
+
+
+def _period_over_the_limit(driver) -> bool:  # type: ignore[no-untyped-def]
+    """Over the limit, the page says so and downloads nothing: whether it said so."""
+    from selenium.webdriver.common.by import By
+
     driver.execute_script(
         "document.getElementById('since').value = '2024-11-01T00:00';"
         "document.getElementById('until').value = '2024-11-09T00:00';"
     )
     driver.find_element(By.ID, "download").click()
-    seen["period_error_shown"] = driver.find_element(By.ID, "period-error").is_displayed()
-    return seen
+    shown: bool = driver.find_element(By.ID, "period-error").is_displayed()
+    return shown
 
 
 async def test_the_page_shows_status_and_downloads_the_history(
@@ -135,6 +138,17 @@ async def test_the_page_shows_status_and_downloads_the_history(
     await wait_for_history(pool, source_id, 3)
 
     seen = await asyncio.to_thread(_session_and_source_page, browser, ops.url, source_id)
+    downloads: Path = browser.download_dir  # type: ignore[attr-defined]
+    files = await eventually(
+        lambda: sorted(downloads.iterdir()),
+        satisfied=lambda files: _downloaded(files, ".xlsx"),
+        timeout_s=20,
+        interval_s=0.1,
+        message=f"the .xlsx downloaded into {downloads}",
+    )
+    seen["workbook"] = _downloaded(files, ".xlsx")
+    # Only once the first download is in: the one-workbook check below must not race it.
+    seen["period_error_shown"] = await asyncio.to_thread(_period_over_the_limit, browser)
 
     assert str(seen["login_url"]).endswith("/login")  # no session: the page asks for the token
     assert seen["wrong_token_error"] == "Token inválido."

@@ -4,8 +4,6 @@ applies, validation naming the field, and the audit trail."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime
 
 import asyncpg
@@ -14,6 +12,7 @@ import pytest
 
 from ponte.ops.fingerprints import fingerprint
 from tests.conftest import RunningIngest
+from tests.eventually import eventually
 from tests.ops.conftest import (
     SECRET,
     RunningOps,
@@ -149,19 +148,22 @@ async def test_invalid_edits_name_the_field(
     assert audit.json()["items"] == []
 
 
-async def _status_after_refresh(
+async def _answers_after_refresh(
     ingest: RunningIngest, source_id: str, secret: str, expected: int
-) -> int:
+) -> None:
     """Send webhooks until ingest answers ``expected`` (its sources refresh every 0.5 s
-    in tests), or give up after 5 s and return the last status."""
-    deadline = time.monotonic() + 5
-    status = 0
-    while time.monotonic() < deadline:
-        status = (await send_webhook(ingest, source_id, envelope(), secret=secret)).status_code
-        if status == expected:
-            return status
-        await asyncio.sleep(0.2)
-    return status
+    in tests); fail after 5 s with the last status."""
+
+    async def status() -> int:
+        return (await send_webhook(ingest, source_id, envelope(), secret=secret)).status_code
+
+    await eventually(
+        status,
+        satisfied=lambda answered: answered == expected,
+        timeout_s=5,
+        interval_s=0.2,  # each poll is a webhook: a few, not dozens
+        message=f"ingest to answer {expected} once its sources refreshed",
+    )
 
 
 async def test_edits_take_effect_on_ingest_and_are_audited(
@@ -172,7 +174,7 @@ async def test_edits_take_effect_on_ingest_and_are_audited(
     async with ops.client(**actor) as client:
         off = await client.patch(f"/ops/sources/{source_id}", json={"active": False})
         assert off.status_code == 200 and off.json()["changed"] == ["active"]
-        assert await _status_after_refresh(ingest, source_id, SECRET, 404) == 404
+        await _answers_after_refresh(ingest, source_id, SECRET, 404)
 
         on = await client.patch(
             f"/ops/sources/{source_id}",
@@ -202,7 +204,7 @@ async def test_edits_take_effect_on_ingest_and_are_audited(
             fingerprint(SECRET),
         ]
         # Both secrets are valid during the rotation.
-        assert await _status_after_refresh(ingest, source_id, new_secret, 202) == 202
+        await _answers_after_refresh(ingest, source_id, new_secret, 202)
         assert (await send_webhook(ingest, source_id, envelope())).status_code == 202
         # The table filter applies.
         other = await send_webhook(ingest, source_id, envelope("Empresa"), secret=new_secret)
@@ -210,13 +212,13 @@ async def test_edits_take_effect_on_ingest_and_are_audited(
 
         retired = await client.patch(f"/ops/sources/{source_id}", json={"retire_old_secrets": True})
         assert retired.json()["source"]["secret_fingerprints"] == [fingerprint(new_secret)]
-        assert await _status_after_refresh(ingest, source_id, SECRET, 401) == 401
+        await _answers_after_refresh(ingest, source_id, SECRET, 401)
 
         locked = await client.patch(
             f"/ops/sources/{source_id}", json={"allowed_cidrs": ["203.0.113.0/24"]}
         )
         assert locked.json()["source"]["allowed_cidrs"] == ["203.0.113.0/24"]
-        assert await _status_after_refresh(ingest, source_id, new_secret, 403) == 403
+        await _answers_after_refresh(ingest, source_id, new_secret, 403)
 
         unchanged = await client.patch(
             f"/ops/sources/{source_id}", json={"allowed_cidrs": ["203.0.113.0/24"]}

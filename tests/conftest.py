@@ -24,6 +24,10 @@ from ponte.shared import db
 from ponte.shared.embedded import EmbeddedBroker, EmbeddedPostgres, embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.settings import Settings
+from tests.eventually import eventually
+
+SETTLE_S = 0.5
+"""How long ``read_topic`` reads on after the expected messages, for an extra one."""
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +127,8 @@ async def read_topic(
     bootstrap: str, topic: str, *, expect: int, timeout_s: float = 10.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every message of ``topic`` from the start, waiting until ``expect`` have arrived
-    (and briefly after, so an unexpected extra message is seen too)."""
+    (failing at ``timeout_s`` with how many did), then reading on for a settle window so
+    an unexpected extra message is seen too."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -133,18 +138,24 @@ async def read_topic(
     )
     await consumer.start()
     messages: list[ConsumerRecord[bytes, bytes]] = []
+
+    async def read() -> int:
+        batch = await consumer.getmany(timeout_ms=200)
+        for records in batch.values():
+            messages.extend(records)
+        return len(messages)
+
     try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        settle_until: float | None = None
-        while True:
-            now = asyncio.get_running_loop().time()
-            if now > deadline or (settle_until is not None and now > settle_until):
-                break
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                messages.extend(records)
-            if len(messages) >= expect and settle_until is None:
-                settle_until = now + 0.5
+        await eventually(
+            read,
+            satisfied=lambda count: count >= expect,
+            timeout_s=timeout_s,
+            interval_s=0,  # ``getmany`` itself waits up to 200 ms for messages
+            message=f"{expect} messages on {topic}",
+        )
+        # The settle window is a window, not a wait: what arrives in it is read at its end.
+        await asyncio.sleep(SETTLE_S)
+        await read()
     finally:
         await consumer.stop()
     return messages

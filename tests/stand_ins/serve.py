@@ -19,8 +19,10 @@ from fastapi import FastAPI
 
 from ponte.shared.embedded import free_port
 from ponte.shared.http import server_config
+from tests.eventually import eventually
 
 STARTUP_POLL_S = 0.02
+STARTUP_TIMEOUT_S = 30.0
 
 
 @asynccontextmanager
@@ -34,11 +36,13 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
     port = free_port()
     server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # raises what stopped it
-            raise RuntimeError(f"{app.title} stopped before it started listening")
-        await asyncio.sleep(STARTUP_POLL_S)
+    await eventually(
+        lambda: server.started,
+        timeout_s=STARTUP_TIMEOUT_S,
+        interval_s=STARTUP_POLL_S,
+        task=task,  # what stopped it is raised here, not waited out
+        message=f"{app.title} to listen on port {port}",
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

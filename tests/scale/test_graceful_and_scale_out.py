@@ -11,7 +11,6 @@ import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -27,6 +26,7 @@ from tests.conftest import (
     start_service,
     write_sources,
 )
+from tests.eventually import eventually
 from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
@@ -34,17 +34,24 @@ SECRET = "graceful-test-secret"
 
 
 async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
+    """Wait for the service's /readyz to answer 200; fail at once, with its log, if the
+    process exits meanwhile."""
     async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
+
+        async def ready() -> int | str:
             assert process.poll() is None, service_log(process)
             try:
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} never became ready")
+                return (await client.get(f"{url}/readyz")).status_code
+            except httpx.TransportError as error:
+                return repr(error)  # not listening yet
+
+        await eventually(
+            ready,
+            satisfied=lambda status: status == 200,
+            timeout_s=timeout_s,
+            interval_s=0.1,
+            message=f"{url}/readyz to answer 200",
+        )
 
 
 def signed(source_id: str, number: int) -> tuple[bytes, dict[str, str]]:
@@ -127,12 +134,13 @@ async def test_sigterm_under_load_loses_and_doubles_nothing(
     assert ingest.wait(30) == 0
     assert len(accepted) > 250
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        stored = await pool.fetchval("SELECT count(*) FROM orders WHERE source_id = $1", source_id)
-        if stored >= len(accepted):
-            break
-        await asyncio.sleep(0.2)
+    await eventually(
+        lambda: pool.fetchval("SELECT count(*) FROM orders WHERE source_id = $1", source_id),
+        satisfied=lambda stored: stored >= len(accepted),
+        timeout_s=60,
+        interval_s=0.2,
+        message=f"the {len(accepted)} accepted orders stored",
+    )
     rows = await pool.fetch("SELECT source_key, total FROM orders WHERE source_id = $1", source_id)
     assert {int(r["source_key"][1:]) for r in rows} == accepted  # none lost, none extra
     assert all(r["total"] == Decimal(r["source_key"][1:]) for r in rows)
@@ -143,13 +151,6 @@ async def test_sigterm_under_load_loses_and_doubles_nothing(
     assert history == len(accepted)  # the history queue was flushed at shutdown
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0
-
-
-async def wait_for(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_two_transforms_share_partitions_and_one_leaving_hands_over(
@@ -194,20 +195,30 @@ async def test_two_transforms_share_partitions_and_one_leaving_hands_over(
     # A little at a time until both members have applied something: the group may still
     # be settling when the first events arrive.
     sent = 0
-    deadline = time.monotonic() + 60
-    while not await both_worked():
-        assert time.monotonic() < deadline and sent < half, "partitions were not shared"
+
+    async def shared_after_more() -> bool:
+        nonlocal sent
+        if await both_worked():
+            return True
+        assert sent < half, f"partitions were not shared after {sent} events"
         await produce(range(sent, sent + 50))
         sent += 50
-        await asyncio.sleep(0.3)
+        return False
+
+    await eventually(
+        shared_after_more, timeout_s=60, interval_s=0.3, message="both transforms to apply events"
+    )
     workers[0].send_signal(signal.SIGTERM)  # leaves: its partitions move to the other
     assert workers[0].wait(30) == 0
     await produce(range(sent, 2 * half))  # on every partition: needs the handover
 
-    async def all_stored() -> bool:
-        return await stored() == 2 * half
-
-    await wait_for(all_stored, 90, "every event to be stored")
+    await eventually(
+        stored,
+        satisfied=lambda count: count == 2 * half,
+        timeout_s=90,
+        interval_s=0.1,
+        message=f"all {2 * half} events stored",
+    )
     rows = await pool.fetch("SELECT source_key, total FROM orders WHERE source_id = $1", source_id)
     assert len(rows) == 2 * half
     assert all(r["total"] == Decimal(r["source_key"][1:]) for r in rows)
@@ -326,23 +337,33 @@ async def test_two_delivers_share_partitions_and_one_leaving_hands_over(
                 if r["properties"].get("name") == "v2"
             )
 
-        async def all_delivered() -> bool:
-            return delivered() == 300
-
         # Produce a little at a time until both members have delivered something: the
         # group may still be settling when the first changes arrive.
         sent = 0
-        deadline = time.monotonic() + 60
-        while not await both_worked():
-            assert time.monotonic() < deadline and sent < 250, "partitions were not shared"
+
+        async def shared_after_more() -> bool:
+            nonlocal sent
+            if await both_worked():
+                return True
+            assert sent < 250, f"partitions were not shared after {sent} records"
             await produce_changes(range(sent, sent + 10))
             sent += 10
-            await asyncio.sleep(0.3)
+            return False
+
+        await eventually(
+            shared_after_more, timeout_s=60, interval_s=0.3, message="both delivers to deliver"
+        )
         workers[0].send_signal(signal.SIGTERM)
         # Not a blocking wait: the stand-in answers from this very event loop.
         assert await asyncio.to_thread(workers[0].wait, 30) == 0
         await produce_changes(range(sent, 300))  # on every partition: needs the handover
-        await wait_for(all_delivered, 60, "every record to be delivered")
+        await eventually(
+            delivered,
+            satisfied=lambda count: count == 300,
+            timeout_s=60,
+            interval_s=0.1,
+            message="all 300 records delivered in their newest version",
+        )
         assert len(state.objects["companies"]) == 300  # none lost, none duplicated
         last: dict[str, str] = {}
         for _, external, properties in state.writes:  # never back in time, per record

@@ -19,6 +19,7 @@ and 5xx. Then it waits for the system to settle and checks the promises (``verif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -49,6 +50,7 @@ from tests.e2e.load import (
     Webhook,
     mixed_load,
 )
+from tests.eventually import eventually
 from tests.stand_ins.hubspot import HubSpotState, create_stand_in
 
 HUBSPOT_TOKEN = "pat-chaos-secret-token"
@@ -117,16 +119,21 @@ class Service:
 
 
 async def wait_ready(service: Service, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
+
+        async def ready() -> int | str:
             try:
-                if (await client.get(f"{service.url}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{service.name} never became ready; see {service.log}")
+                return (await client.get(f"{service.url}/readyz")).status_code
+            except httpx.TransportError as error:
+                return repr(error)  # not listening yet
+
+        await eventually(
+            ready,
+            satisfied=lambda status: status == 200,
+            timeout_s=timeout_s,
+            interval_s=0.2,
+            message=f"{service.name} to be ready (its log: {service.log})",
+        )
 
 
 class ChaosRun:
@@ -204,8 +211,13 @@ class ChaosRun:
             server_config(create_stand_in(self.crm), host="127.0.0.1", port=port)
         )
         task = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.02)
+        await eventually(
+            lambda: server.started,
+            timeout_s=30,
+            interval_s=0.02,
+            task=task,
+            message="the CRM stand-in to listen",
+        )
         return server, task, f"http://127.0.0.1:{port}"
 
     # --- the run ------------------------------------------------------------------------
@@ -289,13 +301,13 @@ class ChaosRun:
                         self.report.problems.append(f"{webhook.record}: 200 without a broker")
                 self.report.expected.answered(webhook, status)
                 if not self.faults_over:
-                    await asyncio.sleep(self.pace_s)
+                    await asyncio.sleep(self.pace_s)  # spread the load over the faults
                 if not 200 <= status < 300:
                     if 400 <= status < 500 and status not in (408, 409, 429):  # 409: retry later
                         self.report.problems.append(f"{webhook.record}: answered {status}")
                         continue
                     queue.put_nowait(webhook)  # retried later, unchanged
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.2)  # the sender's own back-off
 
     def _fault_duration_s(self) -> float:
         """About how long ``_faults`` takes (its pauses average their nominal length)."""
@@ -310,7 +322,7 @@ class ChaosRun:
         service = self.services[name]
         self.report.kills.append(f"{name}@{time.strftime('%H:%M:%S')}")
         service.kill()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario: down for a moment
         service.start()
 
     async def _faults(self) -> None:
@@ -345,11 +357,16 @@ class ChaosRun:
         """Wait until every accepted record is stored and delivered in its newest version."""
         assert self.settings is not None
         started = time.monotonic()
-        deadline = started + self.scale.settle_timeout_s
-        while time.monotonic() < deadline:
-            if not await self.verify(quick=True):
-                break
-            await asyncio.sleep(1.0)
+        # Not settling in time is not a failure of its own: the full ``verify`` after this
+        # lists what is missing, in the report (bench/chaos.py prints it).
+        with contextlib.suppress(AssertionError):
+            await eventually(
+                lambda: self.verify(quick=True),
+                satisfied=lambda problems: not problems,
+                timeout_s=self.scale.settle_timeout_s,
+                interval_s=1.0,
+                message="every accepted record stored and delivered",
+            )
         self.report.settle_s = time.monotonic() - started
 
     # --- the promises -------------------------------------------------------------------

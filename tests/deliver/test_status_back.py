@@ -453,12 +453,12 @@ async def test_refusals_dead_letter_at_once_with_their_reason(
         assert headers["ponte-entity"] == "order"
         value = orjson.loads(by_key[key].value or b"")
         assert value["event"]["objectId"] in (9031, 9032, 9033)
-    await recorded(pool, stack, 3)
+    await until_recorded(pool, stack, 3)
     assert {v[0] for v in (await states(pool, stack)).values()} == {"failed"}
     assert stack.shopify.applied == [] and stack.woo.applied == []
 
 
-async def recorded(pool: asyncpg.Pool, stack: Stack, count: int) -> None:
+async def until_recorded(pool: asyncpg.Pool, stack: Stack, count: int) -> None:
     """Wait until ``count`` events of the stack's target have a status_updates row."""
     await eventually(
         lambda: states(pool, stack),
@@ -513,7 +513,7 @@ async def test_a_deal_that_is_two_ponte_records_is_refused_not_guessed(
     stack.woo.add_order("7101", status="processing")
     response = await post_events(stack, [stage_event("9061", "closedwon", 61)])
     assert response.status_code == 200, response.text
-    await recorded(pool, stack, 1)
+    await until_recorded(pool, stack, 1)
     state, reason = (await states(pool, stack))["61"]
     assert state == "failed"
     assert "deal 9061 is the CRM record of 2 Ponte records" in str(reason)
@@ -535,7 +535,7 @@ async def test_an_older_stage_change_never_overrides_a_newer_one(
     # HubSpot delivers an earlier change late (its events are not ordered).
     older = stage_event("9051", "contractsent", 62, occurred_at_ms=now_ms - 60_000)
     assert (await post_events(stack, [older])).status_code == 200
-    await recorded(pool, stack, 2)
+    await until_recorded(pool, stack, 2)
     state, reason = (await states(pool, stack))["62"]
     assert state == "stale" and "already applied" in str(reason)
     assert stack.woo.applied == [("7006", "completed")]

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
+SHOWN = 500
+"""How much of the last observed value's repr a failure shows (a row set can be huge)."""
 
 
 @overload
@@ -72,8 +74,9 @@ async def eventually(
                 raise error
             raise AssertionError(f"{task.get_name()} stopped while waiting for {message}")
         if loop.time() >= deadline:
+            shown = repr(observed)
+            shown = shown if len(shown) <= SHOWN else f"{shown[:SHOWN]}... ({len(shown)} chars)"
             raise AssertionError(
-                f"timed out after {timeout_s:g} s waiting for {message}; "
-                f"last observed: {observed!r}"
+                f"timed out after {timeout_s:g} s waiting for {message}; last observed: {shown}"
             )
         await asyncio.sleep(interval_s)

@@ -57,3 +57,8 @@ async def test_an_assertion_inside_the_condition_is_not_retried() -> None:
     with pytest.raises(AssertionError, match="the service exited"):
         await eventually(condition, timeout_s=30, message="ready")
     assert calls == 1
+
+
+async def test_a_huge_last_value_is_shown_cut() -> None:
+    with pytest.raises(AssertionError, match=r"last observed: 'xxx.*\.\.\. \(10002 chars\)$"):
+        await eventually(lambda: "x" * 10_000, satisfied=lambda _: False, timeout_s=0, message="x")

@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import json
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -27,6 +26,7 @@ from hypothesis import strategies as st
 
 from ponte.shared.settings import Settings
 from tests.conftest import serve_ingest, unique_topic, write_sources
+from tests.eventually import eventually
 from tests.ingest.test_webhooks import ERP_SECRET, erp_headers
 
 pytestmark = pytest.mark.integration
@@ -195,20 +195,21 @@ def test_no_body_gets_a_5xx_and_every_request_is_recorded(threaded: ThreadedInge
 
         post()
 
-    deadline = time.monotonic() + 15
-    recorded: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        rows = threaded.run(
-            threaded.pool.fetch(
-                "SELECT client_ip, status_code FROM webhook_requests WHERE source_id = $1",
-                SOURCE,
-            )
+    async def history() -> dict[str, int]:
+        rows = await threaded.pool.fetch(
+            "SELECT client_ip, status_code FROM webhook_requests WHERE source_id = $1", SOURCE
         )
-        recorded = {row["client_ip"]: row["status_code"] for row in rows}
-        if set(answered) <= set(recorded):
-            break
-        time.sleep(0.2)
-    missing = {address: status for address, status in answered.items() if address not in recorded}
-    assert not missing, f"{len(missing)} of {len(answered)} requests have no history row"
+        return {row["client_ip"]: row["status_code"] for row in rows}
+
+    # Awaited on the ingest's own loop, where its pool lives (this test is synchronous).
+    recorded: dict[str, int] = threaded.run(
+        eventually(
+            history,
+            satisfied=lambda recorded: set(answered) <= set(recorded),
+            timeout_s=15,
+            interval_s=0.2,
+            message=f"a history row for each of the {len(answered)} requests",
+        )
+    )
     assert {a: recorded[a] for a in answered} == answered
     assert len(answered) >= 100

@@ -15,14 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from ponte import dev_env
 from ponte.shared.embedded import free_port
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +54,18 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_for(path: Path, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
+async def wait_for(
+    path: Path, process: subprocess.Popen[bytes], log: Path, timeout_s: float
+) -> None:
+    """Wait for ``ponte dev`` to write ``path``; fail at once, with its log, if it exits."""
+
+    def written() -> bool:
         assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-        assert time.monotonic() < deadline, "ponte dev did not come up: " + log.read_text()[-3000:]
-        time.sleep(0.2)
+        return path.exists()
+
+    await eventually(
+        written, timeout_s=timeout_s, interval_s=0.2, message=f"ponte dev to come up (log: {log})"
+    )
 
 
 def sign_in_and_list_sources(ops_url: str, token: str) -> list[str]:
@@ -97,7 +104,7 @@ async def test_a_newcomers_path_through_make_devs_stack(tmp_path: Path) -> None:
             cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        wait_for(tmp_path / dev_env.DEV_ENV, dev, log, timeout_s=120)
+        await wait_for(tmp_path / dev_env.DEV_ENV, dev, log, timeout_s=120)
         stack = dev_env.read(tmp_path / dev_env.DEV_ENV)
         token, ops_url = stack["PONTE_OPS_TOKEN"], stack["PONTE_DEV_OPS_URL"]
 
@@ -119,13 +126,19 @@ async def test_a_newcomers_path_through_make_devs_stack(tmp_path: Path) -> None:
             listed = (await ops.get("/ops/sources")).json()
             ids = {item["id"] for item in listed["items"]}
             assert {"erp-demo", "shopify-demo", "woo-demo"} <= ids, listed
-            deadline = time.monotonic() + 30
-            while True:  # the history is written in lingering groups
+
+            async def recent_runs() -> list[dict[str, Any]]:
                 erp = (await ops.get("/ops/sources/erp-demo")).json()
-                if len([r for r in erp["recent_runs"] if r["status_code"] == 202]) >= 2:
-                    break
-                assert time.monotonic() < deadline, erp["recent_runs"]
-                await asyncio.sleep(0.2)
+                runs: list[dict[str, Any]] = erp["recent_runs"]
+                return runs
+
+            await eventually(  # the history is written in lingering groups
+                recent_runs,
+                satisfied=lambda runs: len([r for r in runs if r["status_code"] == 202]) >= 2,
+                timeout_s=30,
+                interval_s=0.2,
+                message="2 accepted requests in erp-demo's recent runs",
+            )
             export = await ops.get(
                 "/ops/history/export", params={"source_id": "erp-demo", "format": "csv"}
             )

@@ -69,6 +69,12 @@ class WebhookRequest(SQLModel, table=True):
     content_type: str | None = None
     body: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     body_sha256: str | None = None
+    warnings: list[str] = Field(
+        default_factory=list,
+        sa_column=sa.Column(pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    )
+    """What was accepted but looked wrong, e.g. a body declared ISO-8859-1 that is valid
+    UTF-8 with multi-byte sequences (likely mojibake)."""
 
 
 # One row per delivery ingest has seen, so a re-delivery is answered "duplicate" without

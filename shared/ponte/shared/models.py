@@ -37,6 +37,10 @@ class Source(SQLModel, table=True):
     )
     trusted_proxies: list[str] | None = Field(default=None, sa_column=sa.Column(pg.JSONB))
     tables: list[str] = Field(default_factory=list, sa_column=sa.Column(pg.JSONB, nullable=False))
+    charset: str = Field(
+        default="warn", sa_column=sa.Column(sa.String(16), nullable=False, server_default="warn")
+    )
+    """warn or strict: a single-byte charset declared on a body that is really UTF-8."""
     config_digest: str | None = None
     """Digest of the YAML entry last applied: the file wins only when it changes."""
     created_at: datetime = Field(sa_column=_utc_column())

@@ -15,6 +15,7 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -53,6 +54,12 @@ class SourceConfig(BaseModel):
         default_factory=list,
         description="Tables (ERP) or topics/resources (shops) this source may send; empty: all.",
     )
+    charset: Literal["warn", "strict"] = Field(
+        default="warn",
+        description="A body declared in a single-byte charset (ISO-8859-1, cp1252) that is "
+        "valid UTF-8 with multi-byte sequences is probably mis-declared: warn (accept, "
+        "decoded as declared, with a warning in the history) or strict (refuse it, 415).",
+    )
 
     @field_validator("secrets")
     @classmethod
@@ -69,7 +76,12 @@ class SourceConfig(BaseModel):
         return cidrs
 
     def digest(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        values = self.model_dump(mode="json")
+        if values["charset"] == "warn":
+            # Left out at its default, so adding the setting did not change every stored
+            # digest (which would have let the file overwrite ops edits once).
+            del values["charset"]
+        canonical = json.dumps(values, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def networks(self) -> list[IpNetwork]:
@@ -108,6 +120,7 @@ _COLUMNS = (
     "allowed_cidrs",
     "trusted_proxies",
     "tables",
+    "charset",
 )
 
 
@@ -127,7 +140,7 @@ async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict
             ):
                 await connection.execute(
                     f"INSERT INTO sources ({', '.join(_COLUMNS)}, config_digest, created_at, "  # noqa: S608 - fixed column names
-                    "updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$12)",
+                    "updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$13)",
                     *(values[column] for column in _COLUMNS),
                     digest,
                     now,
@@ -138,7 +151,7 @@ async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict
                     f"{column} = ${i + 2}" for i, column in enumerate(_COLUMNS[1:])
                 )
                 await connection.execute(
-                    f"UPDATE sources SET {assignments}, config_digest = $11, updated_at = $12 "  # noqa: S608
+                    f"UPDATE sources SET {assignments}, config_digest = $12, updated_at = $13 "  # noqa: S608
                     "WHERE id = $1",
                     *(values[column] for column in _COLUMNS),
                     digest,

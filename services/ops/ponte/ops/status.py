@@ -74,6 +74,10 @@ class RecentRun(BaseModel):
     outcome: str
     status_code: int
     reason: str | None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Accepted, but looked wrong (a body declared ISO-8859-1 that is UTF-8).",
+    )
     tables: list[str]
     duration_ms: float
     log_url: str = Field(description="The request and its response, as a JSON download.")
@@ -167,7 +171,7 @@ async def source_status(
             return None
         ops = await ops_settings(connection, source_id)
         runs = await connection.fetch(
-            "SELECT id, received_at, outcome, status_code, reason, tables, latency_ms "
+            "SELECT id, received_at, outcome, status_code, reason, warnings, tables, latency_ms "
             "FROM webhook_requests WHERE source_id = $1 ORDER BY received_at DESC LIMIT $2",
             source_id,
             RECENT_RUNS,
@@ -229,6 +233,7 @@ async def source_status(
                 outcome=run["outcome"],
                 status_code=run["status_code"],
                 reason=run["reason"],
+                warnings=run["warnings"],
                 tables=run["tables"],
                 duration_ms=run["latency_ms"],
                 log_url=f"/ops/history/{run['id']}/log",

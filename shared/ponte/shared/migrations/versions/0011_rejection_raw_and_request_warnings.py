@@ -3,7 +3,8 @@
 ``transform_rejections.raw``: for a message whose value is not a readable raw event, its
 bytes (base64, cut) and the topic/partition/offset that hold them whole; its identity
 comes from the Kafka headers and key. ``webhook_requests.warnings``: what was accepted
-but looked wrong (a body declared in a single-byte charset that is really UTF-8).
+but looked wrong (a body declared in a single-byte charset that is really UTF-8);
+``sources.charset``: whether such a body is accepted with that warning or refused.
 
 Revision ID: 0011
 Revises: 0010
@@ -25,6 +26,10 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("transform_rejections", sa.Column("raw", pg.JSONB(), nullable=True))
     op.add_column(
+        "sources",
+        sa.Column("charset", sa.String(length=16), server_default="warn", nullable=False),
+    )
+    op.add_column(
         "webhook_requests",
         sa.Column("warnings", pg.ARRAY(sa.Text()), server_default="{}", nullable=False),
     )
@@ -32,4 +37,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("webhook_requests", "warnings")
+    op.drop_column("sources", "charset")
     op.drop_column("transform_rejections", "raw")

@@ -17,6 +17,7 @@ from openpyxl import load_workbook
 
 from ponte.ingest.history import HistoryEntry, HistoryWriter
 from ponte.ops.history import BATCH_ROWS, COLUMNS
+from tests.conftest import BOX
 from tests.ops.conftest import RunningOps
 
 pytestmark = pytest.mark.integration
@@ -190,7 +191,9 @@ async def test_a_request_warning_shows_in_the_export_the_log_and_the_page(
 
     source_id = f"hw-{uuid.uuid4().hex[:8]}"
     await apply_sources(
-        pool, [SourceConfig.model_validate({"id": source_id, "kind": "erp", "secrets": ["s"]})]
+        pool,
+        [SourceConfig.model_validate({"id": source_id, "kind": "erp", "secrets": ["s"]})],
+        BOX,
     )
     entry = request(source_id, "Empresa", NOW - timedelta(seconds=1), 1)
     entry.warnings = ["body declared iso8859-1 is valid UTF-8 with multi-byte sequences"]

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from ponte.ops.fingerprints import fingerprint
 from ponte.shared.crm import ENTITIES
 from ponte.shared.pulls import PullDefinition, Schedule, load_pulls_file, next_run
+from ponte.shared.secret_box import SecretBox
 
 RECENT_RUNS = 20
 SUCCESS_OUTCOMES = ("accepted", "duplicate")
@@ -160,6 +161,7 @@ async def source_status(
     pool: asyncpg.Pool,
     source_id: str,
     *,
+    box: SecretBox,
     now: datetime | None = None,
     pulls: Schedules | None = None,
 ) -> SourceStatus | None:
@@ -253,7 +255,9 @@ async def source_status(
         silent_too_long=source["active"]
         and now - (last_success or source["created_at"]) > max_silence,
         never_succeeded=last_success is None,
-        secret_fingerprints=[fingerprint(secret) for secret in source["secrets"]],
+        # Of the secrets themselves (stored sealed, with a fresh nonce per write), so a
+        # fingerprint stays the same across writes and matches the audit trail's.
+        secret_fingerprints=[fingerprint(secret) for secret in box.open_all(source["secrets"])],
         allowed_cidrs=source["allowed_cidrs"],
         tables=source["tables"],
     )

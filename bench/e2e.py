@@ -70,6 +70,7 @@ from ponte.deliver.connectors.registry import parse_target
 from ponte.shared import db
 from ponte.shared.embedded import EmbeddedBroker, EmbeddedPostgres, embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
+from ponte.shared.secret_box import generate_key
 from ponte.shared.settings import Settings
 from ponte.shared.signatures import sign_standard
 
@@ -99,6 +100,10 @@ TUNABLES = (
 sys.path.insert(0, str(BENCH_DIR))
 from common import machine_ticks, process_table, raise_keyboard_interrupt, stack_settings  # noqa: E402 - needs the path above
 from openloop import percentile  # noqa: E402
+
+SECRETS_KEY = generate_key()
+"""One key per bench run for the source secrets at rest (its database is fresh), the
+same for every service it starts."""
 
 # --- options -----------------------------------------------------------------------------------
 
@@ -278,6 +283,7 @@ def service_env(settings: Settings, plan: Plan, files: dict[str, Path]) -> dict[
         {
             "PONTE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "PONTE_DATABASE_URL": settings.database_url,
+            "PONTE_SECRETS_KEY": SECRETS_KEY,
             "PONTE_KAFKA_IDEMPOTENCE": "false",
             "PONTE_KAFKA_REPLICATION_FACTOR": "1",
             "PONTE_SOURCES_FILE": str(files["sources"]),

@@ -65,6 +65,7 @@ import yaml
 from ponte.shared import db
 from ponte.shared.embedded import embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
+from ponte.shared.secret_box import generate_key
 from ponte.shared.settings import Settings
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -91,6 +92,10 @@ sys.path.insert(0, str(BENCH_DIR))
 from common import machine_ticks, process_table, raise_keyboard_interrupt, stack_settings  # noqa: E402 - needs the path above
 from pyspy import py_spy_binary, start_recording, summarize  # noqa: E402
 from signed_requests import write_requests  # noqa: E402
+
+SECRETS_KEY = generate_key()
+"""One key per bench run for the source secrets at rest (its database is fresh), the
+same for every service it starts."""
 
 # --- options ---------------------------------------------------------------------------------
 
@@ -391,6 +396,7 @@ def server_env(settings: Settings) -> dict[str, str]:
         {
             "PONTE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "PONTE_DATABASE_URL": settings.database_url,
+            "PONTE_SECRETS_KEY": SECRETS_KEY,
             "PONTE_KAFKA_IDEMPOTENCE": "false",
             "PONTE_KAFKA_REPLICATION_FACTOR": "1",
             "PONTE_SOURCES_FILE": str(settings.sources_file),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -23,11 +24,20 @@ from aiokafka.structs import ConsumerRecord
 from ponte.shared import db
 from ponte.shared.embedded import EmbeddedBroker, EmbeddedPostgres, embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
+from ponte.shared.secret_box import SecretBox, generate_key
 from ponte.shared.settings import Settings
 from tests.eventually import eventually
 
 SETTLE_S = 0.5
 """How long ``read_topic`` reads on after the expected messages, for an extra one."""
+
+SECRETS_KEY = os.environ.setdefault("PONTE_SECRETS_KEY", generate_key())
+"""Source secrets are stored encrypted (``ponte.shared.secret_box``): one key for the
+session, set in the environment so every Settings and every service process (service_env,
+the chaos run) reads it, as ``ponte dev`` generates one per run."""
+
+BOX = SecretBox([key for key in SECRETS_KEY.split(",") if key.strip()])
+"""The session's box, for tests that store or read sources directly."""
 
 
 @pytest.fixture(scope="session")

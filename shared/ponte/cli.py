@@ -12,6 +12,8 @@
     ponte sign       print a signed curl for a sample delivery to any source
     ponte pull       run a source's scheduled pull now
     ponte classify   rank companies on the ABC curve now
+    ponte secrets-key    print a new key for PONTE_SECRETS_KEY
+    ponte rekey-secrets  re-encrypt stored source secrets under the first key
 
 Commands that talk to a running stack read ``.ponte/dev.env`` when ``make dev`` wrote one
 (``ponte.dev_env``). A broker or database they cannot reach is one line and exit 1;
@@ -25,12 +27,15 @@ import json
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ponte.shared.logs import configure_logging
 from ponte.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from ponte.shared.secret_box import SecretBox
 
 app = typer.Typer(
     help="Ponte keeps a CRM in step with an ERP and an online shop: signed webhooks in, "
@@ -290,15 +295,58 @@ def sources_load(path: SourcesPath) -> None:
 
     configs = _read_sources(path)
 
+    settings = cli_settings()
+    box = _secret_box(settings)
+
     async def store() -> dict[str, str]:
-        pool = await db.create_pool(cli_settings())
+        pool = await db.create_pool(settings)
         try:
-            return await apply_sources(pool, configs)
+            return await apply_sources(pool, configs, box)
         finally:
             await pool.close()
 
     for source_id, outcome in asyncio.run(store()).items():
         typer.echo(f"{source_id}\t{outcome}")
+
+
+def _secret_box(settings: Settings) -> SecretBox:
+    """The box of PONTE_SECRETS_KEY, or exit 1 saying how to set it."""
+    from ponte.shared.secret_box import SecretBox, SecretsKeyMissing
+
+    try:
+        return SecretBox.from_settings(settings)
+    except (SecretsKeyMissing, ValueError) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("secrets-key")
+def secrets_key() -> None:
+    """Print a new key for PONTE_SECRETS_KEY (to start, or to rotate: put it first)."""
+    from ponte.shared.secret_box import generate_key
+
+    typer.echo(generate_key())
+
+
+@app.command("rekey-secrets")
+def rekey_secrets() -> None:
+    """Re-encrypt every stored source secret under the first key of PONTE_SECRETS_KEY
+    (rotation: new key first, this, then drop the old key)."""
+    from ponte.shared import db
+    from ponte.shared.sources import reseal_sources
+
+    settings = cli_settings()
+    configure_logging(settings.log_level)
+    box = _secret_box(settings)
+
+    async def rekey() -> int:
+        pool = await db.create_pool(settings)
+        try:
+            return await reseal_sources(pool, box)
+        finally:
+            await pool.close()
+
+    typer.echo(f"{asyncio.run(rekey())} sources re-encrypted under the first key")
 
 
 @app.command()

@@ -30,6 +30,7 @@ from ponte.shared.embedded import embedded_stack, free_port
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.logs import configure_logging, printable
 from ponte.shared.sample_requests import example_order, signed_curl
+from ponte.shared.secret_box import generate_key
 from ponte.shared.settings import Settings
 
 
@@ -163,6 +164,11 @@ async def _serve(
             "PONTE_KAFKA_IDEMPOTENCE": "false",
             "PONTE_KAFKA_REPLICATION_FACTOR": "1",
             "PONTE_OPS_TOKEN": token,
+            # So `ponte sources load` / `ponte rekey-secrets` can seal and open this
+            # stack's source secrets.
+            "PONTE_SECRETS_KEY": settings.secrets_key.get_secret_value()
+            if settings.secrets_key
+            else "",
             "PONTE_DEV_INGEST_URL": f"http://127.0.0.1:{port}",
             "PONTE_DEV_TRANSFORM_URL": f"http://127.0.0.1:{ports['transform']}",
             "PONTE_DEV_OPS_URL": f"http://127.0.0.1:{ports['ops']}",
@@ -229,6 +235,8 @@ def run_dev(*, port: int = 8000, durable: bool = False) -> None:
                 "sources_file": sources_file,
                 # A fresh token per run unless one is configured: the page is on loopback.
                 "ops_token": base.ops_token or SecretStr(secrets.token_urlsafe(24)),
+                # Likewise the key that encrypts source secrets in the throwaway database.
+                "secrets_key": base.secrets_key or SecretStr(generate_key()),
             }
         )
         db.migrate(settings)

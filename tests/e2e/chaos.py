@@ -40,6 +40,7 @@ import yaml
 from ponte.shared import db, kafka
 from ponte.shared.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from ponte.shared.http import server_config
+from ponte.shared.secret_box import generate_key
 from ponte.shared.settings import Settings
 from tests.e2e.load import (
     ERP_SECRET,
@@ -52,6 +53,9 @@ from tests.e2e.load import (
 )
 from tests.eventually import eventually
 from tests.stand_ins.hubspot import HubSpotState, create_stand_in
+
+SECRETS_KEY = generate_key()
+"""The key of a run outside the test suite (which sets PONTE_SECRETS_KEY for all)."""
 
 HUBSPOT_TOKEN = "pat-chaos-secret-token"
 SERVICES = ("ingest", "transform", "deliver")
@@ -193,6 +197,8 @@ class ChaosRun:
             **os.environ,
             "PONTE_KAFKA_BOOTSTRAP": self.broker.bootstrap,
             "PONTE_DATABASE_URL": self.database.url,
+            # The source secrets at rest: the suite's key, or one for this run (bench).
+            "PONTE_SECRETS_KEY": os.environ.get("PONTE_SECRETS_KEY") or SECRETS_KEY,
             "PONTE_KAFKA_IDEMPOTENCE": "false",
             "PONTE_KAFKA_REPLICATION_FACTOR": "1",
             "PONTE_SOURCES_FILE": str(sources),

@@ -14,6 +14,7 @@ from ponte.ingest.publisher import EventPublisher
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.settings import Settings
 from ponte.shared.sources import SourceConfig, apply_sources
+from tests.conftest import BOX
 
 SOURCE_SECRET = "whsec_" + "cHVsbC10ZXN0LXNlY3JldC12YWx1ZQ=="
 
@@ -22,7 +23,9 @@ SOURCE_SECRET = "whsec_" + "cHVsbC10ZXN0LXNlY3JldC12YWx1ZQ=="
 async def source_id(pool: asyncpg.Pool) -> str:
     """A fresh active ERP source (every table allowed), by id."""
     source_id = f"pull-{uuid.uuid4().hex[:8]}"
-    await apply_sources(pool, [SourceConfig(id=source_id, kind="erp", secrets=[SOURCE_SECRET])])
+    await apply_sources(
+        pool, [SourceConfig(id=source_id, kind="erp", secrets=[SOURCE_SECRET])], BOX
+    )
     return source_id
 
 

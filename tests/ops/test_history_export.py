@@ -17,6 +17,7 @@ from openpyxl import load_workbook
 
 from ponte.ingest.history import HistoryEntry, HistoryWriter
 from ponte.ops.history import BATCH_ROWS, COLUMNS
+from tests.conftest import BOX
 from tests.ops.conftest import RunningOps
 
 pytestmark = pytest.mark.integration
@@ -177,3 +178,41 @@ async def test_the_export_needs_the_token(ops: RunningOps) -> None:
     async with ops.client(token=None) as anonymous:
         assert (await anonymous.get("/ops/history/export")).status_code == 401
         assert (await anonymous.get("/ops/history/1/log")).status_code == 401
+
+
+async def test_a_request_warning_shows_in_the_export_the_log_and_the_page(
+    ops: RunningOps,
+    pool: asyncpg.Pool,
+    base_settings,  # type: ignore[no-untyped-def]
+) -> None:
+    """A charset warning (``deliveries.charset_mismatch``) on an accepted request is in
+    the export's ``warnings`` column, the request's log download and the source's page."""
+    from ponte.shared.sources import SourceConfig, apply_sources
+
+    source_id = f"hw-{uuid.uuid4().hex[:8]}"
+    await apply_sources(
+        pool,
+        [SourceConfig.model_validate({"id": source_id, "kind": "erp", "secrets": ["s"]})],
+        BOX,
+    )
+    entry = request(source_id, "Empresa", NOW - timedelta(seconds=1), 1)
+    entry.warnings = ["body declared iso8859-1 is valid UTF-8 with multi-byte sequences"]
+    writer = HistoryWriter(pool, base_settings)
+    await writer.start()
+    writer.record(entry)
+    await writer.stop()
+    params = {
+        "source_id": source_id,
+        "since": (NOW - timedelta(hours=1)).isoformat(),
+        "until": (NOW + timedelta(seconds=1)).isoformat(),
+        "format": "csv",
+    }
+    async with ops.client() as client:
+        export = await client.get("/ops/history/export", params=params)
+        page = await client.get(f"/ops/sources/{source_id}")
+        [run] = page.json()["recent_runs"]
+        log = await client.get(run["log_url"])
+    [row] = list(csv.DictReader(io.StringIO(export.content.decode("utf-8-sig"))))
+    assert row["warnings"] == entry.warnings[0]
+    assert run["warnings"] == entry.warnings
+    assert log.json()["warnings"] == entry.warnings

@@ -13,6 +13,7 @@ import yaml
 from pydantic import SecretStr
 
 from ponte.shared.settings import Settings
+from tests.conftest import BOX
 from tests.ops.conftest import OPS_TOKEN, RunningOps, erp_source, serve_ops
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ async def ops_with_pulls(
 ) -> AsyncIterator[RunningOps]:
     from ponte.shared.sources import SourceConfig, apply_sources
 
-    await apply_sources(pool, [SourceConfig.model_validate(erp_source(source_id))])
+    await apply_sources(pool, [SourceConfig.model_validate(erp_source(source_id))], BOX)
     pulls = tmp_path / "pulls.yaml"
     pulls.write_text(
         yaml.safe_dump(
@@ -77,7 +78,7 @@ async def test_a_webhook_source_is_not_scheduled(
     from ponte.shared.sources import SourceConfig, apply_sources
 
     other = "ops-webhook-only"
-    await apply_sources(pool, [SourceConfig.model_validate(erp_source(other))])
+    await apply_sources(pool, [SourceConfig.model_validate(erp_source(other))], BOX)
     async with ops_with_pulls.client() as client:
         status = (await client.get(f"/ops/sources/{other}")).json()
     assert status["scheduled"] is False and status["next_scheduled_run"] is None

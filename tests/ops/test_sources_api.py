@@ -167,7 +167,7 @@ async def _answers_after_refresh(
 
 
 async def test_edits_take_effect_on_ingest_and_are_audited(
-    ops: RunningOps, ingest: RunningIngest, source_id: str
+    ops: RunningOps, ingest: RunningIngest, source_id: str, pool: asyncpg.Pool
 ) -> None:
     new_secret = "rotated-secret-for-ops-0002"
     actor = {"X-Ponte-Actor": "maria@example.com"}
@@ -237,6 +237,9 @@ async def test_edits_take_effect_on_ingest_and_are_audited(
     assert by_field["allowed_cidrs"]["old_value"] == []
     assert len(entries) == 1 + 6 + 1 + 1  # the unchanged PATCH wrote nothing
     assert SECRET not in str(audit) and new_secret not in str(audit)
+    # Stored sealed (ponte.shared.secret_box): the row holds neither secret in clear.
+    stored = await pool.fetchval("SELECT s::text FROM sources s WHERE id = $1", source_id)
+    assert new_secret not in stored and "fernet:" in stored
 
 
 async def test_the_actor_defaults_to_the_token_name(

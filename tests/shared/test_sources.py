@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from ponte.shared.sources import SourceConfig, apply_sources, fetch_sources, load_sources_file
+from tests.conftest import BOX
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -59,16 +60,16 @@ def test_table_filter_matches_tables_and_shop_resources() -> None:
 @pytest.mark.integration
 async def test_file_wins_only_when_it_changes(pool: asyncpg.Pool) -> None:
     config = SourceConfig(id="src-apply", kind="erp", secrets=["one"], tables=["Pedido"])
-    assert (await apply_sources(pool, [config]))["src-apply"] == "created"
-    assert (await apply_sources(pool, [config]))["src-apply"] == "kept"
+    assert (await apply_sources(pool, [config], BOX))["src-apply"] == "created"
+    assert (await apply_sources(pool, [config], BOX))["src-apply"] == "kept"
 
     # A change made through the database (as the ops API will) survives a restart...
     await pool.execute("UPDATE sources SET active = false WHERE id = 'src-apply'")
-    assert (await apply_sources(pool, [config]))["src-apply"] == "kept"
-    assert (await fetch_sources(pool))["src-apply"].active is False
+    assert (await apply_sources(pool, [config], BOX))["src-apply"] == "kept"
+    assert (await fetch_sources(pool, BOX))["src-apply"].active is False
 
     # ...until the file itself changes.
     changed = config.model_copy(update={"secrets": ["one", "two"]})
-    assert (await apply_sources(pool, [changed]))["src-apply"] == "updated"
-    stored = (await fetch_sources(pool))["src-apply"]
+    assert (await apply_sources(pool, [changed], BOX))["src-apply"] == "updated"
+    stored = (await fetch_sources(pool, BOX))["src-apply"]
     assert stored.secrets == ["one", "two"] and stored.active is True

@@ -179,3 +179,4 @@ class _Message:
     def __init__(self, event: RawEvent) -> None:
         self.topic, self.partition, self.offset = "raw", 0, 0
         self.key, self.value = event.partition_key, event.model_dump_json().encode()
+        self.headers: list[tuple[str, bytes]] = []

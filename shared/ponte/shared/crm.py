@@ -349,6 +349,9 @@ class TransformRejection(SQLModel, table=True):
     reason: str
     rejected_at: datetime = Field(sa_type=_AWARE)
     payload: dict[str, Any] = Field(sa_type=pg.JSONB, sa_column_kwargs={"nullable": False})
+    raw: dict[str, Any] | None = Field(default=None, sa_type=pg.JSONB)
+    """For a message that is not a readable event: its bytes (base64, cut at 64 KiB),
+    size, digest and topic/partition/offset (``ponte.transform.identity.raw_pointer``)."""
 
 
 # Tables and fields sources send that their mapping does not place.

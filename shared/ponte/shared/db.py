@@ -52,6 +52,11 @@ def alembic_config(settings: Settings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(resources.files("ponte.shared") / "migrations"))
     config.set_main_option("sqlalchemy.url", settings.database_url)
+    # For migrations that encrypt or decrypt stored secrets (0012); None without a key,
+    # and such a migration then refuses to run if there is anything to convert.
+    config.attributes["secrets_key"] = (
+        settings.secrets_key.get_secret_value() if settings.secrets_key else None
+    )
     return config
 
 

@@ -109,6 +109,15 @@ def partition_key(source_id: str, resource: str, record_key: str) -> bytes:
     return f"{source_id}/{resource}/{record_key}".encode()
 
 
+HEADER_EVENT_ID = "ponte-event-id"
+HEADER_SOURCE = "ponte-source"
+HEADER_KIND = "ponte-kind"
+HEADER_TOPIC = "ponte-topic"
+"""The raw topic's identity headers, written by ingest's publisher. They are a contract
+with the transform: a message whose value cannot be read at all is still dead-lettered
+and listed under the source, event, table and record key these (and the key) carry."""
+
+
 def delivery_id_for(source_id: str, dedup_key: str) -> str:
     """A deterministic id: the same delivery re-sent gets the same Ponte id."""
     digest = hashlib.sha256(f"{source_id}\x00{dedup_key}".encode()).hexdigest()

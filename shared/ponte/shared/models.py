@@ -37,6 +37,10 @@ class Source(SQLModel, table=True):
     )
     trusted_proxies: list[str] | None = Field(default=None, sa_column=sa.Column(pg.JSONB))
     tables: list[str] = Field(default_factory=list, sa_column=sa.Column(pg.JSONB, nullable=False))
+    charset: str = Field(
+        default="warn", sa_column=sa.Column(sa.String(16), nullable=False, server_default="warn")
+    )
+    """warn or strict: a single-byte charset declared on a body that is really UTF-8."""
     config_digest: str | None = None
     """Digest of the YAML entry last applied: the file wins only when it changes."""
     created_at: datetime = Field(sa_column=_utc_column())
@@ -69,6 +73,12 @@ class WebhookRequest(SQLModel, table=True):
     content_type: str | None = None
     body: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     body_sha256: str | None = None
+    warnings: list[str] = Field(
+        default_factory=list,
+        sa_column=sa.Column(pg.ARRAY(sa.Text), nullable=False, server_default="{}"),
+    )
+    """What was accepted but looked wrong, e.g. a body declared ISO-8859-1 that is valid
+    UTF-8 with multi-byte sequences (likely mojibake)."""
 
 
 # One row per delivery ingest has seen, so a re-delivery is answered "duplicate" without

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     produce_linger_ms: int = 2
     """Small linger: concurrent webhooks share a produce request without adding latency."""
 
+    # --- secrets at rest ------------------------------------------------------------------
+    secrets_key: SecretStr | None = None
+    """Comma-separated Fernet keys that encrypt source secrets in PostgreSQL
+    (``ponte.shared.secret_box``): the first encrypts, each decrypts. Ingest, ops and the
+    migration that encrypts existing rows refuse to run without it; ``ponte dev`` and the
+    tests generate one. ``ponte secrets-key`` prints a new key."""
+
     # --- ingest ---------------------------------------------------------------------------
     sources_file: Path | None = None
     """YAML file of sources loaded at start (see sources.example.yaml)."""

@@ -4,7 +4,9 @@ The YAML file is loaded at start. A source missing from the database is created;
 YAML entry changed since it was last applied is updated; otherwise the database row wins,
 so a change made through the ops API survives a restart until the file itself changes.
 Secrets may be written as ``${ENV_VAR}`` so the file can live in git and the secrets in a
-Kubernetes Secret.
+Kubernetes Secret. In PostgreSQL they are stored encrypted (``ponte.shared.secret_box``):
+``apply_sources`` seals them and ``fetch_sources`` opens them, with the box built from
+``PONTE_SECRETS_KEY``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ponte.shared.config_files import load_entries
+from ponte.shared.secret_box import SecretBox
 from ponte.shared.source_kinds import SourceKind
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,12 @@ class SourceConfig(BaseModel):
         default_factory=list,
         description="Tables (ERP) or topics/resources (shops) this source may send; empty: all.",
     )
+    charset: Literal["warn", "strict"] = Field(
+        default="warn",
+        description="A body declared in a single-byte charset (ISO-8859-1, cp1252) that is "
+        "valid UTF-8 with multi-byte sequences is probably mis-declared: warn (accept, "
+        "decoded as declared, with a warning in the history) or strict (refuse it, 415).",
+    )
 
     @field_validator("secrets")
     @classmethod
@@ -69,7 +79,12 @@ class SourceConfig(BaseModel):
         return cidrs
 
     def digest(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        values = self.model_dump(mode="json")
+        if values["charset"] == "warn":
+            # Left out at its default, so adding the setting did not change every stored
+            # digest (which would have let the file overwrite ops edits once).
+            del values["charset"]
+        canonical = json.dumps(values, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def networks(self) -> list[IpNetwork]:
@@ -108,11 +123,15 @@ _COLUMNS = (
     "allowed_cidrs",
     "trusted_proxies",
     "tables",
+    "charset",
 )
 
 
-async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict[str, str]:
-    """Store the file's sources; returns what happened to each (created/updated/kept)."""
+async def apply_sources(
+    pool: asyncpg.Pool, configs: list[SourceConfig], box: SecretBox
+) -> dict[str, str]:
+    """Store the file's sources, secrets sealed by ``box``; returns what happened to each
+    (created/updated/kept)."""
     outcome: dict[str, str] = {}
     now = datetime.now(UTC)
     async with pool.acquire() as connection, connection.transaction():
@@ -122,12 +141,13 @@ async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict
                 "SELECT config_digest FROM sources WHERE id = $1 FOR UPDATE", config.id
             )
             values = config.model_dump(mode="json")
+            values["secrets"] = box.seal_all(config.secrets)
             if stored is None and not await connection.fetchval(
                 "SELECT 1 FROM sources WHERE id = $1", config.id
             ):
                 await connection.execute(
                     f"INSERT INTO sources ({', '.join(_COLUMNS)}, config_digest, created_at, "  # noqa: S608 - fixed column names
-                    "updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$12)",
+                    "updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$13)",
                     *(values[column] for column in _COLUMNS),
                     digest,
                     now,
@@ -138,7 +158,7 @@ async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict
                     f"{column} = ${i + 2}" for i, column in enumerate(_COLUMNS[1:])
                 )
                 await connection.execute(
-                    f"UPDATE sources SET {assignments}, config_digest = $11, updated_at = $12 "  # noqa: S608
+                    f"UPDATE sources SET {assignments}, config_digest = $12, updated_at = $13 "  # noqa: S608
                     "WHERE id = $1",
                     *(values[column] for column in _COLUMNS),
                     digest,
@@ -151,17 +171,38 @@ async def apply_sources(pool: asyncpg.Pool, configs: list[SourceConfig]) -> dict
     return outcome
 
 
-async def fetch_sources(pool: asyncpg.Pool) -> dict[str, SourceConfig]:
-    """Every valid source. A row that does not validate (edited by hand in the database)
-    is logged and left out rather than stopping every other source's refresh."""
+async def fetch_sources(pool: asyncpg.Pool, box: SecretBox | None) -> dict[str, SourceConfig]:
+    """Every valid source, secrets opened by ``box``. A row that does not validate
+    (edited by hand in the database, or a secret no key decrypts) is logged and left out
+    rather than stopping every other source's refresh.
+
+    ``box=None`` is for readers that never sign or verify (a pull's source check, a file
+    drop's table filter): the secrets stay sealed, so nothing there holds them in clear."""
     rows = await pool.fetch(f"SELECT {', '.join(_COLUMNS)} FROM sources")  # noqa: S608
     sources = {}
     for row in rows:
         try:
-            sources[row["id"]] = SourceConfig.model_validate(dict(row))
+            values = dict(row)
+            if box is not None:
+                values["secrets"] = box.open_all(values["secrets"])
+            sources[row["id"]] = SourceConfig.model_validate(values)
         except ValueError as error:
             log.error(
                 "invalid source in the database; ignored",
                 extra={"source": row["id"], "error": str(error)[:300]},
             )
     return sources
+
+
+async def reseal_sources(pool: asyncpg.Pool, box: SecretBox) -> int:
+    """Re-encrypt every stored secret under ``box``'s first key (a key rotation: the new
+    key first in PONTE_SECRETS_KEY, this, then the old key dropped); returns the rows."""
+    async with pool.acquire() as connection, connection.transaction():
+        rows = await connection.fetch("SELECT id, secrets FROM sources FOR UPDATE")
+        for row in rows:
+            await connection.execute(
+                "UPDATE sources SET secrets = $2 WHERE id = $1",
+                row["id"],
+                [box.reseal(value) for value in row["secrets"]],
+            )
+    return len(rows)

@@ -23,6 +23,7 @@ from ponte.ingest.registry import SourceRegistry
 from ponte.ingest.routes import health, intake_files, webhooks
 from ponte.shared import db, probes
 from ponte.shared.http import freeze_startup_heap
+from ponte.shared.secret_box import SecretBox
 from ponte.shared.settings import Settings
 from ponte.shared.sources import apply_sources, load_sources_file
 
@@ -32,11 +33,12 @@ log = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    box = SecretBox.from_settings(settings)  # no key, no ingest: secrets stay encrypted
     pool = await db.create_pool(settings, min_size=2, max_size=20, wait_s=60)
     if settings.sources_file is not None:
-        await apply_sources(pool, load_sources_file(settings.sources_file))
+        await apply_sources(pool, load_sources_file(settings.sources_file), box)
     registry = SourceRegistry(
-        pool, refresh_s=settings.sources_refresh_s, default_proxies=settings.trusted_proxies
+        pool, box, refresh_s=settings.sources_refresh_s, default_proxies=settings.trusted_proxies
     )
     publisher = EventPublisher(settings)
     history = HistoryWriter(pool, settings)

@@ -9,11 +9,12 @@ ingest only guarantees the event is well-formed, attributable and durable.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, assert_never
+from typing import Any, Literal, assert_never
 
 from pydantic import ValidationError
 
@@ -54,13 +55,64 @@ def charset_of(content_type: str | None) -> str:
     return "utf-8"
 
 
-def decode_json(body: bytes, content_type: str | None) -> Any:
+CharsetPolicy = Literal["warn", "strict"]
+"""A source's ``charset`` setting (``SourceConfig.charset``)."""
+
+
+@functools.cache
+def single_byte(charset: str) -> bool:
+    """Whether every byte is one character in ``charset`` (Latin-1, cp1252, the other
+    ISO-8859 and Windows code pages): the charsets in which a UTF-8 body decodes without
+    an error, as mojibake ("é" read as "Ã©")."""
+    return len(bytes(range(256)).decode(charset, "replace")) == 256
+
+
+def charset_mismatch(body: bytes, charset: str) -> str | None:
+    """Why ``body`` is probably not in ``charset``, or None: a declared single-byte
+    charset on a body that is valid UTF-8 with at least one multi-byte sequence. (ASCII
+    is the same in all of them, and random Latin-1 text with accents is rarely valid
+    UTF-8, so this is a reliable sign of a mis-declared sender.)"""
+    if charset == "utf-8" or body.isascii() or not single_byte(charset):
+        return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    sample = next(char for char in text if ord(char) > 127)
+    return (
+        f"body declared {charset} is valid UTF-8 with multi-byte sequences: decoded as "
+        f"{charset}, {sample!r} reads {sample.encode().decode(charset, 'replace')!r}; "
+        "is the sender's charset right?"
+    )
+
+
+def decode_json(
+    body: bytes,
+    content_type: str | None,
+    charset_policy: CharsetPolicy = "warn",
+    warnings: list[str] | None = None,
+) -> Any:
     """Decode and parse the body with the edge's strict decoder (``strict_json``): what
     it refuses (syntax, depth, number size, non-finite numbers, lone surrogates, NUL,
-    duplicate keys) is a 400/422 naming the problem and its JSON path or position."""
+    duplicate keys) is a 400/422 naming the problem and its JSON path or position.
+
+    A declared single-byte charset on a body that is really UTF-8 (``charset_mismatch``)
+    is refused with 415 under ``charset_policy="strict"``; otherwise the body is decoded
+    as declared and the warning appended to ``warnings`` (the request's history row)."""
     charset = charset_of(content_type)
     document: bytes | str = body
     if charset != "utf-8":
+        mismatch = charset_mismatch(body, charset)
+        if mismatch is not None:
+            if charset_policy == "strict":
+                raise Rejection(
+                    415,
+                    "charset_mismatch",
+                    mismatch + " (this source refuses it: send charset=utf-8)",
+                    field="content-type",
+                )
+            if warnings is not None:
+                warnings.append(mismatch)
         try:
             document = body.decode(charset)
         except UnicodeDecodeError as error:
@@ -218,8 +270,12 @@ def parse_delivery(
     raw: bytes,
     received_at: datetime,
     key_fields: Mapping[str, list[str]] | None = None,
+    charset_policy: CharsetPolicy = "warn",
+    warnings: list[str] | None = None,
 ) -> Delivery:
-    body = decode_json(raw, headers.get("content-type"))
+    """``warnings`` collects what was accepted but looked wrong; it is the caller's list,
+    so a warning reaches the history even when the body is refused later on."""
+    body = decode_json(raw, headers.get("content-type"), charset_policy, warnings)
     shape = spec_of(kind).body
     match shape:
         case "envelope":

@@ -52,6 +52,7 @@ COLUMNS = (
     "content_type",
     "body",
     "body_sha256",
+    "warnings",
 )
 PRUNE_EVERY_S = 3600.0
 
@@ -102,6 +103,8 @@ class HistoryEntry:
     client_ip: str | None = None
     content_type: str | None = None
     body: bytes | None = None
+    warnings: list[str] = field(default_factory=list)
+    """What was accepted but looked wrong (``deliveries.charset_mismatch``)."""
 
     def record(self, keep_body_bytes: int) -> tuple[Any, ...]:
         """The row for COPY. Text from the request (the source id in the path, headers)
@@ -125,6 +128,7 @@ class HistoryEntry:
             _text(self.content_type),
             kept,
             digest,
+            self.warnings,
         )
 
     def sanitised(self, keep_body_bytes: int, error: BaseException) -> tuple[Any, ...]:
@@ -140,6 +144,7 @@ class HistoryEntry:
         row[COLUMNS.index("source_id")] = row[COLUMNS.index("source_id")][:200]
         row[COLUMNS.index("outcome")] = _storable(self.outcome)[:16]
         row[COLUMNS.index("tables")] = [_storable(table) for table in self.tables]
+        row[COLUMNS.index("warnings")] = [_storable(warning) for warning in self.warnings]
         answer = _storable(self.response_body)
         answer = answer if isinstance(answer, dict) else {"answer": answer}
         answer["history_sanitised"] = type(error).__name__

@@ -102,6 +102,7 @@ class _Trace:
     body: bytes | None = None
     size: int = 0
     delivery: Delivery | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 class Intake:
@@ -182,6 +183,8 @@ class Intake:
             trace.body,
             trace.received_at,
             self._key_fields(config.kind, config.id),
+            config.charset,
+            trace.warnings,
         )
         trace.delivery = delivery
         for table in delivery.tables:
@@ -295,6 +298,7 @@ class Intake:
                 client_ip=trace.client_ip or request.peer,
                 content_type=request.headers.get("content-type"),
                 body=trace.body,
+                warnings=trace.warnings,
             )
         )
         if answer.status_code >= 400:

@@ -19,7 +19,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ponte.shared import kafka
-from ponte.shared.events import RawEvent
+from ponte.shared.events import (
+    HEADER_EVENT_ID,
+    HEADER_KIND,
+    HEADER_SOURCE,
+    HEADER_TOPIC,
+    RawEvent,
+)
 from ponte.shared.metrics import KAFKA_PRODUCE_ERRORS, KAFKA_PRODUCE_LATENCY
 from ponte.shared.partitioner import partition_for
 from ponte.shared.settings import Settings
@@ -34,10 +40,10 @@ class BrokerUnavailable(Exception):
 def headers_for(event: RawEvent, content_type: str | None) -> list[tuple[str, bytes]]:
     """Kafka headers, so a consumer or a person with kcat can route without parsing."""
     headers = [
-        ("ponte-event-id", event.event_id.encode()),
-        ("ponte-source", event.source_id.encode()),
-        ("ponte-kind", event.source_kind.value.encode()),
-        ("ponte-topic", event.topic.encode()),
+        (HEADER_EVENT_ID, event.event_id.encode()),
+        (HEADER_SOURCE, event.source_id.encode()),
+        (HEADER_KIND, event.source_kind.value.encode()),
+        (HEADER_TOPIC, event.topic.encode()),
         ("ponte-received-at", event.received_at.isoformat().encode()),
         ("content-type", b"application/json"),
     ]

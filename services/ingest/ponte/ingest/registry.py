@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ponte.ingest.addresses import IpNetwork, networks
+from ponte.shared.secret_box import SecretBox
 from ponte.shared.sources import SourceConfig, fetch_sources
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,16 @@ class KnownSource:
 
 
 class SourceRegistry:
-    def __init__(self, pool: asyncpg.Pool, *, refresh_s: float, default_proxies: list[str]):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        box: SecretBox,
+        *,
+        refresh_s: float,
+        default_proxies: list[str],
+    ):
         self._pool = pool
+        self._box = box
         self._refresh_s = refresh_s
         self._default_proxies = default_proxies
         self._sources: dict[str, KnownSource] = {}
@@ -43,7 +52,7 @@ class SourceRegistry:
         return self._sources.get(source_id)
 
     async def refresh(self) -> None:
-        configs = await fetch_sources(self._pool)
+        configs = await fetch_sources(self._pool, self._box)
         self._sources = {
             source_id: KnownSource(
                 config,

@@ -22,6 +22,7 @@ from ponte.ops.errors import http_error, single_query_values
 from ponte.ops.routes import audit, health, history, pages, replay, sources
 from ponte.ops.status import load_schedules
 from ponte.shared import db, probes
+from ponte.shared.secret_box import SecretBox
 from ponte.shared.settings import Settings
 from ponte.shared.validation_errors import api_details
 
@@ -32,6 +33,7 @@ MIN_TOKEN_LENGTH = 16
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    app.state.secret_box = SecretBox.from_settings(settings)  # no key, no ops
     app.state.pool = await db.create_pool(settings, min_size=1, max_size=10, wait_s=60)
     app.state.pulls = load_schedules(settings.pulls_file)
     stop = asyncio.Event()

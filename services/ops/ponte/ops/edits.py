@@ -33,6 +33,7 @@ from pydantic import (
 from ponte.ops import audit
 from ponte.ops.fingerprints import fingerprint
 from ponte.ops.status import ops_settings
+from ponte.shared.secret_box import SecretBox
 from ponte.shared.sources import SourceConfig
 
 MIN_SECRET_LENGTH = 16
@@ -140,7 +141,7 @@ def _secret_view(secrets: list[str]) -> list[str]:
 
 
 async def apply_patch(
-    pool: asyncpg.Pool, source_id: str, patch: SourcePatch, *, actor: str
+    pool: asyncpg.Pool, source_id: str, patch: SourcePatch, *, actor: str, box: SecretBox
 ) -> list[str]:
     """Store ``patch`` and its audit rows in one transaction; returns the fields changed.
     Raises ``UnknownSource``, or ``ValueError`` when the result is not a valid source."""
@@ -150,6 +151,7 @@ async def apply_patch(
         if row is None:
             raise UnknownSource(source_id)
         source = {key: row[key] for key in SourceConfig.model_fields}
+        source["secrets"] = box.open_all(source["secrets"])  # stored sealed
         ops = await ops_settings(connection, source_id)
         changes: list[tuple[str, Any, Any]] = []  # (field, old shown, new shown)
 
@@ -184,7 +186,7 @@ async def apply_patch(
             source["active"],
             source["allowed_cidrs"],
             source["tables"],
-            source["secrets"],
+            box.seal_all(source["secrets"]),
             now,
         )
         await connection.execute(

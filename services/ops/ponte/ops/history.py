@@ -40,6 +40,7 @@ COLUMNS = (
     "outcome",
     "status_code",
     "reason",
+    "warnings",
     "event_id",
     "source_event_id",
     "latency_ms",
@@ -79,6 +80,7 @@ def _cells(row: asyncpg.Record) -> tuple[Any, ...]:
         row["outcome"],
         row["status_code"],
         row["reason"],
+        "; ".join(row["warnings"]),
         row["event_id"],
         row["source_event_id"],
         round(row["latency_ms"], 3),
@@ -100,7 +102,7 @@ async def history_batches(
         connection.transaction(readonly=True, isolation="repeatable_read"),
     ):
         cursor = await connection.cursor(
-            "SELECT id, received_at, source_id, tables, outcome, status_code, reason, "
+            "SELECT id, received_at, source_id, tables, outcome, status_code, reason, warnings, "
             "event_id, source_event_id, latency_ms, size_bytes, client_ip, content_type, "
             "body, body_sha256, response_body FROM webhook_requests "
             "WHERE received_at >= $1 AND received_at < $2 "

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from ponte.ops.fingerprints import fingerprint
 from ponte.shared.crm import ENTITIES
 from ponte.shared.pulls import PullDefinition, Schedule, load_pulls_file, next_run
+from ponte.shared.secret_box import SecretBox
 
 RECENT_RUNS = 20
 SUCCESS_OUTCOMES = ("accepted", "duplicate")
@@ -74,6 +75,10 @@ class RecentRun(BaseModel):
     outcome: str
     status_code: int
     reason: str | None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Accepted, but looked wrong (a body declared ISO-8859-1 that is UTF-8).",
+    )
     tables: list[str]
     duration_ms: float
     log_url: str = Field(description="The request and its response, as a JSON download.")
@@ -156,6 +161,7 @@ async def source_status(
     pool: asyncpg.Pool,
     source_id: str,
     *,
+    box: SecretBox,
     now: datetime | None = None,
     pulls: Schedules | None = None,
 ) -> SourceStatus | None:
@@ -167,7 +173,7 @@ async def source_status(
             return None
         ops = await ops_settings(connection, source_id)
         runs = await connection.fetch(
-            "SELECT id, received_at, outcome, status_code, reason, tables, latency_ms "
+            "SELECT id, received_at, outcome, status_code, reason, warnings, tables, latency_ms "
             "FROM webhook_requests WHERE source_id = $1 ORDER BY received_at DESC LIMIT $2",
             source_id,
             RECENT_RUNS,
@@ -229,6 +235,7 @@ async def source_status(
                 outcome=run["outcome"],
                 status_code=run["status_code"],
                 reason=run["reason"],
+                warnings=run["warnings"],
                 tables=run["tables"],
                 duration_ms=run["latency_ms"],
                 log_url=f"/ops/history/{run['id']}/log",
@@ -248,7 +255,9 @@ async def source_status(
         silent_too_long=source["active"]
         and now - (last_success or source["created_at"]) > max_silence,
         never_succeeded=last_success is None,
-        secret_fingerprints=[fingerprint(secret) for secret in source["secrets"]],
+        # Of the secrets themselves (stored sealed, with a fresh nonce per write), so a
+        # fingerprint stays the same across writes and matches the audit trail's.
+        secret_fingerprints=[fingerprint(secret) for secret in box.open_all(source["secrets"])],
         allowed_cidrs=source["allowed_cidrs"],
         tables=source["tables"],
     )

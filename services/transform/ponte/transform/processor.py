@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
@@ -37,6 +37,7 @@ from ponte.shared.metrics import (
 )
 from ponte.shared.settings import Settings
 from ponte.transform.decode import Decoded, Decoder
+from ponte.transform.identity import Identity, RawMessage, identity_of, raw_pointer, storable
 from ponte.transform.normalize import RecordRejected
 from ponte.transform.outbox import Outgoing, add_messages
 from ponte.transform.repository.applier import BatchApplier
@@ -47,29 +48,24 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = db.UNAVAILABLE
 
 
-class Message(Protocol):
-    """The parts of a Kafka record the processor reads (aiokafka's ConsumerRecord)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+Message = RawMessage
+"""The parts of a Kafka record the processor reads (aiokafka's ConsumerRecord)."""
 
 
 @dataclass
 class _Item:
     message: Message
     decoded: Decoded
+    identity: Identity = field(init=False)
+    """Fixed when the message is decoded, so a dead letter that must drop the event
+    (``_reject_alone``) still names its source, event, table and record."""
+
+    def __post_init__(self) -> None:
+        self.identity = identity_of(self.message, self.decoded.event)
 
     @property
     def event_id(self) -> str:
-        event = self.decoded.event
-        return (
-            event.event_id
-            if event
-            else (f"{self.message.topic}/{self.message.partition}/{self.message.offset}")
-        )
+        return self.identity.event_id
 
 
 @dataclass
@@ -149,7 +145,7 @@ class BatchProcessor:
         item.decoded.records = []
         item.decoded.unmapped = set()
         item.decoded.rejection = RecordRejected(
-            "database_error", f"{type(error).__name__}: {error}"[:1000]
+            "database_error", storable(f"{type(error).__name__}: {error}", 1000)
         )
         try:
             await self._apply([item], summary)
@@ -192,7 +188,7 @@ class BatchProcessor:
             for listener in self.on_commit:
                 listener(entities)
         for item in items:
-            source = item.decoded.event.source_id if item.decoded.event else "unknown"
+            source = item.identity.source_id
             if item.decoded.rejection is not None:
                 summary.rejected_codes.append(item.decoded.rejection.code)
                 TRANSFORM_REJECTIONS.labels(source, item.decoded.rejection.code).inc()
@@ -235,17 +231,29 @@ class BatchProcessor:
         assert rejection is not None
         event = item.decoded.event
         message = item.message
+        identity = item.identity
+        # Without a readable event, its identity (from the headers, key or leading
+        # bytes) and the bytes themselves: base64, cut with a pointer to the offset.
         value: dict[str, Any] = {
             "event": event.model_dump(mode="json") if event else None,
-            "raw": None if event else (message.value or b"").decode("utf-8", "replace"),
+            "identity": {
+                "event_id": identity.event_id,
+                "source_id": identity.source_id,
+                "source_kind": identity.source_kind,
+                "table": identity.table,
+                "record_key": identity.record_key,
+            },
+            "raw": None if event else raw_pointer(message),
             "error": {"code": rejection.code, "reason": rejection.reason, "field": rejection.field},
         }
         headers = {
             "ponte-dlq-code": rejection.code,
-            "ponte-dlq-reason": rejection.reason[:500],
-            "ponte-dlq-field": rejection.field or "",
-            "ponte-event-id": item.event_id,
-            "ponte-source": event.source_id if event else "",
+            "ponte-dlq-reason": storable(rejection.reason),
+            "ponte-dlq-field": storable(rejection.field or ""),
+            "ponte-event-id": identity.event_id,
+            "ponte-source": identity.source_id,
+            "ponte-table": identity.table,
+            "ponte-record-key": identity.record_key,
             "ponte-original-topic": message.topic,
             "ponte-original-partition": str(message.partition),
             "ponte-original-offset": str(message.offset),
@@ -262,25 +270,28 @@ async def _record_rejections(
         return
     rows = []
     for item in rejected:
-        rejection, event = item.decoded.rejection, item.decoded.event
+        rejection, event, identity = item.decoded.rejection, item.decoded.event, item.identity
         assert rejection is not None
         rows.append(
             (
-                item.event_id,
-                event.source_id if event else "unknown",
-                event.topic if event else "",
-                event.record_key if event else "",
-                rejection.field,
-                f"{rejection.code}: {rejection.reason}",
+                identity.event_id,
+                identity.source_id,
+                identity.table,
+                identity.record_key,
+                None if rejection.field is None else storable(rejection.field),
+                storable(f"{rejection.code}: {rejection.reason}", 1000),
                 now,
                 event.payload if event else {},
+                None if event else raw_pointer(item.message),
             )
         )
     await connection.executemany(
         "INSERT INTO transform_rejections (event_id, source_id, source_table, record_key, "
-        "field, reason, rejected_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+        "field, reason, rejected_at, payload, raw) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
         "ON CONFLICT (event_id) DO UPDATE SET field = EXCLUDED.field, "
-        "reason = EXCLUDED.reason, rejected_at = EXCLUDED.rejected_at",
+        "reason = EXCLUDED.reason, rejected_at = EXCLUDED.rejected_at, "
+        "payload = EXCLUDED.payload, raw = EXCLUDED.raw",
         rows,
     )
 

@@ -260,7 +260,7 @@ class FtpFolderPuller:
         listed: list[RemoteFile] = await self._call("listing", self._session.listing)
         candidates = await self._settled(run, [f for f in listed if self._wanted(f, ledger)])
         mapping = mapping_for(SourceKind.ERP, source_id, self._mappings_dir)
-        source = (await fetch_sources(self._pool)).get(source_id)
+        source = (await fetch_sources(self._pool, None)).get(source_id)
         for remote in candidates:
             if not await self._take(run, remote, mapping, source):
                 return  # the broker is away: the rest is the next run's

@@ -354,7 +354,9 @@ async def build_scheduler(
         # The ConfigMap names a path every cluster has; one without pulls mounts no file.
         log.warning("no pulls file; no scheduled pulls", extra={"path": str(settings.pulls_file)})
     elif settings.pulls_file is not None:
-        definitions = check_sources(load_pulls_file(settings.pulls_file), await fetch_sources(pool))
+        definitions = check_sources(
+            load_pulls_file(settings.pulls_file), await fetch_sources(pool, None)
+        )
     return PullScheduler(
         pool,
         publisher,

@@ -42,7 +42,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         404: "Unknown or inactive source.",
         409: "The same delivery is being accepted by a concurrent request; retry later.",
         413: "Body over the configured limit.",
-        415: "Unknown charset declared in Content-Type.",
+        415: "Unknown charset declared in Content-Type, or (a source with `charset: strict`) "
+        "a single-byte charset declared on a body that is valid UTF-8 with multi-byte "
+        "sequences (`charset_mismatch`).",
         422: "Not a valid envelope, or beyond the edge's limits (depth, number size, NUL, lone "
         "surrogates, duplicate keys); the message names the field or JSON path.",
         500: "An unforeseen failure; nothing was accepted, the request is recorded. Retry later.",

@@ -21,7 +21,7 @@ from jinja2 import pass_context
 from jinja2.runtime import Context
 
 from ponte.ops.auth import SESSION_COOKIE, SESSION_TTL_S, session_cookie, valid_session, valid_token
-from ponte.ops.deps import PullsDep
+from ponte.ops.deps import BoxDep, PullsDep
 from ponte.ops.onboarding import onboarding
 from ponte.ops.status import source_ids, source_status
 from ponte.shared.deps import PoolDep, SettingsDep
@@ -119,13 +119,13 @@ async def logout(request: Request, settings: SettingsDep) -> Response:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def index(request: Request, pool: PoolDep, pulls: PullsDep) -> Response:
+async def index(request: Request, pool: PoolDep, pulls: PullsDep, box: BoxDep) -> Response:
     if not _signed_in(request):
         return _to_login()
     sources = [
         status
         for source_id in await source_ids(pool)
-        if (status := await source_status(pool, source_id, pulls=pulls)) is not None
+        if (status := await source_status(pool, source_id, pulls=pulls, box=box)) is not None
     ]
     return templates.TemplateResponse(request, "index.html", {"sources": sources})
 
@@ -136,11 +136,12 @@ async def source_page(
     source_id: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")],
     pool: PoolDep,
     pulls: PullsDep,
+    box: BoxDep,
     settings: SettingsDep,
 ) -> Response:
     if not _signed_in(request):
         return _to_login()
-    status = await source_status(pool, source_id, pulls=pulls)
+    status = await source_status(pool, source_id, pulls=pulls, box=box)
     if status is None:
         return templates.TemplateResponse(
             request, "missing.html", {"source_id": source_id}, status_code=404

@@ -9,7 +9,7 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ValidationError
 
 from ponte.ops.auth import Operator
-from ponte.ops.deps import PullsDep
+from ponte.ops.deps import BoxDep, PullsDep
 from ponte.ops.edits import SourcePatch, UnknownSource, apply_patch
 from ponte.ops.onboarding import Onboarding, onboarding
 from ponte.ops.status import SourceStatus, source_ids, source_status
@@ -40,20 +40,20 @@ def not_found(source_id: str) -> HTTPException:
 
 
 @router.get("", summary="Every source's general information and status")
-async def list_sources(pool: PoolDep, pulls: PullsDep, _: Operator) -> SourceList:
+async def list_sources(pool: PoolDep, pulls: PullsDep, box: BoxDep, _: Operator) -> SourceList:
     items = [
         status
         for source_id in await source_ids(pool)
-        if (status := await source_status(pool, source_id, pulls=pulls)) is not None
+        if (status := await source_status(pool, source_id, pulls=pulls, box=box)) is not None
     ]
     return SourceList(count=len(items), items=items)
 
 
 @router.get("/{source_id}", summary="One source's general information", responses=NOT_FOUND)
 async def get_source(
-    source_id: SourceId, pool: PoolDep, pulls: PullsDep, _: Operator
+    source_id: SourceId, pool: PoolDep, pulls: PullsDep, box: BoxDep, _: Operator
 ) -> SourceStatus:
-    status = await source_status(pool, source_id, pulls=pulls)
+    status = await source_status(pool, source_id, pulls=pulls, box=box)
     if status is None:
         raise not_found(source_id)
     return status
@@ -65,10 +65,15 @@ async def get_source(
     responses={**NOT_FOUND, 422: {"description": "A field is invalid; the error names it."}},
 )
 async def patch_source(
-    source_id: SourceId, patch: SourcePatch, pool: PoolDep, pulls: PullsDep, actor: Operator
+    source_id: SourceId,
+    patch: SourcePatch,
+    pool: PoolDep,
+    pulls: PullsDep,
+    box: BoxDep,
+    actor: Operator,
 ) -> PatchResult:
     try:
-        changed = await apply_patch(pool, source_id, patch, actor=actor)
+        changed = await apply_patch(pool, source_id, patch, actor=actor, box=box)
     except UnknownSource:
         raise not_found(source_id) from None
     except ValidationError as error:  # the combined source would not load in ingest
@@ -78,7 +83,7 @@ async def patch_source(
                 jsonable_encoder(error.errors(include_input=False)), prefix=["body"]
             ),
         ) from None
-    status = await source_status(pool, source_id, pulls=pulls)
+    status = await source_status(pool, source_id, pulls=pulls, box=box)
     assert status is not None  # it was just updated inside a transaction
     return PatchResult(changed=changed, source=status)
 

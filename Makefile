@@ -20,8 +20,10 @@ $(BIN)/.browser: $(BIN)/.installed
 	sh scripts/bootstrap.sh browser
 	touch $@
 
+# One worker per core (pytest-xdist), each with its own broker and PostgreSQL: the tests
+# share nothing else. `$(BIN)/pytest tests/...` runs a part of it in one process.
 test: $(BIN)/.installed $(BIN)/.browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

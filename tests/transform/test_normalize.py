@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,91 @@ def test_a_parent_code_that_is_neither_a_key_nor_a_code_is_refused(tmp_path: Pat
         )
     assert caught.value.field == "Cadastros auxiliares.pai"
     assert "a parent code must be a key or a $code object" in caught.value.reason
+
+
+EXPRESSIONS = """
+kind: erp
+tables:
+  Cliente:
+    entity: company
+    key: [codigo]
+    fields:
+      ativo: {column: active, type: boolean, values: {S: "sim", N: "nao"}}
+      segmento_txt: {column: trade_name, values: {IND: Indústria, COM: Comércio},
+                     unknown: keep, case: upper}
+      uf: {column: state, default: SP, case: upper}
+      pais: {column: country, default: BR}
+      razao: {column: legal_name, required: true}
+  Venda:
+    entity: order
+    key: [numero]
+    fields:
+      total_br: {column: total, type: decimal, number_format: br}
+      emissao: {column: issued_at, type: datetime, date_format: "%d.%m.%Y"}
+      moeda: {column: currency, values: {"1": BRL, "2": USD}, unknown: default, default: BRL}
+"""
+
+
+def expressions(tmp_path: Path) -> Any:
+    path = tmp_path / "erp.yaml"
+    path.write_text(EXPRESSIONS, encoding="utf-8")
+    return load_mapping(path)
+
+
+def test_value_maps_defaults_case_and_required(tmp_path: Path) -> None:
+    mapping = expressions(tmp_path)
+    row = {"codigo": "C1", "ativo": "N", "segmento_txt": "COM", "uf": "", "razao": "Acme"}
+    record = normalize_record(raw_event("Cliente", row, source_id="erp"), mapping)
+    values = record.root.values
+    assert values["active"] is False  # "N" -> "nao" -> read as a boolean
+    assert values["trade_name"] == "COMÉRCIO"  # mapped, then upper-cased
+    assert values["state"] == "SP" and values["country"] == "BR"  # empty and absent: default
+    kept = normalize_record(
+        raw_event("Cliente", {**row, "segmento_txt": "agro"}, source_id="erp"), mapping
+    )
+    assert kept.root.values["trade_name"] == "AGRO"  # unknown: keep
+    with pytest.raises(RecordRejected) as refused:
+        normalize_record(raw_event("Cliente", {**row, "ativo": "X"}, source_id="erp"), mapping)
+    assert refused.value.field == "Cliente.ativo"
+    assert "'X' is not one of the mapped values ['N', 'S']" in refused.value.reason
+    with pytest.raises(RecordRejected) as missing:
+        normalize_record(raw_event("Cliente", {"codigo": "C2"}, source_id="erp"), mapping)
+    assert (missing.value.code, missing.value.field) == ("missing_required", "Cliente.razao")
+
+
+@pytest.mark.parametrize(
+    ("total", "expected"),
+    [("1.234", Decimal("1234")), ("1.234,56", Decimal("1234.56")), ("617,28", Decimal("617.28"))],
+)
+def test_a_fields_own_number_and_date_format(tmp_path: Path, total: str, expected: Decimal) -> None:
+    mapping = expressions(tmp_path)
+    row = {"numero": "V1", "total_br": total, "emissao": "14.11.2024", "moeda": "9"}
+    record = normalize_record(raw_event("Venda", row, source_id="erp"), mapping)
+    assert record.root.values["total"] == expected
+    issued = record.root.values["issued_at"]
+    assert issued.date().isoformat() == "2024-11-14" and str(issued.tzinfo) == "America/Sao_Paulo"
+    assert record.root.values["currency"] == "BRL"  # unknown: default
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("{column: legal_name, number_format: br}", "number_format is for decimal or integer"),
+        ("{column: total, type: decimal, date_format: '%d'}", "date_format is for date"),
+        ("{column: total, type: integer, default: muitos}", "default 'muitos' is not a number"),
+        ("{column: legal_name, values: {A: x}, unknown: default}", "unknown: default needs"),
+    ],
+)
+def test_an_expression_that_cannot_work_is_refused_at_load(
+    tmp_path: Path, field: str, message: str
+) -> None:
+    entity = "order" if "total" in field else "company"
+    path = tmp_path / "erp.yaml"
+    path.write_text(
+        f"kind: erp\ntables:\n  T:\n    entity: {entity}\n    key: [k]\n"
+        f"    fields:\n      f: {field}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        load_mapping(path)
+    assert str(path) in str(error.value)

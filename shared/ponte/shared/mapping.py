@@ -14,6 +14,12 @@ A field is written one of these ways::
     produto: {reference: product, column: product_id, on_missing: stub}
     situacao: {code: SIT_PEDIDO, column: status_id}       # a code in a code list
     observacao: {ignore: true}                            # known, deliberately not stored
+    ativo: {column: active, type: boolean, values: {S: true, N: false}}   # a value map
+    status: {column: currency, values: {"1": BRL}, unknown: default, default: BRL}
+    uf: {column: state, default: SP, case: upper}         # when absent or empty; case
+    razao: {column: legal_name, required: true}           # refuse the row without it
+    total: {column: total, type: decimal, number_format: us}   # br | us | plain
+    emissao: {column: issued_at, type: datetime, date_format: "%d.%m.%Y"}
 
 A ``$code`` object (``{"$code": {"tabela": ..., "chave": ...}}``) is accepted for any
 field declared as a code; sent to any other column it stores the code's key there
@@ -45,7 +51,14 @@ from sqlmodel import SQLModel
 
 from ponte.shared.config_files import load_yaml, parse_yaml
 from ponte.shared.crm import BOOKKEEPING_COLUMNS, DERIVED_COLUMNS, ENTITIES
-from ponte.shared.parsers import PARSERS
+from ponte.shared.parsers import (
+    NUMBER_PARSERS,
+    PARSERS,
+    NumberFormat,
+    ParseError,
+    as_integer,
+    parse_with_format,
+)
 from ponte.shared.source_kinds import SourceKind, spec_of
 
 ValueType = Literal[
@@ -63,6 +76,10 @@ ValueType = Literal[
 ]
 
 
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 class FieldMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,10 +94,64 @@ class FieldMapping(BaseModel):
     """A ``$code`` object sent to a field that is not a code: store the code's key in
     the column (``key``, parsed as the column's type), or refuse the row (``refuse``)."""
     ignore: bool = False
+    default: Any = None
+    """Written when the field is absent or empty, read like a value the ERP sent."""
+    required: bool = False
+    """Refuse the row when the field is absent or empty (after ``default``)."""
+    values: dict[str, Any] | None = None
+    """A value map applied before the type is read (``{S: true, N: false}``, the ERP's
+    status codes to the CRM's); keys are compared as trimmed text."""
+    unknown: Literal["refuse", "keep", "default"] = "refuse"
+    """A value ``values`` does not list: refuse the row, keep it as sent, or write
+    ``default``."""
+    case: Literal["upper", "lower"] | None = None
+    number_format: NumberFormat | None = None
+    """``br``, ``us`` or ``plain`` (``parsers.NumberFormat``), for decimal and integer
+    columns: whether ``1.234`` is one thousand two hundred thirty-four or not."""
+    date_format: str | None = None
+    """A ``strftime`` format (``%d.%m.%Y``) for date and datetime columns."""
 
     @property
     def is_code(self) -> bool:
         return self.code is not None
+
+    def convert(self, value: Any) -> Any:
+        """The column's value from what the ERP sent: the value map, the case, then the
+        column's type read in the field's own number or date format. Raises
+        ``ParseError`` naming what is wrong (the caller adds table and field)."""
+        if self.values is not None and not _blank(value):
+            text = str(value).strip()
+            if text in self.values:
+                value = self.values[text]
+            elif self.unknown == "refuse":
+                raise ParseError(f"{text!r} is not one of the mapped values {sorted(self.values)}")
+            elif self.unknown == "default":
+                value = self.default
+        if self.case is not None and isinstance(value, str):
+            value = value.upper() if self.case == "upper" else value.lower()
+        if self.number_format is not None:
+            number = NUMBER_PARSERS[self.number_format](value)
+            return as_integer(number, value) if self.type == "integer" else number
+        if self.date_format is not None:
+            return parse_with_format(value, self.date_format, with_time=self.type == "datetime")
+        return PARSERS[self.type](value)
+
+    @model_validator(mode="after")
+    def _expressions_fit_the_type(self) -> FieldMapping:
+        if self.number_format is not None and self.type not in ("decimal", "integer", "number"):
+            raise ValueError(f"number_format is for decimal or integer columns, not {self.type}")
+        if self.date_format is not None:
+            if self.type not in ("date", "datetime"):
+                raise ValueError(f"date_format is for date or datetime columns, not {self.type}")
+            if "%" not in self.date_format:
+                raise ValueError(f"date_format {self.date_format!r} has no % directive")
+        if self.unknown == "default" and self.default is None:
+            raise ValueError("unknown: default needs a default")
+        if (self.values is not None or self.default is not None) and (
+            self.reference is not None or self.code is not None
+        ):
+            raise ValueError("values and default are for plain columns, not references or codes")
+        return self
 
 
 class ParentMapping(BaseModel):
@@ -189,6 +260,11 @@ class Mapping(BaseModel):
                 target = "code" if spec.is_code else spec.reference
                 if target is not None:
                     _check_foreign_key(field_where, table.entity, spec.column, target)
+                if spec.default is not None:
+                    try:
+                        spec.convert(spec.default)
+                    except ParseError as error:
+                        raise ValueError(f"{field_where}: default {error}") from None
         return self
 
     def record_key_fields(self) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
 from stdnum.br import cnpj as stdnum_cnpj
 from stdnum.br import cpf as stdnum_cpf
@@ -193,6 +193,49 @@ def parse_email(value: Any) -> str | None:
     if text.count("@") != 1 or "." not in text.split("@")[1] or " " in text:
         raise ParseError(f"{text!r} is not an e-mail address")
     return text.lower()
+
+
+NumberFormat = Literal["br", "us", "plain"]
+"""How a field writes numbers when its mapping says so: ``br`` ``1.234,56`` (dots group
+thousands, a comma marks decimals), ``us`` ``1,234.56``, ``plain`` ``1234.56`` (no
+grouping: ``1.234`` is one point two three four)."""
+
+
+def parse_us_number(value: Any) -> Decimal | None:
+    """``1,234.56``: commas group thousands, a point marks decimals."""
+    if isinstance(value, str):
+        value = value.strip().replace(" ", "").replace("$", "").replace(",", "")
+    return parse_number(value)
+
+
+NUMBER_PARSERS: dict[str, Callable[[Any], Decimal | None]] = {
+    "br": parse_decimal,
+    "us": parse_us_number,
+    "plain": parse_number,
+}
+
+
+def as_integer(number: Decimal | None, value: Any) -> int | None:
+    if number is None:
+        return None
+    if number != number.to_integral_value():
+        raise ParseError(f"{value!r} is not a whole number")
+    return int(number)
+
+
+def parse_with_format(value: Any, date_format: str, *, with_time: bool) -> date | datetime | None:
+    """A date or time in a field's own ``strftime`` format (``%d.%m.%Y``, ``%Y%m%d``); a
+    time without an offset is read in America/Sao_Paulo, like every ERP time."""
+    if _blank(value):
+        return None
+    text = str(_scalar(value, "a date")).strip()
+    try:
+        parsed = datetime.strptime(text, date_format)
+    except ValueError:
+        raise ParseError(f"{text!r} does not match the date format {date_format!r}") from None
+    if not with_time:
+        return parsed.date()
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=ERP_TIMEZONE)
 
 
 PARSERS: dict[str, Callable[[Any], Any]] = {

@@ -197,6 +197,7 @@ class _Normalizer:
             return row.source_key
         for name, value in data.items():
             self._value(table_name, table, row, name, value, f"{path}.{name}", depth)
+        self._defaults(table, data, row, path)
         # The newest version is the whole row: a mapped column it does not carry is empty,
         # so the result does not depend on the order versions arrive in.
         referenced = {reference.column for reference in row.references}
@@ -204,6 +205,29 @@ class _Normalizer:
             if column not in referenced:
                 row.values.setdefault(column, None)
         return row.source_key
+
+    def _defaults(
+        self, table: TableMapping, data: dict[str, Any], row: NormalizedRow, path: str
+    ) -> None:
+        """Fields the row does not carry, or carries empty: their ``default``, and a
+        refusal for a ``required`` one still empty."""
+        for name in table.fields:
+            spec = table.field(name)
+            if spec is None or spec.ignore or spec.column is None:
+                continue
+            present = data.get(name)
+            if spec.default is not None and (
+                present is None or (isinstance(present, str) and not present.strip())
+            ):
+                row.values[spec.column] = spec.convert(spec.default)
+            if (
+                spec.required
+                and row.values.get(spec.column) is None
+                and not any(reference.column == spec.column for reference in row.references)
+            ):
+                raise self.reject(
+                    "missing_required", f"field {path}.{name} is required", f"{path}.{name}"
+                )
 
     def _key(self, table: TableMapping, data: dict[str, Any], path: str) -> str:
         parts = []
@@ -381,7 +405,7 @@ class _Normalizer:
                 )
             )
             return
-        row.values[column] = PARSERS[spec.type](value)
+        row.values[column] = spec.convert(value)
 
     def _children(self, row: NormalizedRow, name: str, value: Any, path: str, depth: int) -> None:
         child_name, child_rows = _child_rows(name, value)

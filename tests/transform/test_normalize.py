@@ -435,3 +435,50 @@ def test_an_expression_that_cannot_work_is_refused_at_load(
     with pytest.raises(ValueError, match=re.escape(message)) as error:
         load_mapping(path)
     assert str(path) in str(error.value)
+
+
+COMPUTED = """
+kind: erp
+tables:
+  Pessoa:
+    entity: contact
+    key: [codigo]
+    fields: {email: {column: email, type: email}}
+    computed:
+      name: {template: "{nome} {meio} {sobrenome}"}
+      role: {template: "{cargo}"}
+  Filial:
+    entity: company
+    key: [codigo]
+    computed:
+      active: {type: boolean, true_when: {field: situacao, in: [A, L]}}
+"""
+
+
+def test_computed_columns_from_a_template_and_a_value_set(tmp_path: Path) -> None:
+    path = tmp_path / "erp.yaml"
+    path.write_text(COMPUTED, encoding="utf-8")
+    mapping = load_mapping(path)
+    person = normalize_record(
+        raw_event("Pessoa", {"codigo": "P1", "nome": " Ana ", "sobrenome": "Souza"},
+                  source_id="erp"), mapping,
+    )  # fmt: skip
+    assert person.root.values["name"] == "Ana Souza"  # the absent middle name leaves no gap
+    assert person.root.values["role"] is None  # every part empty: NULL
+    assert person.root.extra == {} and person.unmapped == set()  # read, so not unmapped
+    for situacao, active in (("A", True), ("L", True), ("I", False), (None, False)):
+        branch = normalize_record(
+            raw_event("Filial", {"codigo": "F1", "situacao": situacao}, source_id="erp"), mapping
+        )
+        assert branch.root.values["active"] is active
+
+
+def test_a_computed_column_also_mapped_from_a_field_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "erp.yaml"
+    path.write_text(
+        "kind: erp\ntables:\n  P:\n    entity: contact\n    key: [c]\n"
+        "    fields: {nome: name}\n    computed: {name: {template: '{a} {b}'}}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match="computed 'name': the column is also mapped"):
+        load_mapping(path)

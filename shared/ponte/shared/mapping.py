@@ -21,6 +21,12 @@ A field is written one of these ways::
     total: {column: total, type: decimal, number_format: us}   # br | us | plain
     emissao: {column: issued_at, type: datetime, date_format: "%d.%m.%Y"}
 
+Columns computed from several fields, per table::
+
+    computed:
+      name: {template: "{nome} {sobrenome}"}                        # concatenation
+      active: {type: boolean, true_when: {field: situacao, in: [A, L]}}
+
 A ``$code`` object (``{"$code": {"tabela": ..., "chave": ...}}``) is accepted for any
 field declared as a code; sent to any other column it stores the code's key there
 (``on_code: key``, the default) or refuses the row (``on_code: refuse``). A code table's
@@ -34,6 +40,7 @@ references to entities that do not exist, are errors naming the table and field.
 
 from __future__ import annotations
 
+import re
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
@@ -177,12 +184,68 @@ class CodeTableFields(BaseModel):
     parent_list: str = "tabela_pai"
 
 
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+class TrueWhen(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    field: str
+    in_: list[str] = Field(alias="in", min_length=1)
+
+
+class Computed(BaseModel):
+    """A column computed from the row's fields rather than copied from one:
+    ``template: "{nome} {sobrenome}"`` (absent or empty fields leave their place empty,
+    spaces are folded; all empty writes NULL), or ``true_when: {field: situacao, in:
+    [A, L]}`` (true when the field's trimmed text is one of the values, else false), then
+    read as ``type``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: ValueType = "text"
+    template: str | None = None
+    true_when: TrueWhen | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Computed:
+        if (self.template is None) == (self.true_when is None):
+            raise ValueError("give exactly one of template and true_when")
+        if self.template is not None and not _PLACEHOLDER.search(self.template):
+            raise ValueError(f"template {self.template!r} names no {{field}}")
+        return self
+
+    def fields(self) -> list[str]:
+        if self.template is not None:
+            return _PLACEHOLDER.findall(self.template)
+        assert self.true_when is not None
+        return [self.true_when.field]
+
+    def compute(self, data: dict[str, Any]) -> Any:
+        if self.true_when is not None:
+            value = data.get(self.true_when.field)
+            text = "" if value is None or isinstance(value, dict | list) else str(value).strip()
+            return PARSERS[self.type](text in self.true_when.in_)
+        assert self.template is not None
+
+        def part(match: re.Match[str]) -> str:
+            value = data.get(match.group(1))
+            if value is None or isinstance(value, dict | list):
+                return ""
+            return str(value).strip()
+
+        text = " ".join(_PLACEHOLDER.sub(part, self.template).split())
+        return PARSERS[self.type](text or None)
+
+
 class TableMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     entity: str
     key: list[str] = Field(min_length=1)
     fields: dict[str, str | FieldMapping] = Field(default_factory=dict)
+    computed: dict[str, Computed] = Field(default_factory=dict)
+    """Column -> how it is computed from the row's fields (``Computed``)."""
     parent: ParentMapping | None = None
     code_table: CodeTableFields | None = None
     """Set for the generic code table: its rows become ``codes``."""
@@ -208,7 +271,12 @@ class TableMapping(BaseModel):
         }
         if self.parent is not None:
             written.add(self.parent.column)
-        return frozenset(written)
+        return frozenset(written | set(self.computed))
+
+    @cached_property
+    def computed_from(self) -> frozenset[str]:
+        """The fields computed columns read: known to the mapping, so not ``extra``."""
+        return frozenset(name for rule in self.computed.values() for name in rule.fields())
 
     def field(self, name: str) -> FieldMapping | None:
         spec = self.fields.get(name)
@@ -245,6 +313,17 @@ class Mapping(BaseModel):
                     raise ValueError(
                         f"{where}: a parent entity must come before its child in "
                         "ponte.shared.crm.ENTITIES (rows are applied in that order)"
+                    )
+            mapped = {
+                spec.column
+                for name in table.fields
+                if (spec := table.field(name)) is not None and not spec.ignore
+            }
+            for column in table.computed:
+                _check_column(f"{where} computed {column!r}", column, columns)
+                if column in mapped:
+                    raise ValueError(
+                        f"{where} computed {column!r}: the column is also mapped from a field"
                     )
             for field_name in table.fields:
                 spec = table.field(field_name)

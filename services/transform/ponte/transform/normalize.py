@@ -198,6 +198,13 @@ class _Normalizer:
         for name, value in data.items():
             self._value(table_name, table, row, name, value, f"{path}.{name}", depth)
         self._defaults(table, data, row, path)
+        for column, rule in table.computed.items():
+            try:
+                row.values[column] = rule.compute(data)
+            except ParseError as error:
+                raise self.reject(
+                    "invalid_value", f"computed column {column} of {path}: {error}", path
+                ) from None
         # The newest version is the whole row: a mapped column it does not carry is empty,
         # so the result does not depend on the order versions arrive in.
         referenced = {reference.column for reference in row.references}
@@ -347,7 +354,11 @@ class _Normalizer:
             self._children(row, name, value, path, depth)
             return
         if spec is None:
-            if name not in table.key and (table.parent is None or name != table.parent.field):
+            if (
+                name not in table.key
+                and name not in table.computed_from
+                and (table.parent is None or name != table.parent.field)
+            ):
                 self.unmapped.add((table_name, name))
                 row.extra[name] = value
             return

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,6 +32,7 @@ import typer
 
 from ponte.shared.logs import configure_logging
 from ponte.shared.settings import Settings
+from ponte.shared.source_kinds import SourceKind
 
 if TYPE_CHECKING:
     from ponte.shared.secret_box import SecretBox
@@ -77,7 +77,19 @@ def _unreachable(error: BaseException) -> str | None:
             f"cannot reach the Kafka broker at {settings.kafka_bootstrap} "
             f"({type(error).__name__}); start `make dev`, or set PONTE_KAFKA_BOOTSTRAP"
         )
-    if isinstance(error, OSError | TimeoutError) or type(error).__module__.startswith("asyncpg"):
+    import socket
+
+    import asyncpg
+
+    connection_failures = (
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.InvalidPasswordError,
+    )
+    if isinstance(error, connection_failures):
         return (
             f"cannot reach PostgreSQL at {settings.asyncpg_dsn.split('@')[-1]} "
             f"({type(error).__name__}: {error}); start `make dev`, or set PONTE_DATABASE_URL"
@@ -99,14 +111,6 @@ def main() -> None:
             raise
         typer.echo(f"ponte: {message}", err=True)
         raise SystemExit(1) from None
-
-
-class SourceKindName(StrEnum):
-    """The kinds ``ponte sign`` signs for (``ponte.shared.source_kinds``)."""
-
-    erp = "erp"
-    shopify = "shopify"
-    woocommerce = "woocommerce"
 
 
 Host = Annotated[str | None, typer.Option(help="Address to listen on (PONTE_HTTP_HOST).")]
@@ -363,7 +367,7 @@ def sign(
         typer.Option(envvar="PONTE_SIGN_SECRET", help="The source's secret (default: make dev's)."),
     ] = None,
     kind: Annotated[
-        SourceKindName | None, typer.Option(help="The source's kind (default: make dev's, or erp).")
+        SourceKind | None, typer.Option(help="The source's kind (default: make dev's, or erp).")
     ] = None,
     body_file: Annotated[
         Path | None,
@@ -381,7 +385,6 @@ def sign(
     Shopify or a WooCommerce order, each a fresh delivery unless --repeat-id is given."""
     from ponte import dev_env
     from ponte.shared.sample_requests import sample_request
-    from ponte.shared.source_kinds import SourceKind
 
     stack = dev_env.read()
     demo = dict(

@@ -28,8 +28,11 @@ def write(values: dict[str, str], path: Path = DEV_ENV) -> Path:
         "# `ponte` commands read it; `set -a; . .ponte/dev.env; set +a` exports it.",
         *(f"{name}={value}" for name, value in values.items()),
     ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    path.chmod(0o600)  # it holds the ops token and the demo secrets
+    # Created owner-only: it holds the ops token and the demo secrets.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    path.chmod(0o600)  # a file left by an earlier run keeps its old mode otherwise
     return path
 
 

@@ -422,3 +422,56 @@ def test_the_update_guard_refuses_only_another_records_key(found: object, refuse
             check()
     else:
         check()
+
+
+async def test_a_waiting_change_is_replaced_by_a_newer_one_and_an_older_replay_is_skipped(
+    settings: Settings, pool: asyncpg.Pool, crm: tuple[RestCrmState, str]
+) -> None:
+    """Versions hold while a change waits: v2 replaces the waiting v1, a replay of v1
+    arriving later is skipped, and once the company is delivered only v2 reaches the CRM."""
+    state, url = crm
+    source_id = f"w-{uuid.uuid4().hex[:8]}"
+    company_row = 91_000_000 + int(uuid.uuid4().int % 1_000_000)
+    order = {
+        "object_type": "deals",
+        "properties": {"code": "title"},
+        "references": {"company_id": "org_id"},
+        **calls("deals"),
+    }
+    target = rest_target(url, source_id, company=ORGANIZATIONS, order=order)
+
+    def version(minute: int) -> dict[str, Any]:
+        change = order_change(source_id, "PED-9", minute, row_id=9, company_id=company_row)
+        change["row"]["code"] = f"PED-9 v{minute}"
+        return change
+
+    async def waiting_version() -> str | None:
+        found: str | None = await pool.fetchval(
+            "SELECT change->'event'->'row'->>'code' FROM waiting_deliveries "
+            "WHERE target_id = $1 AND source_key = 'PED-9'",
+            target.id,
+        )
+        return found
+
+    async with delivering(settings, pool, target) as task:
+        await produce(settings, [version(1)])
+        await until(task, lambda: _equals(waiting_version, "PED-9 v1"))
+        await produce(settings, [version(2), version(1)])  # newer, then an older replay
+        await until(task, lambda: _equals(waiting_version, "PED-9 v2"))
+        company = company_change(
+            source_id, "EMP-9", 1, row_id=company_row, legal_name="Acme", document="1"
+        )
+        await produce(settings, [company])
+
+        async def delivered() -> bool:
+            row = await delivery(pool, target.id, "PED-9")
+            return row is not None and row["state"] == "delivered"
+
+        await until(task, delivered)
+    titles = [w[3].get("title") for w in state.writes if w[1] == "deals"]
+    assert titles == ["PED-9 v2"], titles  # v1 never reached the CRM
+    assert await waiting_version() is None
+
+
+async def _equals(read: Any, expected: str) -> bool:
+    return bool(await read() == expected)

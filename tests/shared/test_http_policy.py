@@ -32,6 +32,9 @@ NOW = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
         ("Fri, 04 Dec 2026 12:01:30 GMT", 90.0),  # an HTTP-date, from now
         ("Fri, 04 Dec 2026 11:00:00 GMT", 0.0),  # already past
         ("soon", None),
+        ("inf", None),  # no advice, not a wait forever
+        ("1e400", None),
+        ("100000", 300.0),  # believed up to MAX_RETRY_AFTER_S
         ("", None),
     ],
 )
@@ -46,7 +49,7 @@ def test_no_retry_after_is_no_advice() -> None:
 @pytest.mark.parametrize(
     ("status", "verdict"),
     [
-        (200, "ok"), (204, "ok"), (304, "ok"),
+        (200, "ok"), (204, "ok"), (301, "terminal"), (304, "terminal"),
         (429, "rate_limited"),
         (408, "retryable"), (500, "retryable"), (502, "retryable"), (503, "retryable"),
         (400, "terminal"), (401, "terminal"), (404, "terminal"), (409, "terminal"),

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import ValidationError
 
 from ponte.shared.sources import SourceConfig, apply_sources, fetch_sources, load_sources_file
 from tests.conftest import BOX
@@ -43,9 +42,20 @@ def test_missing_environment_variable_is_named(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_entries_name_the_field(tmp_path: Path, entry: str, field: str) -> None:
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(ValueError) as caught:
         load_sources_file(write(tmp_path, f"sources:\n  - {entry}\n"))
-    assert field in str(caught.value)
+    message = str(caught.value)
+    assert "sources[0]" in message and f"{field}:" in message
+    assert "input_value" not in message  # the input (it holds the secrets) is never echoed
+
+
+def test_an_invalid_source_never_shows_its_secrets(tmp_path: Path) -> None:
+    secret = "whsec_TOPSECRETVALUE1234567890"
+    with pytest.raises(ValueError) as caught:
+        load_sources_file(
+            write(tmp_path, f"sources:\n  - {{id: erp-a, kind: erp, secrets: [{secret}, b, c]}}\n")
+        )
+    assert "secrets:" in str(caught.value) and "TOPSECRET" not in str(caught.value)
 
 
 def test_table_filter_matches_tables_and_shop_resources() -> None:

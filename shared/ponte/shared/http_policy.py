@@ -2,13 +2,15 @@
 shops and ERPs (status back), ERP APIs (pulls). One policy, so a 429 or a 503 means the
 same thing whichever service meets it.
 
-- **Classification** (``classify``): 2xx/3xx are answers; 429 is *rate limited* (wait as
+- **Classification** (``classify``): 2xx are answers; a 3xx is *terminal* (the calls do
+  not follow redirects, so nothing was written); 429 is *rate limited* (wait as
   long as the server says, and slow the caller's whole token bucket); 408 and 5xx are
   *retryable* (the same call may pass later); every other 4xx is *terminal* (retrying a
   validation error forever is how today's integrations clog). A transport error (timeout,
   refused connection) is retryable.
 - **Retry-After** (``retry_after_s``): seconds (decimals too: Shopify sends ``2.0``) or an
-  HTTP-date (RFC 9110 section 10.2.3), never negative; anything else is no advice.
+  HTTP-date (RFC 9110 section 10.2.3), never negative, at most ``MAX_RETRY_AFTER_S``;
+  anything else (``inf`` included) is no advice.
 - **Backoff** (``backoff_s``, ``tenacity_wait``): exponential with full jitter, capped at
   30 s, never sooner than the server's Retry-After.
 - **A batch's error** (``first_to_raise``): once every call of a batch was tried, an
@@ -22,6 +24,7 @@ status, an excerpt of the answer and the server's Retry-After.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -36,6 +39,9 @@ Verdict = Literal["ok", "rate_limited", "retryable", "terminal"]
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 EXCERPT_CHARS = 500
+MAX_RETRY_AFTER_S = 300.0
+"""The longest a server's Retry-After is believed: a mistaken or hostile header must not
+stall a target (every target's bucket pauses for it) for hours."""
 
 
 class CallFailed(Exception):
@@ -64,8 +70,10 @@ class TerminalError(CallFailed):
 
 
 def classify(status: int) -> Verdict:
-    if status < 400:
+    if status < 300:
         return "ok"
+    if status < 400:
+        return "terminal"  # a redirect wrote nothing: calls do not follow them
     if status == 429:
         return "rate_limited"
     if status == 408 or status >= 500:
@@ -79,16 +87,20 @@ def retry_after_s(headers: Mapping[str, str], *, now: datetime | None = None) ->
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            return None  # "inf" or "1e400" is no advice, not a wait forever
+        return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # an HTTP-date is GMT by definition
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return min(max(0.0, (when - (now or datetime.now(UTC))).total_seconds()), MAX_RETRY_AFTER_S)
 
 
 def raise_for(response: httpx.Response, what: str) -> None:

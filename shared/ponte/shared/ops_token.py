@@ -28,9 +28,21 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 }
 
 
+PLACEHOLDER_TOKENS = frozenset({"", "CHANGE_ME", "changeme"})
+MIN_TOKEN_LENGTH = 16
+
+
+def configured_token(settings: Settings) -> str:
+    """``PONTE_OPS_TOKEN`` as every service reads it: trimmed (a Kubernetes Secret often
+    ends in a newline); "" when unset, a placeholder or shorter than ``MIN_TOKEN_LENGTH``,
+    and then no request matches it."""
+    token = settings.ops_token.get_secret_value().strip() if settings.ops_token else ""
+    return "" if token in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH else token
+
+
 def token_matches(settings: Settings, presented: str) -> bool:
-    expected = settings.ops_token.get_secret_value() if settings.ops_token else ""
-    return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
+    expected = configured_token(settings)
+    return bool(expected) and hmac.compare_digest(presented.strip().encode(), expected.encode())
 
 
 def unauthorized() -> HTTPException:

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ponte.shared.config_files import load_entries
 from ponte.shared.secret_box import SecretBox
 from ponte.shared.source_kinds import SourceKind
+from ponte.shared.validation_errors import every_problem
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class SourceConfig(BaseModel):
     """One source's settings, as written in the YAML file and stored in ``sources``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Errors name the field but never echo the input: it holds the secrets.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     kind: SourceKind
@@ -105,7 +107,13 @@ class SourceConfig(BaseModel):
 
 def load_sources_file(path: Path) -> list[SourceConfig]:
     """Parse and validate the sources YAML; errors name the source and the field."""
-    configs = [SourceConfig.model_validate(entry) for entry in load_entries(path, "sources")]
+    configs = []
+    for index, entry in enumerate(load_entries(path, "sources")):
+        try:
+            configs.append(SourceConfig.model_validate(entry))
+        except ValidationError as error:
+            name = entry.get("id", "?") if isinstance(entry, dict) else "?"
+            raise ValueError(f"{path}: sources[{index}] ({name}): {every_problem(error)}") from None
     ids = [config.id for config in configs]
     if len(ids) != len(set(ids)):
         raise ValueError(f"{path}: a source id appears twice")

@@ -76,15 +76,6 @@ class TargetResult:
     """Associations made in this step."""
     link_failures: list[LinkFailure] = field(default_factory=list)
 
-    def add(self, other: TargetResult) -> None:
-        """Fold one delivery round into the batch's result."""
-        self.delivered += other.delivered
-        self.failed += other.failed
-        self.skipped += other.skipped
-        self.skipped_changes += other.skipped_changes
-        self.waiting += other.waiting
-        self.keys.update(other.keys)
-
 
 @dataclass
 class _Item:
@@ -95,12 +86,6 @@ class _Item:
     crm_id: str | None
     crm_key: str | None = None
     references: dict[str, Any] = field(default_factory=dict)
-
-
-MAX_ROUNDS = 8
-"""Delivery rounds per batch and target: the batch, then changes released by what it
-delivered (an order waiting for its company), then what those released, and so on. A
-chain deeper than this continues with the next batch."""
 
 
 class Deliverer:
@@ -132,31 +117,47 @@ class Deliverer:
     async def _deliver_target(
         self, target: Target, connector: Connector, changes: list[Change]
     ) -> TargetResult:
-        """Deliver, dead-letter and record in rounds (see ``MAX_ROUNDS``), then link.
+        """Deliver, dead-letter and record; park what waits for a parent; hand back what
+        waited and can go now; then link.
 
-        The order within a round matters for ``ponte.deliver.references``: deliveries are
-        recorded, then the changes that wait are parked, then waiting ones whose record
-        now has a CRM id are released, each committed before the next."""
-        total = TargetResult()
-        pending = changes
-        refers = any(mapping.references for mapping in target.objects.values())
-        for _ in range(MAX_ROUNDS):
-            result = await self._deliver_to(target, connector, pending)
-            await self._dead_letter(target.id, result)
-            await self._record(target.id, result)
-            total.add(result)
-            if not refers:
-                break
+        The order matters for ``ponte.deliver.references``: deliveries are recorded, then
+        the changes that wait are parked, then waiting ones whose record now has a CRM id
+        are released, each committed before the next. A released change is produced back
+        onto the changes topic under its record's key, so it reaches the consumer that
+        owns that record's partition, after any newer version of it: one record's changes
+        stay with one consumer, in order, and a newer delivered version makes it a skip."""
+        result = await self._deliver_to(target, connector, changes)
+        await self._dead_letter(target.id, result)
+        await self._record(target.id, result)
+        if any(mapping.references for mapping in target.objects.values()):
             await references.park(self._pool, target, result.waiting)
             settled = [change for change, _ in result.delivered]
             settled += [failure.change for failure in result.failed] + result.skipped_changes
             await references.settle(self._pool, target, settled)
-            pending = await references.release(self._pool, target)
-            if not pending:
-                break
+            await self._hand_back(target)
         if associations.links_anything(target):
-            await self._associate(target, connector, total)
-        return total
+            await self._associate(target, connector, result)
+        return result
+
+    async def _hand_back(self, target: Target) -> None:
+        """Waiting changes whose parent has a CRM id now, back onto their partition
+        (acknowledged), then out of ``waiting_deliveries``. A crash in between leaves the
+        claim to be retaken later: the change is then produced twice, and the second copy
+        is a skip (its version is delivered)."""
+        released = await references.release(self._pool, target)
+        if not released:
+            return
+        sends = [
+            await self._producer.send(
+                self._settings.changes_topic,
+                value=orjson.dumps(event_body(change)),
+                key=f"{change.entity}/{change.source_id}/{change.source_key}".encode(),
+                headers=[("ponte-released-for", target.id.encode())],
+            )
+            for change in released
+        ]
+        await asyncio.gather(*sends)
+        await references.forget_released(self._pool, target, released)
 
     def _retrying(self) -> AsyncRetrying:
         """Retry what may pass (``RetryableError``) until the attempts or the age run out."""
@@ -449,7 +450,13 @@ class Deliverer:
             "version_at = CASE WHEN EXCLUDED.state = 'delivered' THEN EXCLUDED.version_at "
             "ELSE d.version_at END, "
             "version_event_id = CASE WHEN EXCLUDED.state = 'delivered' "
-            "THEN EXCLUDED.version_event_id ELSE d.version_event_id END",
+            "THEN EXCLUDED.version_event_id ELSE d.version_event_id END "
+            # Never back in time: an older version recorded after a newer one (two
+            # writers of one record) leaves the newer one's row as it is.
+            "WHERE NOT (EXCLUDED.state = 'delivered' AND d.state = 'delivered' AND "
+            "(COALESCE(EXCLUDED.version_at, '-infinity'), "
+            "COALESCE(EXCLUDED.version_event_id, '')) < "
+            "(COALESCE(d.version_at, '-infinity'), COALESCE(d.version_event_id, '')))",
             rows,
         )
 

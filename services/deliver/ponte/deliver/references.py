@@ -11,21 +11,24 @@ A plain ``properties`` mapping of a reference column is refused when targets are
 When the referenced record has no CRM id yet (it has not been delivered to this target,
 or it failed), the change **waits**, visibly: a row in ``waiting_deliveries`` (the change
 as read, what it waits for, since when) and ``deliveries.state = 'waiting'`` with the
-reason, so ``GET /deliveries`` and the ops page show it. It is sent again as soon as the
-referenced record has a CRM id: ``release`` runs after every delivery round of the target
-and takes every waiting change whose record now has one.
+reason, so ``GET /deliveries`` and the ops page show it. After every delivery step of the
+target, ``release`` claims the waiting changes whose record now has a CRM id, and the
+engine produces them back onto the changes topic under their record's key: the consumer
+owning that partition delivers them, after any newer version of the same record (which
+makes the older one a skip). One record's changes so stay with one consumer, in order.
 
-Why no waiting change is forgotten between two consumers: a consumer records the
-deliveries of a round (committed), parks the changes that could not resolve (committed),
-then releases. If the order's consumer looked the company up before the company's
-consumer recorded it, it parks the order and then releases; either its own release (run
-after its park) or the company consumer's (run after its deliveries were recorded) sees
-both rows. A release claims a row (``claimed_at``) so two consumers do not send it twice;
-a claim left by a process that died is taken again after ``CLAIM_STALE_S``.
+Why no waiting change is lost between two consumers: a consumer records the deliveries
+of a step (committed), parks the changes that could not resolve (committed), then
+releases. If the order's consumer looked the company up before the company's consumer
+recorded it, it parks the order and then releases; either its own release (run after its
+park) or the company consumer's (run after its deliveries were recorded) sees both rows.
+A claim (``claimed_at``) keeps two consumers from handing one change back twice; a claim
+left by a process that died between producing and forgetting is retaken after
+``CLAIM_STALE_S`` by the next step of that target, and the second copy is a skip.
 
-Versions: a waiting change is the newest one of its record. An older change arriving
-later (a replay) is skipped, so the CRM never goes back in time; a newer one replaces the
-waiting one, or, delivered, removes it.
+Limits: releases run when the target has a batch to deliver, so on a system with no other
+traffic a stale claim waits for the next change; a change whose parent never arrives
+waits until it does (no expiry yet).
 """
 
 from __future__ import annotations
@@ -243,8 +246,27 @@ async def settle(pool: asyncpg.Pool, target: Target, changes: list[Change]) -> N
     )
 
 
+async def forget_released(pool: asyncpg.Pool, target: Target, changes: list[Change]) -> None:
+    """Drop the waiting rows of changes just handed back (``claimed_at`` still set): a
+    row the owner parked again meanwhile (claim cleared) is a new wait and stays."""
+    if not changes:
+        return
+    await pool.execute(
+        "DELETE FROM waiting_deliveries w USING unnest($2::text[], $3::text[], $4::text[], "
+        "$5::timestamptz[], $6::text[]) AS c(entity, source_id, source_key, version_at, "
+        "version_event_id) WHERE w.target_id = $1 AND w.entity = c.entity "
+        "AND w.source_id = c.source_id AND w.source_key = c.source_key "
+        "AND w.claimed_at IS NOT NULL "
+        "AND (COALESCE(w.version_at, '-infinity'), COALESCE(w.version_event_id, '')) <= "
+        "(COALESCE(c.version_at, '-infinity'), COALESCE(c.version_event_id, ''))",
+        target.id,
+        *_versions(changes),
+    )
+
+
 async def release(pool: asyncpg.Pool, target: Target) -> list[Change]:
-    """Claim the waiting changes whose referenced record now has a CRM id here."""
+    """Claim the waiting changes whose referenced record now has a CRM id here (the
+    engine hands them back to their partition, then ``forget_released``)."""
     rows = await pool.fetch(
         "UPDATE waiting_deliveries w SET claimed_at = now() WHERE (w.target_id, w.entity, "
         "w.source_id, w.source_key) IN (SELECT x.target_id, x.entity, x.source_id, "

@@ -84,7 +84,8 @@ class ObjectMapping(BaseModel):
 class Target(BaseModel):
     """What every target kind shares; a kind's own model subclasses this."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Errors name the field but never echo the input: it may hold a token or a key.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     kind: str

@@ -22,12 +22,10 @@ from ponte.ops.errors import http_error, single_query_values
 from ponte.ops.routes import audit, health, history, pages, replay, sources
 from ponte.ops.status import load_schedules
 from ponte.shared import db, probes
+from ponte.shared.ops_token import MIN_TOKEN_LENGTH, configured_token
 from ponte.shared.secret_box import SecretBox
 from ponte.shared.settings import Settings
 from ponte.shared.validation_errors import api_details
-
-PLACEHOLDER_TOKENS = frozenset({"", "CHANGE_ME", "changeme"})
-MIN_TOKEN_LENGTH = 16
 
 
 @asynccontextmanager
@@ -49,8 +47,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def ops_token(settings: Settings) -> str:
     """The token, refusing to serve without a real one: an ops API open to anyone who can
     reach it, or guarded by the example file's placeholder, is worse than none."""
-    token = settings.ops_token.get_secret_value().strip() if settings.ops_token else ""
-    if token in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH:
+    token = configured_token(settings)
+    if not token:
         raise ValueError(
             f"PONTE_OPS_TOKEN must be set to a secret of at least {MIN_TOKEN_LENGTH} "
             "characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"

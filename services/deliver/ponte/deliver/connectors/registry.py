@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from pydantic import ValidationError
 
 from ponte.deliver.connectors.base import Connector, TargetKind
 from ponte.deliver.connectors.hubspot import HubSpotConnector, HubSpotTarget
@@ -24,6 +25,7 @@ from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import Target
 from ponte.shared.config_files import load_entries
+from ponte.shared.validation_errors import every_problem
 
 TARGET_KINDS: dict[str, TargetKind] = {
     "hubspot": TargetKind(HubSpotTarget, HubSpotConnector.for_target),
@@ -70,6 +72,9 @@ def load_targets(path: Path) -> list[Target]:
     for index, entry in enumerate(load_entries(path, "targets")):
         try:
             targets.append(parse_target(entry))
+        except ValidationError as error:
+            name = entry.get("id", "?") if isinstance(entry, dict) else "?"
+            raise ValueError(f"{path}: targets[{index}] ({name}): {every_problem(error)}") from None
         except ValueError as error:
             name = entry.get("id", "?") if isinstance(entry, dict) else "?"
             raise ValueError(f"{path}: targets[{index}] ({name}): {error}") from None

@@ -62,6 +62,7 @@ from ponte.deliver.connectors.base import (
     Outgoing,
     PairsRefused,
     check_same_record,
+    normalise_key,
     same_key,
 )
 from ponte.deliver.keylock import KeyLocks
@@ -312,6 +313,13 @@ class RestObject(ObjectMapping):
         overlap = set(self.constants) & self.sent_properties()
         if overlap:
             raise ValueError(f"constants: {sorted(overlap)} also mapped from a column")
+        paths = self.sent_properties() | set(self.constants)
+        for path, other in ((p, o) for p in sorted(paths) for o in sorted(paths)):
+            if other.startswith(path + "."):
+                raise ValueError(
+                    f"{path!r} and {other!r}: one body path inside another (a value "
+                    "cannot also be an object); map them to separate paths"
+                )
         return self
 
     @property
@@ -534,8 +542,12 @@ class RestConnector:
         url = httpx.URL(link)
         if url.is_relative_url:
             return link
-        if url.host != self._client.base_url.host:
-            raise TerminalError(f"{what}: the next page {url.host!r} is not the CRM's host")
+        base = self._client.base_url
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise TerminalError(
+                f"{what}: the next page {url.scheme}://{url.host}:{url.port} is not the "
+                "CRM's own address; the call would carry the target's credentials there"
+            )
         return str(url)
 
     async def _search(self, mapping: RestObject, key: str) -> str | None:
@@ -657,7 +669,13 @@ class RestConnector:
         for path, value in record.properties.items():
             set_path(body, path, value)
         object_type = mapping.object_type
-        lock_key = f"{object_type}/key:{key}" if key else f"{object_type}/ext:{record.external_id}"
+        # The lock is on the key as the CRM compares it: "11.222.333/0001-81" and
+        # "11222333000181" are one organisation under match: digits, so one lock.
+        match = mapping.search.match if mapping.search is not None else "exact"
+        locked = normalise_key(key, match) if key else None
+        lock_key = (
+            f"{object_type}/key:{locked}" if locked else f"{object_type}/ext:{record.external_id}"
+        )
         async with self._locks.hold([lock_key]):
             crm_id = self._learned.get((object_type, record.external_id)) or record.crm_id
             if (

@@ -28,6 +28,7 @@ from ponte.ingest.registry import KnownSource, SourceRegistry
 from ponte.shared.events import Operation
 from ponte.shared.mapping import mapping_for
 from ponte.shared.metrics import INGEST_EVENTS, INGEST_LAST_ACCEPTED
+from ponte.shared.ops_token import configured_token
 from ponte.shared.parsers import ParseError, parse_datetime
 from ponte.shared.pulls import next_run
 from ponte.shared.rejections import Rejection
@@ -89,8 +90,8 @@ def authorize(request: Request, source: KnownSource) -> None:
         )
     settings: Settings = request.app.state.settings
     candidates = list(source.config.secrets)
-    if settings.ops_token is not None:
-        candidates.append(settings.ops_token.get_secret_value())
+    if ops_token := configured_token(settings):
+        candidates.append(ops_token)
     given = token.strip().encode()
     # Every candidate is compared, so the time taken does not say which one nearly matched.
     matches = [hmac.compare_digest(given, candidate.encode()) for candidate in candidates]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any, cast
 
+import orjson
 import pytest
 from starlette.datastructures import Headers
 
@@ -97,7 +98,9 @@ async def test_unexpected_error_is_a_500_and_reraised_for_the_server_log() -> No
 
     with pytest.raises(RuntimeError, match="bug"):
         await serve_webhook(cast(Intake, intake), "erp-1", scope(), receive, send)
-    assert sent[0]["status"] == 500 and sent[1]["body"] == b"Internal Server Error"
+    assert sent[0]["status"] == 500
+    assert orjson.loads(sent[1]["body"])["error"] == "internal_error"
+    assert (b"content-type", b"application/json") in sent[0]["headers"]
 
 
 async def test_sender_hanging_up_mid_body_gets_no_answer() -> None:

@@ -51,7 +51,7 @@ async def test_a_request_id_past_bigint_is_a_422_not_a_500(ops: RunningOps) -> N
         largest = await client.get(f"/ops/history/{MAX_REQUEST_ID}/log")
         zero = await client.get("/ops/history/0/log")
     assert past.status_code == 422, past.text
-    assert past.json()["detail"][0]["loc"] == ["path", "request_id"]
+    assert past.json()["problems"][0]["field"] == "path.request_id"
     assert largest.status_code == 404  # the largest bigint is a valid id, just not stored
     assert zero.status_code == 422
     (parameter,) = (await openapi(ops))["paths"]["/ops/history/{request_id}/log"]["get"][
@@ -85,7 +85,7 @@ async def test_only_json_false_replays(
         )
         audit = (await client.get("/ops/audit", params={"source_id": source_id})).json()
     assert answer.status_code == 422, answer.text
-    assert answer.json()["detail"][0]["loc"] == ["body", "dry_run"]
+    assert answer.json()["problems"][0]["field"] == "body.dry_run"
     assert (
         await read_topic(settings.kafka_bootstrap, settings.changes_topic, expect=0, timeout_s=1)
         == []
@@ -115,8 +115,8 @@ async def test_a_body_that_is_not_json_is_a_422_on_every_route_with_a_body(
         ]
     for answer in answers:
         assert answer.status_code == 422, answer.text
-        (error,) = answer.json()["detail"]
-        assert error["loc"][0] == "body" and error["type"] == "json_invalid"
+        (error,) = answer.json()["problems"]
+        assert error["field"].split(".")[0] == "body" and error["type"] == "json_invalid"
 
 
 # --- 4. the export's 7-day limit ------------------------------------------------------------
@@ -126,17 +126,17 @@ async def test_the_period_limit_is_documented_as_it_is_answered(ops: RunningOps)
     async with ops.client() as client:
         answer = await client.get("/ops/history/export", params={"since": "2000-01-01T00:00:00Z"})
     assert answer.status_code == 422
-    (error,) = answer.json()["detail"]
-    assert error["loc"] == ["query", "until"] and "at most 7 days" in error["msg"]
+    (error,) = answer.json()["problems"]
+    assert error["field"] == "query.until" and "at most 7 days" in error["message"]
 
     document = await openapi(ops)
     documented = document["paths"]["/ops/history/export"]["get"]["responses"]["422"]
     assert "7" in documented["description"]
     content = documented["content"]["application/json"]
-    assert content["schema"] == {"$ref": "#/components/schemas/InvalidRequest"}
-    (example,) = content["example"]["detail"]
-    assert example["loc"] == error["loc"] and example["type"] == error["type"]
-    assert example["msg"].split(";")[0] == error["msg"].split(";")[0]
+    assert content["schema"] == {"$ref": "#/components/schemas/Problem"}
+    (example,) = content["example"]["problems"]
+    assert example["field"] == error["field"] and example["type"] == error["type"]
+    assert example["message"].split(";")[0] == error["message"].split(";")[0]
 
 
 # --- dates and times: ISO 8601 text only -----------------------------------------------------
@@ -151,27 +151,25 @@ async def test_a_number_is_not_a_date(ops: RunningOps, not_a_date: str) -> None:
         export = await client.get("/ops/history/export", params={"until": not_a_date})
         replay = await client.post("/ops/replay", json={"until": not_a_date})
         replay_number = await client.post("/ops/replay", json={"since": 0})
-    assert export.status_code == 422 and export.json()["detail"][0]["loc"] == ["query", "until"]
-    assert replay.status_code == 422 and replay.json()["detail"][0]["loc"] == ["body", "until"]
-    assert replay_number.json()["detail"][0]["loc"] == ["body", "since"]
-    assert "ISO 8601" in export.json()["detail"][0]["msg"]
+    assert export.status_code == 422 and export.json()["problems"][0]["field"] == "query.until"
+    assert replay.status_code == 422 and replay.json()["problems"][0]["field"] == "body.until"
+    assert replay_number.json()["problems"][0]["field"] == "body.since"
+    assert "ISO 8601" in export.json()["problems"][0]["message"]
 
 
 async def test_the_first_day_of_the_calendar_is_a_422_not_a_500(ops: RunningOps) -> None:
     """The default start is a day before ``until``; before year 1 there is none."""
     async with ops.client() as client:
         answer = await client.get("/ops/history/export", params={"until": "0001-01-01T00:00:00Z"})
-    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", "until"]
+    assert answer.status_code == 422 and answer.json()["problems"][0]["field"] == "query.until"
 
 
 async def test_a_control_character_in_a_table_filter_is_a_422(ops: RunningOps) -> None:
     """A NUL once reached PostgreSQL after the 200 had gone out: the download broke off."""
     async with ops.client() as client:
         answer = await client.get("/ops/history/export", params={"tables": "Pedido\x00"})
-    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][:2] == [
-        "query",
-        "tables",
-    ]
+    assert answer.status_code == 422
+    assert answer.json()["problems"][0]["field"].split(".")[:2] == ["query", "tables"]
 
 
 # --- a one-value query parameter sent twice ---------------------------------------------------
@@ -190,10 +188,16 @@ async def test_a_one_value_parameter_sent_twice_is_a_422(ops: RunningOps) -> Non
             params=[("tables", "Pedido"), ("tables", "Empresa"), ("format", "csv")],
         )
     assert twice.status_code == 422
-    assert twice.json()["detail"] == [
-        {"loc": ["query", "source_id"], "msg": "give one value, not several", "type": "value_error"}
+    assert twice.json()["problems"] == [
+        {
+            "field": "query.source_id",
+            "message": "give one value, not several",
+            "type": "value_error",
+        }
     ]
-    assert audit.status_code == 422 and audit.json()["detail"][0]["loc"] == ["query", "limit"]
+    assert twice.json()["error"] == "invalid_request"
+    assert twice.json()["field"] == "query.source_id"
+    assert audit.status_code == 422 and audit.json()["problems"][0]["field"] == "query.limit"
     assert tables.status_code == 200
 
 
@@ -236,7 +240,7 @@ async def test_a_patch_outside_the_schema_is_refused_naming_the_field(
         answer = await client.patch(f"/ops/sources/{source_id}", json=patch)
         source = (await client.get(f"/ops/sources/{source_id}")).json()
     assert answer.status_code == 422, answer.text
-    assert answer.json()["detail"][0]["loc"][:2] == ["body", field]
+    assert answer.json()["problems"][0]["field"].split(".")[:2] == ["body", field]
     assert "x" * 15 not in answer.text  # a rejected secret is not echoed
     assert source["active"] is True and len(source["secret_fingerprints"]) == 1
 
@@ -341,4 +345,6 @@ async def test_nul_in_text_is_a_422_naming_the_field_not_a_500(
     async with ops.client() as client:
         response = await client.patch(f"/ops/sources/{source_id}", json={field: value})
     assert response.status_code == 422, response.text
-    assert field in {str(part) for item in response.json()["detail"] for part in item["loc"]}
+    assert field in {
+        part for item in response.json()["problems"] for part in item["field"].split(".")
+    }

@@ -161,17 +161,13 @@ async def test_more_than_seven_days_is_refused_with_the_limit_named(
         )
         bad_format = await client.get("/ops/history/export", params={"format": "pdf"})
     assert too_long.status_code == 422
-    error = too_long.json()["detail"][0]
-    assert error["loc"] == ["query", "until"] and "at most 7 days" in error["msg"]
+    error = too_long.json()["problems"][0]
+    assert error["field"] == "query.until" and "at most 7 days" in error["message"]
     assert seven_days.status_code == 200
-    assert backwards.status_code == 422 and backwards.json()["detail"][0]["loc"] == [
-        "query",
-        "since",
-    ]
-    assert bad_format.status_code == 422 and bad_format.json()["detail"][0]["loc"] == [
-        "query",
-        "format",
-    ]
+    assert backwards.status_code == 422
+    assert backwards.json()["problems"][0]["field"] == "query.since"
+    assert bad_format.status_code == 422
+    assert bad_format.json()["problems"][0]["field"] == "query.format"
 
 
 async def test_the_export_needs_the_token(ops: RunningOps) -> None:

@@ -185,7 +185,7 @@ async def test_replay_lists_then_sends_the_selected_dead_letters(
     replayed = await read_topic(settings.kafka_bootstrap, settings.changes_topic, expect=1)
     assert [message.key for message in replayed] == [f"company/{source_id}/E1".encode()]
     assert orjson.loads(replayed[0].value or b"")["source_key"] == "E1"
-    assert naive.status_code == 422 and naive.json()["detail"][0]["loc"] == ["body", "since"]
+    assert naive.status_code == 422 and naive.json()["problems"][0]["field"] == "body.since"
     (entry,) = audit["items"]  # the dry run is not audited
     assert entry["field"] == "replay" and entry["actor"] == "dev@example.com"
     assert entry["new_value"]["replayed"] == 1

@@ -28,8 +28,8 @@ async def test_the_api_needs_the_token_and_the_probes_do_not(ops: RunningOps) ->
     async with ops.client(token=None) as anonymous:
         missing = await anonymous.get("/ops/sources")
         assert missing.status_code == 401
-        assert missing.json()["detail"]["error"] == "unauthorized"
-        assert "Bearer" in missing.json()["detail"]["message"]
+        assert missing.json()["error"] == "unauthorized"
+        assert "Bearer" in missing.json()["message"]
         assert missing.headers["www-authenticate"] == "Bearer"
         assert (await anonymous.get("/healthz")).status_code == 200
         assert (await anonymous.get("/readyz")).json()["ready"] is True
@@ -143,7 +143,9 @@ async def test_invalid_edits_name_the_field(
         answer = await client.patch(f"/ops/sources/{source_id}", json=patch)
         audit = await client.get("/ops/audit", params={"source_id": source_id})
     assert answer.status_code == 422
-    assert any(error["loc"][:2] == ["body", field] for error in answer.json()["detail"])
+    assert any(
+        error["field"].split(".")[:2] == ["body", field] for error in answer.json()["problems"]
+    )
     assert "too-short" not in answer.text  # a rejected secret is not echoed either
     assert audit.json()["items"] == []
 
@@ -254,7 +256,7 @@ async def test_the_actor_defaults_to_the_token_name(
 async def test_unknown_source_edit_is_404(ops: RunningOps) -> None:
     async with ops.client() as client:
         answer = await client.patch("/ops/sources/does-not-exist", json={"active": False})
-    assert answer.status_code == 404 and answer.json()["detail"]["error"] == "unknown_source"
+    assert answer.status_code == 404 and answer.json()["error"] == "unknown_source"
 
 
 async def test_openapi_documents_the_bearer_scheme(ops: RunningOps) -> None:

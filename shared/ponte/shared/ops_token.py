@@ -12,9 +12,10 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
 
 bearer = HTTPBearer(
@@ -45,13 +46,13 @@ def token_matches(settings: Settings, presented: str) -> bool:
     return bool(expected) and hmac.compare_digest(presented.strip().encode(), expected.encode())
 
 
-def unauthorized() -> HTTPException:
-    return HTTPException(
+def unauthorized() -> Rejection:
+    """The 401, answered in the one error shape by ``ponte.shared.problems``."""
+    return Rejection(
         401,
-        detail={
-            "error": "unauthorized",
-            "message": "send the ops token as 'Authorization: Bearer <PONTE_OPS_TOKEN>'",
-        },
+        "unauthorized",
+        "send the ops token as 'Authorization: Bearer <PONTE_OPS_TOKEN>'",
+        field="authorization",
         headers={"WWW-Authenticate": "Bearer"},
     )
 

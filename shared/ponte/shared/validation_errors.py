@@ -7,7 +7,6 @@ refusal at start, a dead letter's reason, an API's 422 body) goes through these.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,11 +28,3 @@ def every_problem(error: ValidationError) -> str:
     return "; ".join(
         f"{field_path(item['loc'])}: {item['msg']}" for item in error.errors(include_input=False)
     )
-
-
-def api_details(errors: Sequence[Any], prefix: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """FastAPI's 422 ``detail`` items (location, message, type) without the input."""
-    return [
-        {"loc": [*prefix, *item["loc"]], "msg": item["msg"], "type": item["type"]}
-        for item in errors
-    ]

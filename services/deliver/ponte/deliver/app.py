@@ -26,7 +26,7 @@ from ponte.deliver.status_back.config import load_config
 from ponte.deliver.status_back.route import router as status_back_router
 from ponte.deliver.status_back.service import StatusBack
 from ponte.deliver.targets import Target
-from ponte.shared import db, kafka, probes
+from ponte.shared import db, kafka, probes, problems
 from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining, freeze_startup_heap
 from ponte.shared.ops_token import UNAUTHORIZED as OPS_TOKEN_MISSING
@@ -149,8 +149,7 @@ async def readyz(request: Request, pool: PoolDep) -> JSONResponse:
         "database": await db.ping(pool),
         "not_draining": not draining(request.app),
     }
-    ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    return probes.readiness(checks)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -161,6 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Committed CRM changes out to CRM APIs; what was delivered, what failed.",
     )
     app.state.settings = settings
+    problems.install(app)  # every error in one shape, declared in the document
     app.include_router(router)
     app.include_router(status_back_router)
     app.include_router(probes.router)

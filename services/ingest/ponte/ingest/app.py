@@ -21,7 +21,7 @@ from ponte.ingest.pulls.scheduler import build_scheduler
 from ponte.ingest.receipts import Receipts
 from ponte.ingest.registry import SourceRegistry
 from ponte.ingest.routes import health, intake_files, webhooks
-from ponte.shared import db, probes
+from ponte.shared import db, probes, problems
 from ponte.shared.http import freeze_startup_heap
 from ponte.shared.secret_box import SecretBox
 from ponte.shared.settings import Settings
@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    problems.install(app)  # every error in one shape, declared in the document
     app.include_router(webhooks.router)
     app.include_router(intake_files.router)
     app.include_router(health.router)

@@ -11,21 +11,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ponte.ops import source_metrics
 from ponte.ops.errors import http_error, single_query_values
 from ponte.ops.routes import audit, health, history, pages, replay, sources
 from ponte.ops.status import load_schedules
-from ponte.shared import db, probes
+from ponte.shared import db, probes, problems
 from ponte.shared.ops_token import MIN_TOKEN_LENGTH, configured_token
 from ponte.shared.secret_box import SecretBox
 from ponte.shared.settings import Settings
-from ponte.shared.validation_errors import api_details
 
 
 @asynccontextmanager
@@ -56,14 +52,6 @@ def ops_token(settings: Settings) -> str:
     return token
 
 
-async def validation_error(request: Request, error: Exception) -> JSONResponse:
-    """FastAPI's 422, minus the rejected input: the input may be a secret (``add_secret``),
-    and the location and message already name the field and say what is wrong."""
-    assert isinstance(error, RequestValidationError)
-    details = api_details(error.errors())
-    return JSONResponse({"detail": jsonable_encoder(details)}, status_code=422)
-
-
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Ponte ops",
@@ -75,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ops_token = ops_token(settings)
-    app.add_exception_handler(RequestValidationError, validation_error)
+    problems.install(app)
     app.add_exception_handler(StarletteHTTPException, http_error)  # 405's Allow; 400 -> 422
     for module in (sources, history, audit, replay, pages, health):
         app.include_router(module.router)

@@ -1,6 +1,6 @@
 """How the ops service answers what the routes never see: a method the path does not serve
-(405), a body that is not JSON at all (422), a query parameter sent twice (422), and the
-shape of every 422.
+(405), a body that is not JSON at all (422) and a query parameter sent twice (422); every answer is
+in the one error shape of ``ponte.shared.problems``.
 
 Three framework defaults are replaced here, all found by schemathesis (tests/test_openapi.py):
 
@@ -25,26 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-
-class FieldProblem(BaseModel):
-    loc: list[str | int]
-    """Where: ``["query", "until"]``, ``["body", "add_secret"]``."""
-    msg: str
-    type: str
-
-
-class InvalidRequest(BaseModel):
-    """A 422's body: FastAPI's shape, without the rejected input (see ``app``)."""
-
-    detail: list[FieldProblem]
-
+from ponte.shared import problems
+from ponte.shared.problems import FieldProblem
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
@@ -64,21 +51,23 @@ def allowed_methods(request: Request) -> list[str]:
     ]
 
 
-def not_json() -> JSONResponse:
-    problem = FieldProblem(
-        loc=["body"], msg="the body is not JSON (JSON is UTF-8 text)", type="json_invalid"
+def not_json() -> Response:
+    return problems.rejected(
+        problems.invalid_field(
+            "body", "the body is not JSON (JSON is UTF-8 text)", type="json_invalid"
+        )
     )
-    return JSONResponse(InvalidRequest(detail=[problem]).model_dump(), status_code=422)
 
 
 async def http_error(request: Request, error: Exception) -> Response:
-    """FastAPI's own answer to an ``HTTPException``, but for the two cases above."""
+    """The shared answer to an ``HTTPException`` (``ponte.shared.problems``), but for the
+    two cases above."""
     assert isinstance(error, StarletteHTTPException)
     if error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError):
         return not_json()
     if error.status_code == 405:
         error.headers = {**(error.headers or {}), "Allow": ", ".join(allowed_methods(request))}
-    return await http_exception_handler(request, error)
+    return problems.from_http_exception(error)
 
 
 def _takes_a_list(schema: dict[str, Any]) -> bool:
@@ -112,14 +101,11 @@ async def single_query_values(request: Request) -> None:
     names = one_value_query_parameters(request.app).get((request.method, str(path)), frozenset())
     repeated = sorted(name for name in names if len(request.query_params.getlist(name)) > 1)
     if repeated:
-        raise HTTPException(
-            422,
-            detail=[
-                {
-                    "loc": ["query", name],
-                    "msg": "give one value, not several",
-                    "type": "value_error",
-                }
+        raise problems.invalid(
+            [
+                FieldProblem(
+                    field=f"query.{name}", message="give one value, not several", type="value_error"
+                )
                 for name in repeated
-            ],
+            ]
         )

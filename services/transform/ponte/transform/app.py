@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
-from ponte.shared import db, kafka, probes
+from ponte.shared import db, kafka, probes, problems
 from ponte.shared.http import freeze_startup_heap
 from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.metrics import TRANSFORM_PARKED
@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    problems.install(app)  # every error in one shape, declared in the document
     app.include_router(health.router)
     app.include_router(probes.router)
     app.include_router(model.router)

@@ -15,6 +15,8 @@ from ponte.deliver.status_back.events import InvalidBatch, parse_batch
 from ponte.deliver.status_back.intake import BrokerUnavailable
 from ponte.deliver.status_back.service import StatusBack
 from ponte.deliver.status_back.signature import SignatureRejected, verify_hubspot_v3
+from ponte.shared import problems
+from ponte.shared.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +35,10 @@ class CrmAccepted(BaseModel):
     accepted: int = Field(description="Events written to the status topic.")
 
 
-class CrmProblem(BaseModel):
-    error: str = Field(description="Stable machine-readable reason, e.g. bad_signature.")
-    message: str = Field(description="What is wrong, naming the field or header at fault.")
-    field: str | None = None
-
-
 def _problem(
     status: int, error: str, message: str, field_name: str | None = None, **headers: str
 ) -> JSONResponse:
-    body = CrmProblem(error=error, message=message, field=field_name).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status, headers=headers or None)
+    return problems.answer(status, error, message, field=field_name, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -61,7 +56,7 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     "/hubspot/{target_id}",
     response_model=CrmAccepted,
     responses={
-        status: {"model": CrmProblem, "description": description}
+        status: {"model": Problem, "description": description}
         for status, description in {
             400: "Body not a JSON array of HubSpot events; the message names the field.",
             401: "X-HubSpot-Signature-v3 missing or wrong, or its timestamp too old.",

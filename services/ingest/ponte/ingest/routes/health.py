@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ponte.ingest.deps import PublisherDep, RegistryDep
-from ponte.shared import db
+from ponte.shared import db, probes
 from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining
 from ponte.shared.probes import READINESS_RESPONSES
@@ -30,5 +30,4 @@ async def readyz(
         "sources_loaded": registry.loaded,
         "not_draining": not draining(request.app),
     }
-    ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    return probes.readiness(checks)

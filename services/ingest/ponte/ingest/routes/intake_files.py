@@ -30,6 +30,7 @@ from ponte.shared.mapping import mapping_for
 from ponte.shared.metrics import INGEST_EVENTS, INGEST_LAST_ACCEPTED
 from ponte.shared.ops_token import configured_token
 from ponte.shared.parsers import ParseError, parse_datetime
+from ponte.shared.problems import Problem
 from ponte.shared.pulls import next_run
 from ponte.shared.rejections import Rejection
 from ponte.shared.settings import Settings
@@ -37,20 +38,7 @@ from ponte.shared.source_kinds import SourceKind, spec_of
 
 router = APIRouter(tags=["pulls and files"])
 
-_PROBLEM = {
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "error": {"type": "string"},
-                    "message": {"type": "string"},
-                    "field": {"type": "string"},
-                },
-            }
-        }
-    }
-}
+_PROBLEM: dict[str, Any] = {"model": Problem}
 
 
 def _problem(rejection: Rejection) -> JSONResponse:

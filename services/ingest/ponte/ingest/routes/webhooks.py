@@ -15,6 +15,8 @@ from starlette.types import Receive, Scope, Send
 
 from ponte.ingest.deps import IntakeDep
 from ponte.ingest.intake import IncomingRequest, Intake
+from ponte.shared import problems
+from ponte.shared.problems import Problem
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
@@ -25,12 +27,6 @@ class Accepted(BaseModel):
     )
     records: int | None = Field(default=None, description="Record events written to Kafka.")
     duplicate: bool = Field(description="True when this delivery was already accepted earlier.")
-
-
-class Problem(BaseModel):
-    error: str = Field(description="Stable machine-readable reason, e.g. bad_signature.")
-    message: str = Field(description="What is wrong, naming the field or header at fault.")
-    field: str | None = None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -166,9 +162,9 @@ async def serve_webhook(
     except ClientDisconnect:
         return  # nobody to answer; as Starlette, nothing was accepted or recorded
     except Exception:
-        # What Starlette's ServerErrorMiddleware does: a bare 500, then re-raise so that
-        # uvicorn logs the traceback.
-        await _send(send, 500, b"Internal Server Error", [(b"content-type", _TEXT)])
+        # What Starlette's ServerErrorMiddleware does: a 500 (in the one error shape),
+        # then re-raise so that uvicorn logs the traceback.
+        await _send(send, 500, _INTERNAL_ERROR, [(b"content-type", _JSON)])
         raise
     body = orjson.dumps(answer.body)
     raw_headers = [(b"content-type", _JSON)]
@@ -199,7 +195,7 @@ def _read_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], list[
 
 
 _JSON = b"application/json"
-_TEXT = b"text/plain; charset=utf-8"
+_INTERNAL_ERROR = orjson.dumps(problems.body(problems.CODES[500], problems.MESSAGES[500]))
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ponte.shared import db
+from ponte.shared import db, probes
 from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining
 from ponte.shared.probes import READINESS_RESPONSES
@@ -17,5 +17,4 @@ router = APIRouter(tags=["health"])
 @router.get("/readyz", responses=READINESS_RESPONSES, summary="The database is reachable")
 async def readyz(request: Request, pool: PoolDep) -> JSONResponse:
     checks = {"database": await db.ping(pool), "not_draining": not draining(request.app)}
-    ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    return probes.readiness(checks)

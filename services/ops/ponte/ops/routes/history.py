@@ -7,18 +7,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import StringConstraints
 
 from ponte.ops.auth import Operator
-from ponte.ops.errors import InvalidRequest
 from ponte.ops.history import HistoryQuery, csv_chunks, history_batches, xlsx_chunks
 from ponte.ops.moments import IsoDatetime
 from ponte.shared.deps import PoolDep, SettingsDep
 from ponte.shared.events import ERP_TIMEZONE
 from ponte.shared.ops_token import UNAUTHORIZED
 from ponte.shared.probes import IdQuery
+from ponte.shared.problems import Problem, invalid_field
+from ponte.shared.rejections import Rejection
 
 router = APIRouter(prefix="/ops/history", tags=["history"], responses=UNAUTHORIZED)
 
@@ -35,10 +36,8 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.utcoffset() is not None else moment.replace(tzinfo=ERP_TIMEZONE)
 
 
-def _invalid(field: str, message: str) -> HTTPException:
-    return HTTPException(
-        422, detail=[{"loc": ["query", field], "msg": message, "type": "value_error"}]
-    )
+def _invalid(field: str, message: str) -> Rejection:
+    return invalid_field(f"query.{field}", message)
 
 
 def period(
@@ -65,16 +64,11 @@ TableFilter = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f]*$")]
 """Table names, no control characters: a NUL reached PostgreSQL (which refuses it in text)
 after the 200 had gone out, and the download broke off (schemathesis)."""
 
-PERIOD_TOO_LONG = {
-    "detail": [
-        {
-            "loc": ["query", "until"],
-            "msg": "the period may span at most 7 days per query (the 7-day limit of the "
-            "history export); this one spans 9131.0 days",
-            "type": "value_error",
-        }
-    ]
-}
+PERIOD_TOO_LONG = invalid_field(
+    "query.until",
+    "the period may span at most 7 days per query (the 7-day limit of the history export); "
+    "this one spans 9131.0 days",
+).body()
 """The 422 of ``?since=2000-01-01T00:00:00Z``, shown in the OpenAPI document."""
 
 
@@ -90,7 +84,7 @@ def _tables(tables: list[str] | None) -> list[str]:
     responses={
         200: {"content": {XLSX: {}, "text/csv": {}}, "description": "The history, streamed."},
         422: {
-            "model": InvalidRequest,
+            "model": Problem,
             "description": "A bad period or filter; the error names the field. A period "
             "longer than `PONTE_HISTORY_MAX_DAYS` (7) days, or `since` not before `until`, "
             "is refused here: OpenAPI cannot say how two parameters relate.",
@@ -154,9 +148,7 @@ async def request_log(
 ) -> Response:
     row = await pool.fetchrow("SELECT * FROM webhook_requests WHERE id = $1", request_id)
     if row is None:
-        raise HTTPException(
-            404, detail={"error": "unknown_request", "message": f"no request {request_id}"}
-        )
+        raise Rejection(404, "unknown_request", f"no request {request_id}", field="path.request_id")
     return Response(
         orjson.dumps(_log(dict(row)), option=orjson.OPT_INDENT_2),
         media_type="application/json",

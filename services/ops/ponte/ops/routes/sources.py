@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
-from fastapi.encoders import jsonable_encoder
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ValidationError
 
 from ponte.ops.auth import Operator
@@ -15,7 +14,8 @@ from ponte.ops.onboarding import Onboarding, onboarding
 from ponte.ops.status import SourceStatus, source_ids, source_status
 from ponte.shared.deps import PoolDep, SettingsDep
 from ponte.shared.ops_token import UNAUTHORIZED
-from ponte.shared.validation_errors import api_details
+from ponte.shared.problems import field_problems, invalid
+from ponte.shared.rejections import Rejection
 
 router = APIRouter(prefix="/ops/sources", tags=["sources"], responses=UNAUTHORIZED)
 
@@ -33,10 +33,8 @@ class PatchResult(BaseModel):
     source: SourceStatus
 
 
-def not_found(source_id: str) -> HTTPException:
-    return HTTPException(
-        404, detail={"error": "unknown_source", "message": f"no source {source_id!r}"}
-    )
+def not_found(source_id: str) -> Rejection:
+    return Rejection(404, "unknown_source", f"no source {source_id!r}", field="path.source_id")
 
 
 @router.get("", summary="Every source's general information and status")
@@ -77,12 +75,7 @@ async def patch_source(
     except UnknownSource:
         raise not_found(source_id) from None
     except ValidationError as error:  # the combined source would not load in ingest
-        raise HTTPException(
-            422,
-            detail=api_details(
-                jsonable_encoder(error.errors(include_input=False)), prefix=["body"]
-            ),
-        ) from None
+        raise invalid(field_problems(error.errors(include_input=False), prefix=["body"])) from None
     status = await source_status(pool, source_id, pulls=pulls, box=box)
     assert status is not None  # it was just updated inside a transaction
     return PatchResult(changed=changed, source=status)

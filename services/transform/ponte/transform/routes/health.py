@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ponte.shared import db
+from ponte.shared import db, probes
 from ponte.shared.deps import PoolDep
 from ponte.shared.http import draining
 from ponte.shared.probes import READINESS_RESPONSES
@@ -24,5 +24,4 @@ async def readyz(request: Request, consumer: ConsumerDep, pool: PoolDep) -> JSON
         "database": await db.ping(pool),
         "not_draining": not draining(request.app),
     }
-    ready = all(checks.values())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    return probes.readiness(checks)

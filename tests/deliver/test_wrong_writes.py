@@ -213,10 +213,18 @@ async def test_without_a_key_path_each_result_is_read_back_and_checked(
 
 
 def test_a_search_that_cannot_check_its_hits_is_refused_at_load() -> None:
-    unkeyed = {**PERSONS, "search": search("persons", "email")}
+    unkeyed = {**PERSONS, "search": search("persons", "email"), "verify_updates": False}
     del unkeyed["read"]
     with pytest.raises(ValueError, match=r"set key .* or a read call"):
         rest_target("http://crm.invalid", contact=unkeyed)
+
+
+def test_an_update_guard_without_a_read_call_is_refused_at_load() -> None:
+    unread = {**PERSONS}
+    del unread["read"]
+    with pytest.raises(ValueError, match=r"verify_updates: set a read call"):
+        rest_target("http://crm.invalid", contact=unread)
+    rest_target("http://crm.invalid", contact={**unread, "verify_updates": False})  # opted out
 
 
 async def test_ploomes_takes_no_substring_match_of_its_filter() -> None:

@@ -1,7 +1,8 @@
 """The deliver service's Kafka loop: the changes topic, manual commits after delivery.
 
 A batch's offsets are committed only once every change in it is delivered, recorded as
-failed in the dead-letter topic (acknowledged), or skipped as already delivered. A crash
+failed in the dead-letter topic (acknowledged), skipped as already delivered, or kept
+waiting for a record it refers to (``waiting_deliveries``, ``ponte.deliver.references``). A crash
 before the commit re-reads the batch; versions already delivered are skipped, so the CRM
 sees at most a repeat of the newest version, never an older one.
 

@@ -302,6 +302,12 @@ class RestObject(ObjectMapping):
                 )
             if self.search is None:
                 raise ValueError("natural_key: set search too (how to find a record by it)")
+            if self.verify_updates and self.read is None:
+                raise ValueError(
+                    "verify_updates: set a read call, so an update by a stored CRM id can "
+                    "check the record's natural key first (or verify_updates: false to skip "
+                    "that check)"
+                )
             if self.search.key is None and self.read is None:
                 raise ValueError(
                     "search: set key (where a result holds the natural key) or a read call, "

@@ -225,3 +225,40 @@ def service_log(process: subprocess.Popen[bytes], tail: int = 4000) -> str:
     """The end of a ``start_service`` process's log, for a failure message."""
     log = _SERVICE_LOGS.get(process.pid)
     return log.read_text(errors="replace")[-tail:] if log and log.exists() else ""
+
+
+async def wait_ready(
+    url: str, process: subprocess.Popen[bytes], timeout_s: float = 30, log: Path | None = None
+) -> None:
+    """Wait for a service process's /readyz to answer 200; fail at once, with the end of
+    its log (``log``, else ``service_log``), if the process exits meanwhile."""
+    import httpx
+
+    def tail() -> str:
+        if log is not None and log.exists():
+            return log.read_text(errors="replace")[-4000:]
+        return service_log(process)
+
+    async with httpx.AsyncClient(timeout=2) as client:
+
+        async def ready() -> int | str:
+            assert process.poll() is None, tail()
+            try:
+                return (await client.get(f"{url}/readyz")).status_code
+            except httpx.TransportError as error:
+                return repr(error)  # not listening yet
+
+        await eventually(
+            ready,
+            satisfied=lambda status: status == 200,
+            timeout_s=timeout_s,
+            interval_s=0.1,
+            message=f"{url}/readyz to answer 200",
+        )
+
+
+def app_factory(service: str) -> Any:
+    """The ``create_app`` of a service by name, imported only when asked for."""
+    import importlib
+
+    return importlib.import_module(f"ponte.{service}.app").create_app

@@ -9,19 +9,17 @@ for the same few errors: a path nothing serves (404), a method the path does not
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import SecretStr
 
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.problems import Problem
 from ponte.shared.settings import Settings
-from tests.conftest import write_sources
+from tests.conftest import app_factory, write_sources
 
 pytestmark = pytest.mark.integration
 
@@ -35,18 +33,6 @@ GUARDED = {
 """Per service, a GET route that takes the token and a ``limit`` query parameter (1+)."""
 KEYS = {"error", "message", "field", "problems"}
 CODE = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def _create(service: str) -> Callable[[Settings], FastAPI]:
-    if service == "ingest":
-        from ponte.ingest.app import create_app
-    elif service == "transform":
-        from ponte.transform.app import create_app
-    elif service == "deliver":
-        from ponte.deliver.app import create_app
-    else:
-        from ponte.ops.app import create_app
-    return create_app
 
 
 def problem_of(answer: httpx.Response) -> dict[str, Any]:
@@ -72,7 +58,7 @@ async def test_every_service_answers_errors_in_one_shape(
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     seen: dict[str, dict[str, dict[str, Any]]] = {}
     for service, guarded in GUARDED.items():
-        app = _create(service)(configured)
+        app = app_factory(service)(configured)
         async with (
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c,

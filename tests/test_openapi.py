@@ -23,8 +23,7 @@ import yaml
 
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.settings import Settings
-from tests.conftest import service_env, start_service, write_sources
-from tests.scale.test_graceful_and_scale_out import wait_ready
+from tests.conftest import service_env, start_service, wait_ready, write_sources
 
 pytestmark = pytest.mark.integration
 

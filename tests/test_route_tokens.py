@@ -11,7 +11,6 @@ the login form.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from pydantic import SecretStr
 
 from ponte.shared.kafka import ensure_topics
 from ponte.shared.settings import Settings
-from tests.conftest import write_sources
+from tests.conftest import app_factory, write_sources
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +30,6 @@ OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 SIGNED = {("POST", "/webhooks/{source_id}"), ("POST", "/crm-webhooks/hubspot/{target_id}")}
 """Authenticated by the sender's signature, per source or CRM target."""
 TOKEN = "route-token-test-0123456789abcdefghij"
-
-
-def _create(service: str) -> Callable[[Settings], FastAPI]:
-    if service == "ingest":
-        from ponte.ingest.app import create_app
-    elif service == "transform":
-        from ponte.transform.app import create_app
-    elif service == "deliver":
-        from ponte.deliver.app import create_app
-    else:
-        from ponte.ops.app import create_app
-    return create_app
 
 
 def operations(app: FastAPI) -> list[tuple[str, str]]:
@@ -64,7 +51,7 @@ async def test_every_route_without_a_token_answers_401(
         update={"ops_token": SecretStr(TOKEN), "sources_file": sources, "pulls_file": None}
     )
     await ensure_topics(configured)
-    app = _create(service)(configured)
+    app = app_factory(service)(configured)
     checked: list[tuple[str, str, int]] = []
     async with (
         app.router.lifespan_context(app),
@@ -90,7 +77,7 @@ async def test_a_service_without_a_configured_token_refuses_too(
     base_settings: Settings, pool: Any
 ) -> None:
     """A deployment that forgot ``PONTE_OPS_TOKEN`` exposes nothing: no token matches."""
-    app = _create("transform")(base_settings.model_copy(update={"ops_token": None}))
+    app = app_factory("transform")(base_settings.model_copy(update={"ops_token": None}))
     app.state.pool = pool
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://p"

@@ -42,6 +42,7 @@ from ponte.shared.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from ponte.shared.http import server_config
 from ponte.shared.secret_box import generate_key
 from ponte.shared.settings import Settings
+from tests.conftest import wait_ready
 from tests.e2e.load import (
     ERP_SECRET,
     SHOP_SECRET,
@@ -122,22 +123,9 @@ class Service:
                 self.kill()
 
 
-async def wait_ready(service: Service, timeout_s: float = 60) -> None:
-    async with httpx.AsyncClient(timeout=2) as client:
-
-        async def ready() -> int | str:
-            try:
-                return (await client.get(f"{service.url}/readyz")).status_code
-            except httpx.TransportError as error:
-                return repr(error)  # not listening yet
-
-        await eventually(
-            ready,
-            satisfied=lambda status: status == 200,
-            timeout_s=timeout_s,
-            interval_s=0.2,
-            message=f"{service.name} to be ready (its log: {service.log})",
-        )
+async def wait_for_service(service: Service, timeout_s: float = 60) -> None:
+    assert service.process is not None
+    await wait_ready(service.url, service.process, timeout_s, log=service.log)
 
 
 class ChaosRun:
@@ -259,7 +247,7 @@ class ChaosRun:
             self.services[name].start()
         try:
             for service in self.services.values():
-                await wait_ready(service)
+                await wait_for_service(service)
             load = mixed_load(
                 self.sources,
                 companies=self.scale.companies,

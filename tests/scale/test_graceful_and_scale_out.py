@@ -22,8 +22,8 @@ from ponte.shared.signatures import sign_standard
 from tests.conftest import (
     read_topic,
     service_env,
-    service_log,
     start_service,
+    wait_ready,
     write_sources,
 )
 from tests.eventually import eventually
@@ -31,27 +31,6 @@ from tests.transform.conftest import raw_event
 
 pytestmark = pytest.mark.integration
 SECRET = "graceful-test-secret"
-
-
-async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    """Wait for the service's /readyz to answer 200; fail at once, with its log, if the
-    process exits meanwhile."""
-    async with httpx.AsyncClient(timeout=2) as client:
-
-        async def ready() -> int | str:
-            assert process.poll() is None, service_log(process)
-            try:
-                return (await client.get(f"{url}/readyz")).status_code
-            except httpx.TransportError as error:
-                return repr(error)  # not listening yet
-
-        await eventually(
-            ready,
-            satisfied=lambda status: status == 200,
-            timeout_s=timeout_s,
-            interval_s=0.1,
-            message=f"{url}/readyz to answer 200",
-        )
 
 
 def signed(source_id: str, number: int) -> tuple[bytes, dict[str, str]]:

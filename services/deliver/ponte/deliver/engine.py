@@ -157,7 +157,7 @@ class Deliverer:
             for change in released
         ]
         await asyncio.gather(*sends)
-        await references.forget_released(self._pool, target, released)
+        await references.settle(self._pool, target, released, released=True)
 
     def _retrying(self) -> AsyncRetrying:
         """Retry what may pass (``RetryableError``) until the attempts or the age run out."""

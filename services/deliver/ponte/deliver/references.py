@@ -229,9 +229,13 @@ async def newer_waiting(
     return {(row["entity"], row["source_id"], row["source_key"]) for row in rows}
 
 
-async def settle(pool: asyncpg.Pool, target: Target, changes: list[Change]) -> None:
-    """Drop the waiting changes these (delivered, dead-lettered or skipped) ones settle:
-    the same record, at the same or an older version."""
+async def settle(
+    pool: asyncpg.Pool, target: Target, changes: list[Change], *, released: bool = False
+) -> None:
+    """Drop the waiting changes these ones settle: the same record, at the same or an
+    older version, once they were delivered, dead-lettered or skipped. ``released``: the
+    changes were just handed back, so only rows still claimed go (a row the owner parked
+    again meanwhile has its claim cleared: it is a new wait and stays)."""
     if not changes:
         return
     await pool.execute(
@@ -239,34 +243,18 @@ async def settle(pool: asyncpg.Pool, target: Target, changes: list[Change]) -> N
         "$5::timestamptz[], $6::text[]) AS c(entity, source_id, source_key, version_at, "
         "version_event_id) WHERE w.target_id = $1 AND w.entity = c.entity "
         "AND w.source_id = c.source_id AND w.source_key = c.source_key "
+        "AND (NOT $7 OR w.claimed_at IS NOT NULL) "
         "AND (COALESCE(w.version_at, '-infinity'), COALESCE(w.version_event_id, '')) <= "
         "(COALESCE(c.version_at, '-infinity'), COALESCE(c.version_event_id, ''))",
         target.id,
         *_versions(changes),
-    )
-
-
-async def forget_released(pool: asyncpg.Pool, target: Target, changes: list[Change]) -> None:
-    """Drop the waiting rows of changes just handed back (``claimed_at`` still set): a
-    row the owner parked again meanwhile (claim cleared) is a new wait and stays."""
-    if not changes:
-        return
-    await pool.execute(
-        "DELETE FROM waiting_deliveries w USING unnest($2::text[], $3::text[], $4::text[], "
-        "$5::timestamptz[], $6::text[]) AS c(entity, source_id, source_key, version_at, "
-        "version_event_id) WHERE w.target_id = $1 AND w.entity = c.entity "
-        "AND w.source_id = c.source_id AND w.source_key = c.source_key "
-        "AND w.claimed_at IS NOT NULL "
-        "AND (COALESCE(w.version_at, '-infinity'), COALESCE(w.version_event_id, '')) <= "
-        "(COALESCE(c.version_at, '-infinity'), COALESCE(c.version_event_id, ''))",
-        target.id,
-        *_versions(changes),
+        released,
     )
 
 
 async def release(pool: asyncpg.Pool, target: Target) -> list[Change]:
     """Claim the waiting changes whose referenced record now has a CRM id here (the
-    engine hands them back to their partition, then ``forget_released``)."""
+    engine hands them back to their partition, then ``settle(..., released=True)``)."""
     rows = await pool.fetch(
         "UPDATE waiting_deliveries w SET claimed_at = now() WHERE (w.target_id, w.entity, "
         "w.source_id, w.source_key) IN (SELECT x.target_id, x.entity, x.source_id, "

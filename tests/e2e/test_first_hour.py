@@ -54,13 +54,22 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def first_failure(log: Path) -> str:
+    """Where the log first says something went wrong, and what follows (a failure in one
+    of the three servers cancels the others: the last lines are only the echo)."""
+    text = log.read_text(errors="replace")
+    starts = [i for i in (text.find("ERROR"), text.find("Traceback")) if i >= 0]
+    start = max(0, min(starts) - 500) if starts else 0
+    return text[start : start + 4000]
+
+
 async def wait_for(
     path: Path, process: subprocess.Popen[bytes], log: Path, timeout_s: float
 ) -> None:
     """Wait for ``ponte dev`` to write ``path``; fail at once, with its log, if it exits."""
 
     def written() -> bool:
-        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert process.poll() is None, first_failure(log)
         return path.exists()
 
     await eventually(

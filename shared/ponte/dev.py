@@ -116,8 +116,17 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def _next_port(port: int) -> int:
-    return port if _port_free(port) else free_port()
+def _listen(port: int) -> socket.socket:
+    """A socket listening on ``port``, or on a free one if that is taken, bound now and
+    handed to its server: choosing a port and binding it later let another process take
+    it in between (seen with the test suite's parallel workers)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
 async def _serve(
@@ -129,7 +138,9 @@ async def _serve(
     from ponte.transform.app import create_app as create_transform
 
     await ensure_topics(settings)
-    ports = {"ingest": port, "transform": _next_port(port + 1), "ops": _next_port(port + 2)}
+    sockets = {"ingest": _listen(port), "transform": _listen(port + 1), "ops": _listen(port + 2)}
+    ports = {name: sock.getsockname()[1] for name, sock in sockets.items()}
+    port = ports["ingest"]
     apps = {
         "ingest": create_ingest(settings),
         "transform": create_transform(settings),
@@ -139,7 +150,10 @@ async def _serve(
         name: _QuietServer(server_config(app, host="127.0.0.1", port=ports[name]))
         for name, app in apps.items()
     }
-    tasks = [asyncio.create_task(server.serve(), name=name) for name, server in servers.items()]
+    tasks = [
+        asyncio.create_task(server.serve(sockets=[sockets[name]]), name=name)
+        for name, server in servers.items()
+    ]
 
     def stop_all() -> None:
         for server in servers.values():

@@ -76,7 +76,7 @@ from typing import Any
 import asyncpg
 
 from ponte.shared import db, kafka
-from ponte.shared.crm import ENTITIES
+from ponte.shared.crm_model import crm_model
 from ponte.shared.embedded import EmbeddedBroker, EmbeddedPostgres, embedded_stack
 from ponte.shared.settings import Settings
 
@@ -306,7 +306,7 @@ async def reset_crm(dsn: str) -> None:
     """Empty the CRM and the transform's bookkeeping: each run starts from nothing, in the
     state of a freshly migrated database (TRUNCATE leaves the tables never analysed, as
     they are after ``ponte migrate``)."""
-    tables = [str(model.__tablename__) for model in ENTITIES.values()]
+    tables = [spec.table for spec in crm_model().entities.values()]
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute(
@@ -360,8 +360,8 @@ async def check_crm(
     problems: list[str] = []
     try:
         rows = {
-            entity: int(await connection.fetchval(f"SELECT count(*) FROM {model.__tablename__}"))
-            for entity, model in ENTITIES.items()
+            entity: int(await connection.fetchval(f"SELECT count(*) FROM {spec.table}"))
+            for entity, spec in crm_model().entities.items()
         }
         for entity in sorted(set(rows) | set(dataset.expected_rows)):
             if rows.get(entity, 0) != dataset.expected_rows.get(entity, 0):
@@ -390,7 +390,7 @@ async def check_crm(
 async def scan_stats(dsn: str) -> dict[str, list[int]]:
     """Per CRM table: [sequential scans, rows they read, index scans, auto-analyses]
     (cumulative counters: the difference over a run is what the run did)."""
-    tables = [str(model.__tablename__) for model in ENTITIES.values()]
+    tables = [spec.table for spec in crm_model().entities.values()]
     connection = await asyncpg.connect(dsn)
     try:
         rows = await connection.fetch(

@@ -68,6 +68,25 @@ def base_settings(stack: tuple[EmbeddedBroker, EmbeddedPostgres]) -> Settings:
     return settings
 
 
+@pytest.fixture
+async def fresh_database(base_settings: Settings) -> AsyncIterator[str]:
+    """A database of this test's own on the session's server, with Ponte's own
+    migrations only (no CRM model applied: ``ponte.shared.crm_schema`` is the test's)."""
+    from alembic import command
+
+    name = f"fresh_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(base_settings.database_url.replace("+asyncpg", ""))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = base_settings.database_url.rsplit("/", 1)[0] + f"/{name}"
+        settings = base_settings.model_copy(update={"database_url": url})
+        await asyncio.to_thread(command.upgrade, db.alembic_config(settings), "heads")
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def pool(base_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await db.create_pool(base_settings)

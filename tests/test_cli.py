@@ -118,3 +118,27 @@ async def test_sources_check_stores_nothing_and_load_stores(
     code, out, err = await ponte("sources", "load", str(sources), cwd=tmp_path, env=env)
     assert code == 0 and out.strip() == f"{source_id}\tcreated", out + err
     assert await pool.fetchval("SELECT count(*) FROM sources WHERE id = $1", source_id) == 1
+
+
+async def test_migrate_applies_a_model_extension_and_refuses_a_destructive_one(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    model = tmp_path / "model.yaml"
+    model.write_text(
+        "entities:\n  company:\n    columns:\n      credit_limit: {type: decimal, precision: 14, "
+        "scale: 2}\n  visit:\n    columns:\n      company_id: {reference: company}\n",
+        encoding="utf-8",
+    )
+    env = {"PONTE_DATABASE_URL": fresh_database, "PONTE_MODEL_FILE": str(model)}
+    code, out, _ = await ponte("migrate", "--dry-run", cwd=tmp_path, env=env)
+    assert code == 0 and "would create entity visit (table visits)" in out
+    code, out, err = await ponte("migrate", cwd=tmp_path, env=env)
+    assert code == 0, err
+    assert "add column company.credit_limit NUMERIC(14, 2)" in out and "CRM model" in out
+    code, out, _ = await ponte("migrate", cwd=tmp_path, env=env)
+    assert code == 0 and "add column" not in out  # nothing left to do
+    model.write_text("entities:\n  visit:\n    columns:\n      company_id: {reference: company}\n")
+    code, out, err = await ponte("migrate", cwd=tmp_path, env=env)
+    assert code == 1
+    assert "column company.credit_limit is in the database and not in the model" in err
+    assert "Traceback" not in err

@@ -244,14 +244,40 @@ def pull(
 
 
 @app.command()
-def migrate(revision: Annotated[str, typer.Argument(help="Target revision.")] = "heads") -> None:
-    """Bring the PostgreSQL schema up to date (PONTE_DATABASE_URL)."""
+def migrate(
+    revision: Annotated[
+        str, typer.Argument(help="Target revision of Ponte's own tables.")
+    ] = "heads",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what the CRM model needs; change nothing.")
+    ] = False,
+) -> None:
+    """Bring PostgreSQL up to date (PONTE_DATABASE_URL): Ponte's own tables, then the CRM
+    tables to the model (the shipped one extended by PONTE_MODEL_FILE), additively: a
+    change that would lose data is refused, naming the entity and column, and nothing is
+    applied."""
+    import asyncio
+
+    from ponte.shared.crm_model import crm_model
+    from ponte.shared.crm_schema import SchemaFailed, SchemaRefused, apply_model
     from ponte.shared.db import migrate as run_migrations
 
     settings = cli_settings()
     configure_logging(settings.log_level)
-    run_migrations(settings, revision)
-    typer.echo(f"schema at {revision}")
+    try:
+        model = crm_model()
+        if dry_run:
+            planned = asyncio.run(apply_model(settings.database_url, model, dry_run=True))
+            for line in planned.applied or ["nothing to change"]:
+                typer.echo(f"would {line}" if planned.applied else line)
+            return
+        applied = run_migrations(settings, revision)
+    except (SchemaRefused, SchemaFailed, ValueError) as error:
+        typer.echo(f"ponte migrate: {error}", err=True)
+        raise typer.Exit(1) from None
+    for line in applied:
+        typer.echo(line)
+    typer.echo(f"schema at {revision}, CRM model {model.digest} ({', '.join(model.files)})")
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The Alembic migrations and the SQLModel classes describe the same schema."""
+"""The Alembic migrations and the SQLModel classes describe the same schema, and the
+shipped CRM model file describes the entity tables the migrations made."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 from ponte.shared import models as _models  # noqa: F401  (registers the tables)
+from ponte.shared.crm_model import crm_model
 from ponte.shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -23,7 +26,10 @@ async def test_models_match_migrations(base_settings: Settings) -> None:
 
             def diff(sync_connection: Any) -> list[Any]:
                 context = MigrationContext.configure(sync_connection)
-                return list(compare_metadata(context, SQLModel.metadata))
+                combined = MetaData()
+                for table in [*SQLModel.metadata.tables.values(), *crm_model().tables.values()]:
+                    table.to_metadata(combined)
+                return list(compare_metadata(context, combined))
 
             differences = await connection.run_sync(diff)
     finally:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ponte.shared.crm import ENTITIES
+from ponte.shared.crm_model import crm_model
 from ponte.shared.db import init_connection
 from ponte.shared.events import RawEvent
 from ponte.shared.mapping import default_mapping
@@ -136,7 +136,7 @@ async def snapshot(dsn: str, source_id: str) -> dict[str, Any]:
     try:
         keys: dict[tuple[str, int], str] = {}
         tables: dict[str, list[dict[str, Any]]] = {}
-        for entity in ENTITIES:
+        for entity in crm_model().entities:
             table = table_of(entity)
             rows = await connection.fetch(
                 f"SELECT * FROM {table.name} WHERE source_id = $1", source_id
@@ -148,7 +148,7 @@ async def snapshot(dsn: str, source_id: str) -> dict[str, Any]:
                 keys[(table.name, row["id"])] = row["source_key"]
             tables[table.name] = [dict(row) for row in rows]
         referenced: set[tuple[str, int]] = set()
-        for entity in ENTITIES:
+        for entity in crm_model().entities:
             table = table_of(entity)
             for column in table.columns:
                 for key in column.foreign_keys:
@@ -166,7 +166,7 @@ async def snapshot(dsn: str, source_id: str) -> dict[str, Any]:
                 if row["version_event_id"] is not None or (name, row["id"]) in referenced
             ]
         result: dict[str, Any] = {}
-        for entity in ENTITIES:
+        for entity in crm_model().entities:
             table = table_of(entity)
             foreign = {
                 column.name: next(iter(column.foreign_keys)).column.table.name

@@ -96,3 +96,78 @@ def load_entries(path: Path, key: str) -> list[Any]:
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a top-level '{key}:' list")
     return [expand_env(entry, f"{key}[{index}]") for index, entry in enumerate(entries)]
+
+
+def line_of(text: str, path: tuple[str | int, ...]) -> int | None:
+    """The 1-based line where ``path`` (keys and list indexes, as a pydantic error's
+    ``loc`` gives them) is written in ``text``: the deepest part of the path found, so an
+    error can name the line a person has to fix. None if the text does not parse."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None if node is None else node.start_mark.line + 1
+    for part in path:
+        if isinstance(node, MappingNode):
+            found = next(
+                (
+                    (key, value)
+                    for key, value in node.value
+                    if isinstance(key, yaml.ScalarNode) and key.value == str(part)
+                ),
+                None,
+            )
+            if found is None:
+                break
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def located_problem(
+    errors: list[Any], members: frozenset[str]
+) -> tuple[tuple[str | int, ...], str]:
+    """The one pydantic error worth showing, with its path as the file writes it.
+
+    A field that is either a short form or a structured one (``str | FieldMapping``)
+    fails both ways: a person who wrote a mapping meant the structured form, one who wrote
+    a word meant the short form, so only that form's errors are kept, then the deepest
+    one wins. ``members`` are the union members' names pydantic puts in the path."""
+
+    def tag(part: Any) -> bool:
+        return isinstance(part, str) and (
+            part in members or part == "str" or part.startswith(("literal[", "function-"))
+        )
+
+    def short_form(error: Any) -> bool:
+        return any(p == "str" or str(p).startswith("literal[") for p in error["loc"])
+
+    # The short form's error carries what was written at the union's place.
+    wrote_mapping = any(isinstance(e.get("input"), dict) for e in errors if short_form(e))
+    kept = [e for e in errors if short_form(e) != wrote_mapping] or errors
+    problem = max(kept, key=lambda e: len(e["loc"]))
+    loc = tuple(p for p in problem["loc"] if not tag(p))
+    return loc, str(problem["msg"])
+
+
+class ConfigError(ValueError):
+    """A configuration file that is readable YAML but wrong: the message names the file,
+    the line and the path of the entry at fault (``entities.company.columns.x``)."""
+
+    def __init__(self, source_name: str, text: str, path: tuple[str | int, ...], reason: str):
+        line = line_of(text, path)
+        where = ".".join(str(part) for part in path)
+        at = f"line {line}: " if line is not None else ""
+        super().__init__(
+            f"{source_name}: {at}{where}: {reason}" if where else f"{source_name}: {at}{reason}"
+        )
+        self.source_name = source_name
+        self.line = line
+        self.path = path
+        self.reason = reason

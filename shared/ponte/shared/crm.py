@@ -1,23 +1,14 @@
-"""The CRM model: what Ponte keeps in PostgreSQL, in third normal form.
+"""Ponte's own bookkeeping tables beside the CRM model: parked references, child-set
+versions, the outbox, rejections, unmapped fields, deliveries and what waits for them.
 
-Every entity row carries the same bookkeeping (``CrmRow``):
-- provenance: ``source_id``, ``source_table`` and ``source_key`` (the ERP's own key; a
-  child's key is its parent's key plus its own, e.g. ``PED-1001/1``), unique per source;
-- version: ``version_at`` (the event's occurred_at, or the shop's updated_at) then
-  ``version_event_id`` break ties, so a repeated or older event changes nothing;
-- ``deleted_at``: a tombstone, which also beats older upserts that arrive later;
-- ``extra``: fields the source sent that the mapping does not place (also reported in
-  ``unmapped_fields``, so they are neither lost nor silent).
-
-References between entities are real foreign keys. Codes from the ERP's "tabela de
-tabelas" live in ``codes`` (with a parent for hierarchies such as region > state > city).
-The ``ENTITIES`` registry maps the names mapping files use to these tables.
+The CRM model itself (companies, contacts, orders... and a deployment's own entities) is
+data, not classes here: ``ponte.shared.crm_model`` reads it from ``crm_model.yaml`` and the
+deployment's extension, and ``ponte migrate`` brings PostgreSQL to it.
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,267 +16,6 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlmodel import Field, SQLModel
 
 _AWARE = sa.DateTime(timezone=True)
-_MONEY = sa.Numeric(18, 4)
-_QUANTITY = sa.Numeric(18, 6)
-
-
-def natural_key(table: str) -> tuple[sa.UniqueConstraint]:
-    return (sa.UniqueConstraint("source_id", "source_key", name=f"uq_{table}_source_key"),)
-
-
-class CrmRow(SQLModel):
-    """Bookkeeping shared by every entity table (not a table itself)."""
-
-    id: int | None = Field(default=None, primary_key=True)
-    source_id: str = Field(max_length=64)
-    source_table: str
-    source_key: str
-    version_at: datetime | None = Field(default=None, sa_type=_AWARE)
-    version_event_id: str | None = None
-    deleted_at: datetime | None = Field(default=None, sa_type=_AWARE)
-    extra: dict[str, Any] = Field(
-        default_factory=dict, sa_type=pg.JSONB, sa_column_kwargs={"nullable": False}
-    )
-    updated_at: datetime | None = Field(default=None, sa_type=_AWARE)
-
-
-# Code lists ("tabela de tabelas"): one row per (list, code), e.g. (SIT_PEDIDO, AP).
-class Code(CrmRow, table=True):
-    __tablename__ = "codes"
-    __table_args__ = natural_key("codes")
-    list_name: str | None = None
-    code: str | None = None
-    description: str | None = None
-    parent_id: int | None = Field(default=None, foreign_key="codes.id")
-
-
-class Salesperson(CrmRow, table=True):
-    __tablename__ = "salespeople"
-    __table_args__ = natural_key("salespeople")
-    code: str | None = None
-    name: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    active: bool | None = None
-
-
-class Company(CrmRow, table=True):
-    __tablename__ = "companies"
-    __table_args__ = natural_key("companies")
-    code: str | None = None
-    document: str | None = Field(default=None, index=True)
-    legal_name: str | None = None
-    trade_name: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    street: str | None = None
-    city: str | None = None
-    state: str | None = None
-    postal_code: str | None = None
-    country: str | None = None
-    segment_id: int | None = Field(default=None, foreign_key="codes.id")
-    salesperson_id: int | None = Field(default=None, foreign_key="salespeople.id", index=True)
-    active: bool | None = None
-    # Derived (DERIVED_COLUMNS): written by the classification job, never by a mapping.
-    abc_class: str | None = None
-    portfolio: str | None = None
-    abc_revenue: Decimal | None = Field(default=None, sa_type=_MONEY)
-    classified_at: datetime | None = Field(default=None, sa_type=_AWARE)
-
-
-class Contact(CrmRow, table=True):
-    __tablename__ = "contacts"
-    __table_args__ = natural_key("contacts")
-    code: str | None = None
-    name: str | None = None
-    document: str | None = Field(default=None, index=True)
-    email: str | None = Field(default=None, index=True)
-    phone: str | None = None
-    role: str | None = None
-    birth_date: date | None = None
-    street: str | None = None
-    city: str | None = None
-    state: str | None = None
-    postal_code: str | None = None
-    country: str | None = None
-    company_id: int | None = Field(default=None, foreign_key="companies.id", index=True)
-    spouse_id: int | None = Field(default=None, foreign_key="contacts.id")
-
-
-class Supplier(CrmRow, table=True):
-    __tablename__ = "suppliers"
-    __table_args__ = natural_key("suppliers")
-    code: str | None = None
-    document: str | None = None
-    legal_name: str | None = None
-    trade_name: str | None = None
-    email: str | None = None
-    phone: str | None = None
-
-
-class Brand(CrmRow, table=True):
-    __tablename__ = "brands"
-    __table_args__ = natural_key("brands")
-    code: str | None = None
-    name: str | None = None
-
-
-# A company's commercial status with one brand ("Empresa marca").
-class CompanyBrand(CrmRow, table=True):
-    __tablename__ = "company_brands"
-    __table_args__ = natural_key("company_brands")
-    company_id: int | None = Field(default=None, foreign_key="companies.id", index=True)
-    brand_id: int | None = Field(default=None, foreign_key="brands.id")
-    status_id: int | None = Field(default=None, foreign_key="codes.id")
-    since: date | None = None
-
-
-class Product(CrmRow, table=True):
-    __tablename__ = "products"
-    __table_args__ = natural_key("products")
-    code: str | None = None
-    sku: str | None = None
-    name: str | None = None
-    unit: str | None = None
-    price: Decimal | None = Field(default=None, sa_type=_MONEY)
-    active: bool | None = None
-
-
-class Quote(CrmRow, table=True):
-    __tablename__ = "quotes"
-    __table_args__ = natural_key("quotes")
-    code: str | None = None
-    company_id: int | None = Field(default=None, foreign_key="companies.id", index=True)
-    contact_id: int | None = Field(default=None, foreign_key="contacts.id")
-    salesperson_id: int | None = Field(default=None, foreign_key="salespeople.id")
-    status_id: int | None = Field(default=None, foreign_key="codes.id")
-    issued_at: datetime | None = Field(default=None, sa_type=_AWARE)
-    valid_until: date | None = None
-    total: Decimal | None = Field(default=None, sa_type=_MONEY)
-
-
-class QuoteItem(CrmRow, table=True):
-    __tablename__ = "quote_items"
-    __table_args__ = natural_key("quote_items")
-    quote_id: int | None = Field(default=None, foreign_key="quotes.id", index=True)
-    line_number: int | None = None
-    product_id: int | None = Field(default=None, foreign_key="products.id")
-    description: str | None = None
-    quantity: Decimal | None = Field(default=None, sa_type=_QUANTITY)
-    unit_price: Decimal | None = Field(default=None, sa_type=_MONEY)
-    total: Decimal | None = Field(default=None, sa_type=_MONEY)
-
-
-class Order(CrmRow, table=True):
-    __tablename__ = "orders"
-    __table_args__ = natural_key("orders")
-    code: str | None = None
-    company_id: int | None = Field(default=None, foreign_key="companies.id", index=True)
-    contact_id: int | None = Field(default=None, foreign_key="contacts.id", index=True)
-    salesperson_id: int | None = Field(default=None, foreign_key="salespeople.id")
-    status_id: int | None = Field(default=None, foreign_key="codes.id")
-    issued_at: datetime | None = Field(default=None, sa_type=_AWARE)
-    currency: str | None = None
-    total: Decimal | None = Field(default=None, sa_type=_MONEY)
-    cancelled_at: datetime | None = Field(default=None, sa_type=_AWARE)
-
-
-class OrderItem(CrmRow, table=True):
-    __tablename__ = "order_items"
-    __table_args__ = natural_key("order_items")
-    order_id: int | None = Field(default=None, foreign_key="orders.id", index=True)
-    line_number: int | None = None
-    product_id: int | None = Field(default=None, foreign_key="products.id")
-    description: str | None = None
-    quantity: Decimal | None = Field(default=None, sa_type=_QUANTITY)
-    unit_price: Decimal | None = Field(default=None, sa_type=_MONEY)
-    total: Decimal | None = Field(default=None, sa_type=_MONEY)
-
-
-class Invoice(CrmRow, table=True):
-    __tablename__ = "invoices"
-    __table_args__ = natural_key("invoices")
-    code: str | None = None
-    series: str | None = None
-    company_id: int | None = Field(default=None, foreign_key="companies.id", index=True)
-    order_id: int | None = Field(default=None, foreign_key="orders.id")
-    status_id: int | None = Field(default=None, foreign_key="codes.id")
-    issued_at: datetime | None = Field(default=None, sa_type=_AWARE)
-    total: Decimal | None = Field(default=None, sa_type=_MONEY)
-
-
-class InvoiceItem(CrmRow, table=True):
-    __tablename__ = "invoice_items"
-    __table_args__ = natural_key("invoice_items")
-    invoice_id: int | None = Field(default=None, foreign_key="invoices.id", index=True)
-    line_number: int | None = None
-    product_id: int | None = Field(default=None, foreign_key="products.id")
-    description: str | None = None
-    quantity: Decimal | None = Field(default=None, sa_type=_QUANTITY)
-    unit_price: Decimal | None = Field(default=None, sa_type=_MONEY)
-    total: Decimal | None = Field(default=None, sa_type=_MONEY)
-
-
-# Open receivables ("Fatura").
-class Receivable(CrmRow, table=True):
-    __tablename__ = "receivables"
-    __table_args__ = natural_key("receivables")
-    code: str | None = None
-    company_id: int | None = Field(default=None, foreign_key="companies.id", index=True)
-    invoice_id: int | None = Field(default=None, foreign_key="invoices.id")
-    status_id: int | None = Field(default=None, foreign_key="codes.id")
-    issued_at: date | None = None
-    due_at: date | None = None
-    amount: Decimal | None = Field(default=None, sa_type=_MONEY)
-    paid_amount: Decimal | None = Field(default=None, sa_type=_MONEY)
-    paid_at: date | None = None
-
-
-ENTITIES: dict[str, type[CrmRow]] = {
-    "code": Code,
-    "salesperson": Salesperson,
-    "company": Company,
-    "contact": Contact,
-    "supplier": Supplier,
-    "brand": Brand,
-    "company_brand": CompanyBrand,
-    "product": Product,
-    "quote": Quote,
-    "quote_item": QuoteItem,
-    "order": Order,
-    "order_item": OrderItem,
-    "invoice": Invoice,
-    "invoice_item": InvoiceItem,
-    "receivable": Receivable,
-}
-"""Entity names, as mapping files and change events write them, to their tables."""
-
-
-def references_of(entity: str) -> dict[str, str]:
-    """The entity's reference columns (its foreign keys) -> the entity each points to.
-
-    Their values are Ponte's own row ids (``companies.id``), meaningful in this database
-    only: a CRM must never receive one as if it were its own id (a CRM record that happens
-    to carry that number would be linked instead), so deliver sends the referenced record's
-    CRM id in their place (``ponte.deliver.references``)."""
-    by_table = {model.__tablename__: name for name, model in ENTITIES.items()}
-    table = ENTITIES[entity].__table__  # type: ignore[attr-defined]
-    found: dict[str, str] = {}
-    for column in table.columns:
-        for key in column.foreign_keys:
-            if key.column.table.name in by_table:
-                found[column.name] = by_table[key.column.table.name]
-    return found
-
-
-BOOKKEEPING_COLUMNS = frozenset(CrmRow.model_fields)
-"""Columns every entity has; a mapping may not write them."""
-
-DERIVED_COLUMNS: dict[str, frozenset[str]] = {
-    "company": frozenset({"abc_class", "portfolio", "abc_revenue", "classified_at"}),
-}
-"""Columns Ponte computes (``ponte.transform.classification``); a mapping may not write
-them, and a transform update leaves them as they are."""
 
 
 # --- the transform's own bookkeeping ------------------------------------------------------
@@ -365,14 +95,6 @@ class UnmappedField(SQLModel, table=True):
     first_seen: datetime = Field(sa_type=_AWARE)
     last_seen: datetime = Field(sa_type=_AWARE)
     example_event_id: str
-
-
-CHILDREN: dict[str, tuple[tuple[str, str], ...]] = {
-    "quote": (("quote_item", "quote_id"),),
-    "order": (("order_item", "order_id"),),
-    "invoice": (("invoice_item", "invoice_id"),),
-}
-"""Entities whose rows belong to a parent row: deleting the parent deletes them."""
 
 
 # Where each row stands with each CRM target: the CRM's own id (for later updates and
@@ -476,3 +198,12 @@ class StatusBackEvent(SQLModel, table=True):
     http_status: int | None = None
     attempts: int = 0
     recorded_at: datetime = Field(sa_type=_AWARE)
+
+
+# The CRM model each ``ponte migrate`` applied (``ponte.shared.crm_schema``; migration 0013).
+class CrmModelState(SQLModel, table=True):
+    __tablename__ = "crm_model_state"
+    digest: str = Field(primary_key=True)
+    model: dict[str, Any] = Field(sa_type=pg.JSONB, sa_column_kwargs={"nullable": False})
+    files: list[str] = Field(sa_type=pg.JSONB, sa_column_kwargs={"nullable": False})
+    applied_at: datetime = Field(sa_type=_AWARE)

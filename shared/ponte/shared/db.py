@@ -60,10 +60,18 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
-def migrate(settings: Settings, revision: str = "heads") -> None:
-    """Bring the schema to ``revision``. Synchronous: call it before an event loop runs,
+def migrate(settings: Settings, revision: str = "heads") -> list[str]:
+    """Bring Ponte's own tables to ``revision`` (Alembic), then, at the newest revision,
+    the CRM tables to this process's model (``ponte.shared.crm_schema``: additive only).
+    Returns the model changes applied. Synchronous: call it before an event loop runs,
     or through ``asyncio.to_thread`` (Alembic's env starts a loop of its own)."""
+    from ponte.shared.crm_model import crm_model
+    from ponte.shared.crm_schema import apply_model_sync
+
     command.upgrade(alembic_config(settings), revision)
+    if revision != "heads":
+        return []
+    return apply_model_sync(settings.database_url, crm_model()).applied
 
 
 def _json_default(value: Any) -> Any:

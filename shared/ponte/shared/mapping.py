@@ -51,13 +51,20 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from sqlmodel import SQLModel
 
-from ponte.shared.config_files import load_yaml, parse_yaml
-from ponte.shared.crm import BOOKKEEPING_COLUMNS, DERIVED_COLUMNS, ENTITIES
+from ponte.shared.config_files import ConfigError, located_problem, parse_yaml
+from ponte.shared.crm_model import (
+    CODE_ENTITY,
+    VALUE_TYPES,
+    ColumnSpec,
+    CrmModel,
+    EntitySpec,
+    crm_model,
+)
 from ponte.shared.parsers import (
     NUMBER_PARSERS,
     PARSERS,
@@ -91,7 +98,9 @@ class FieldMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     column: str | None = None
-    type: ValueType = "text"
+    type: ValueType | None = None
+    """How the value is read; by default, as the column's model type says (a decimal
+    column reads a decimal), set when the mapping is checked against the model."""
     reference: str | None = None
     """Target entity: the value is that entity's ERP key."""
     code: str | None = None
@@ -119,6 +128,11 @@ class FieldMapping(BaseModel):
     """A ``strftime`` format (``%d.%m.%Y``) for date and datetime columns."""
 
     @property
+    def value_type(self) -> ValueType:
+        """The type the value is read as (text until checked against the model)."""
+        return self.type or "text"
+
+    @property
     def is_code(self) -> bool:
         return self.code is not None
 
@@ -141,17 +155,22 @@ class FieldMapping(BaseModel):
             return as_integer(number, value) if self.type == "integer" else number
         if self.date_format is not None:
             return parse_with_format(value, self.date_format, with_time=self.type == "datetime")
-        return PARSERS[self.type](value)
+        return PARSERS[self.value_type](value)
+
+    def check_expressions(self) -> None:
+        """Formats fit the type (once the type is known: given, or the column's)."""
+        if self.type is None:
+            return
+        if self.number_format is not None and self.type not in ("decimal", "integer", "number"):
+            raise ValueError(f"number_format is for decimal or integer columns, not {self.type}")
+        if self.date_format is not None and self.type not in ("date", "datetime"):
+            raise ValueError(f"date_format is for date or datetime columns, not {self.type}")
 
     @model_validator(mode="after")
     def _expressions_fit_the_type(self) -> FieldMapping:
-        if self.number_format is not None and self.type not in ("decimal", "integer", "number"):
-            raise ValueError(f"number_format is for decimal or integer columns, not {self.type}")
-        if self.date_format is not None:
-            if self.type not in ("date", "datetime"):
-                raise ValueError(f"date_format is for date or datetime columns, not {self.type}")
-            if "%" not in self.date_format:
-                raise ValueError(f"date_format {self.date_format!r} has no % directive")
+        self.check_expressions()
+        if self.date_format is not None and "%" not in self.date_format:
+            raise ValueError(f"date_format {self.date_format!r} has no % directive")
         if self.unknown == "default" and self.default is None:
             raise ValueError("unknown: default needs a default")
         if (self.values is not None or self.default is not None) and (
@@ -203,7 +222,8 @@ class Computed(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: ValueType = "text"
+    type: ValueType | None = None
+    """As the column's model type says unless given."""
     template: str | None = None
     true_when: TrueWhen | None = None
 
@@ -225,7 +245,7 @@ class Computed(BaseModel):
         if self.true_when is not None:
             value = data.get(self.true_when.field)
             text = "" if value is None or isinstance(value, dict | list) else str(value).strip()
-            return PARSERS[self.type](text in self.true_when.in_)
+            return PARSERS[self.type or "boolean"](text in self.true_when.in_)
         assert self.template is not None
 
         def part(match: re.Match[str]) -> str:
@@ -235,7 +255,7 @@ class Computed(BaseModel):
             return str(value).strip()
 
         text = " ".join(_PLACEHOLDER.sub(part, self.template).split())
-        return PARSERS[self.type](text or None)
+        return PARSERS[self.type or "text"](text or None)
 
 
 class TableMapping(BaseModel):
@@ -290,60 +310,10 @@ class Mapping(BaseModel):
     tables: dict[str, TableMapping]
 
     @model_validator(mode="after")
-    def _matches_crm_model(self) -> Mapping:
-        for table_name, table in self.tables.items():
-            where = f"table {table_name!r}"
-            model = ENTITIES.get(table.entity)
-            if model is None:
-                raise ValueError(f"{where}: unknown entity {table.entity!r}")
-            columns = (
-                set(model.model_fields)
-                - BOOKKEEPING_COLUMNS
-                - DERIVED_COLUMNS.get(table.entity, frozenset())
-            )
-            if table.parent is not None:
-                _check_column(f"{where} parent", table.parent.column, columns)
-                if table.parent.entity not in ENTITIES:
-                    raise ValueError(f"{where} parent: unknown entity {table.parent.entity!r}")
-                _check_foreign_key(
-                    f"{where} parent", table.entity, table.parent.column, table.parent.entity
-                )
-                order = list(ENTITIES)
-                if order.index(table.parent.entity) >= order.index(table.entity):
-                    raise ValueError(
-                        f"{where}: a parent entity must come before its child in "
-                        "ponte.shared.crm.ENTITIES (rows are applied in that order)"
-                    )
-            mapped = {
-                spec.column
-                for name in table.fields
-                if (spec := table.field(name)) is not None and not spec.ignore
-            }
-            for column in table.computed:
-                _check_column(f"{where} computed {column!r}", column, columns)
-                if column in mapped:
-                    raise ValueError(
-                        f"{where} computed {column!r}: the column is also mapped from a field"
-                    )
-            for field_name in table.fields:
-                spec = table.field(field_name)
-                assert spec is not None
-                if spec.ignore:
-                    continue
-                field_where = f"{where} field {field_name!r}"
-                if spec.column is None:
-                    raise ValueError(f"{field_where}: no column")
-                _check_column(field_where, spec.column, columns)
-                if spec.reference is not None and spec.reference not in ENTITIES:
-                    raise ValueError(f"{field_where}: unknown entity {spec.reference!r}")
-                target = "code" if spec.is_code else spec.reference
-                if target is not None:
-                    _check_foreign_key(field_where, table.entity, spec.column, target)
-                if spec.default is not None:
-                    try:
-                        spec.convert(spec.default)
-                    except ParseError as error:
-                        raise ValueError(f"{field_where}: default {error}") from None
+    def _matches_crm_model(self, info: ValidationInfo) -> Mapping:
+        # ``load_mapping`` checks against the model itself, to name the file's line.
+        if not (info.context or {}).get("unchecked"):
+            check_against_model(self, crm_model())
         return self
 
     def record_key_fields(self) -> dict[str, list[str]]:
@@ -367,31 +337,152 @@ class Mapping(BaseModel):
         return None
 
 
-def _check_column(where: str, column: str, columns: set[str]) -> None:
-    if column not in columns:
-        raise ValueError(
-            f"{where}: column {column!r} is not in the entity (known: {', '.join(sorted(columns))})"
+class MappingMismatch(ValueError):
+    """A mapping that does not fit the CRM model; ``path`` locates the entry in the file
+    (``tables.Empresa.fields.cnpj``)."""
+
+    def __init__(self, path: tuple[str, ...], reason: str) -> None:
+        where = f"table {path[1]!r}" if len(path) > 1 else "mapping"
+        if len(path) > 3:
+            where += f" {path[2].removesuffix('s')} {path[3]!r}"
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def check_against_model(mapping: Mapping, model: CrmModel) -> None:
+    """Every table's entity, columns, references and codes exist in ``model`` and fit
+    their types; a field that names no type reads its column's (a decimal column reads a
+    decimal). Raises ``MappingMismatch`` naming the table and field."""
+    for table_name, table in mapping.tables.items():
+        at = ("tables", table_name)
+        if table.entity not in model:
+            raise MappingMismatch(
+                (*at, "entity"),
+                f"unknown entity {table.entity!r} (entities: {', '.join(model.entities)})",
+            )
+        entity = model.entity(table.entity)
+        columns = set(entity.mappable)
+        if table.parent is not None:
+            where = (*at, "parent")
+            if table.parent.entity not in model:
+                raise MappingMismatch(where, f"parent: unknown entity {table.parent.entity!r}")
+            _check_column(where, "parent", table.parent.column, entity, columns)
+            _check_foreign_key(where, model, table.entity, table.parent.column, table.parent.entity)
+        mapped = {
+            spec.column
+            for name in table.fields
+            if (spec := table.field(name)) is not None and not spec.ignore
+        }
+        for column, rule in table.computed.items():
+            computed_at = (*at, "computed", column)
+            _check_column(computed_at, f"computed {column!r}", column, entity, columns)
+            if column in mapped:
+                raise MappingMismatch(
+                    computed_at, f"computed {column!r}: the column is also mapped from a field"
+                )
+            rule.type = _value_type(computed_at, rule.type, entity.columns[column])
+        for field_name in table.fields:
+            spec = table.field(field_name)
+            assert spec is not None
+            if not spec.ignore:
+                _check_field((*at, "fields", field_name), spec, model, table.entity, columns)
+
+
+def _check_field(
+    where: tuple[str, ...], spec: FieldMapping, model: CrmModel, entity: str, columns: set[str]
+) -> None:
+    if spec.column is None:
+        raise MappingMismatch(where, "no column")
+    _check_column(where, "", spec.column, model.entity(entity), columns)
+    if spec.reference is not None and spec.reference not in model:
+        raise MappingMismatch(where, f"unknown entity {spec.reference!r}")
+    target = CODE_ENTITY if spec.is_code else spec.reference
+    column = model.entity(entity).columns[spec.column]
+    if target is not None:
+        _check_foreign_key(where, model, entity, spec.column, target)
+        return
+    if column.is_reference:
+        raise MappingMismatch(
+            where,
+            f"column {spec.column!r} holds the id of a {column.references}: map the field "
+            f"as {{reference: {column.references}, column: {spec.column}}}"
+            + (" or {code: <list>, ...}" if column.references == CODE_ENTITY else ""),
         )
-
-
-def _check_foreign_key(where: str, entity: str, column: str, target: str) -> None:
-    """A reference column must be a foreign key to the referenced entity's table."""
-    table = SQLModel.metadata.tables[str(ENTITIES[entity].__tablename__)]
-    targets = {key.column.table.name for key in table.c[column].foreign_keys}
-    wanted = str(ENTITIES[target].__tablename__)
-    if wanted not in targets:
-        raise ValueError(
-            f"{where}: column {column!r} does not refer to {target!r} "
-            f"(it refers to {', '.join(sorted(targets)) or 'nothing'})"
-        )
-
-
-def load_mapping(path: Path) -> Mapping:
-    document: Any = load_yaml(path)
+    spec.type = _value_type(where, spec.type, column)
     try:
-        return Mapping.model_validate(document)
+        spec.check_expressions()
+        if spec.default is not None:
+            spec.convert(spec.default)
+    except ParseError as error:
+        raise MappingMismatch(where, f"default {error}") from None
+    except ValueError as error:
+        raise MappingMismatch(where, str(error)) from None
+
+
+def _value_type(
+    where: tuple[str, ...], declared: ValueType | None, column: ColumnSpec
+) -> ValueType:
+    """The parser a field uses: its own ``type`` if it fits the column, else the column's."""
+    allowed = VALUE_TYPES.get(column.type, frozenset())
+    if declared is None:
+        return column.default_value_type or "text"  # type: ignore[return-value]
+    if declared not in allowed:
+        raise MappingMismatch(
+            where,
+            f"type {declared!r} cannot be written into column {column.name!r}, which is "
+            f"{column.describe()} (types that fit: {', '.join(sorted(allowed)) or 'none'})",
+        )
+    return declared
+
+
+def _check_column(
+    where: tuple[str, ...], what: str, column: str, entity: EntitySpec, columns: set[str]
+) -> None:
+    if column in entity.derived:
+        raise MappingMismatch(
+            where, f"column {column!r} is computed by Ponte (derived), a mapping may not write it"
+        )
+    if column not in columns:
+        raise MappingMismatch(
+            where,
+            f"{what + ': ' if what else ''}column {column!r} is not in the entity {entity.name!r} "
+            f"(known: {', '.join(sorted(columns))}); a column the model lacks is added in "
+            "the deployment's model file (PONTE_MODEL_FILE), see docs/onboarding.md",
+        )
+
+
+def _check_foreign_key(
+    where: tuple[str, ...], model: CrmModel, entity: str, column: str, target: str
+) -> None:
+    """A reference column must be a foreign key to the referenced entity's table."""
+    points_to = model.references_of(entity).get(column)
+    if points_to != target:
+        raise MappingMismatch(
+            where,
+            f"column {column!r} does not refer to {target!r} "
+            f"(it refers to {points_to or 'nothing'})",
+        )
+
+
+def parse_mapping(text: str, source_name: str, model: CrmModel | None = None) -> Mapping:
+    """A mapping file's text, checked against ``model`` (this process's by default); an
+    error names the file, the line, the table and the field."""
+    document: Any = parse_yaml(text, source_name)
+    try:
+        mapping = Mapping.model_validate(document, context={"unchecked": True})
     except ValidationError as error:
-        raise ValueError(f"{path}: {error}") from None
+        loc, reason = located_problem(error.errors(), frozenset({"FieldMapping"}))
+        raise ConfigError(source_name, text, loc, reason) from None
+    try:
+        check_against_model(mapping, model or crm_model())
+    except MappingMismatch as error:
+        raise ConfigError(source_name, text, error.path, str(error)) from None
+    return mapping
+
+
+def load_mapping(path: Path, model: CrmModel | None = None) -> Mapping:
+    return parse_mapping(path.read_text(encoding="utf-8"), str(path), model)
 
 
 @cache
@@ -399,7 +490,7 @@ def default_mapping(kind: str) -> Mapping:
     text = (resources.files("ponte.shared") / "mappings" / f"{kind}.yaml").read_text(
         encoding="utf-8"
     )
-    return Mapping.model_validate(parse_yaml(text, f"ponte/shared/mappings/{kind}.yaml"))
+    return parse_mapping(text, f"ponte/shared/mappings/{kind}.yaml")
 
 
 def mapping_for(kind: SourceKind, source_id: str, overrides_dir: Path | None = None) -> Mapping:

@@ -42,7 +42,7 @@ import asyncpg
 
 from ponte.deliver.changes import Change, change_from, event_body
 from ponte.deliver.targets import Reference, Target
-from ponte.shared.crm import references_of
+from ponte.shared.crm_model import crm_model
 
 CLAIM_STALE_S = 120
 """A claimed waiting change not settled within this long was lost with its process."""
@@ -74,7 +74,7 @@ def _referenced(target: Target, change: Change) -> list[tuple[str, str, int]]:
     declared = target.objects[change.entity].references
     if not declared or change.operation != "upsert":
         return []
-    entities = references_of(change.entity)
+    entities = crm_model().references_of(change.entity)
     found = []
     for column in declared:
         value = change.row.get(column)

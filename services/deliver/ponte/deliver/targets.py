@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ponte.shared.crm import ENTITIES, references_of
+from ponte.shared.crm_model import crm_model
 
 
 class RateLimit(BaseModel):
@@ -100,10 +100,11 @@ class Target(BaseModel):
     @classmethod
     def _known_entities(cls, objects: dict[str, ObjectMapping]) -> dict[str, ObjectMapping]:
         for entity, mapping in objects.items():
-            if entity not in ENTITIES:
+            model = crm_model()
+            if entity not in model:
                 raise ValueError(f"objects: unknown entity {entity!r}")
-            columns = set(ENTITIES[entity].model_fields)
-            references = references_of(entity)
+            columns = set(model.entity(entity).all_columns)
+            references = model.references_of(entity)
             for column, prop in mapping.properties.items():
                 where = f"objects.{entity}.properties.{column}"
                 if column not in columns:
@@ -151,18 +152,19 @@ def _check_associations(
 ) -> None:
     """Each declared link is a reference column of the entity to the named entity, and
     that entity is delivered by the same target (else the link could never complete)."""
-    columns = set(ENTITIES[entity].model_fields)
-    references = references_of(entity)
+    model = crm_model()
+    columns = set(model.entity(entity).all_columns)
+    references = model.references_of(entity)
     for column, to_entity in mapping.associations.items():
         where = f"objects.{entity}.associations.{column}"
-        if to_entity not in ENTITIES:
+        if to_entity not in model:
             raise ValueError(f"{where}: unknown entity {to_entity!r}")
         if column not in columns:
             raise ValueError(f"{where}: {column!r} is not a column of {entity}")
         if references.get(column) != to_entity:
-            wanted = ENTITIES[to_entity].__tablename__
+            wanted = model.table_name(to_entity)
             pointed = references.get(column)
-            actual = ENTITIES[pointed].__tablename__ if pointed else "nothing"
+            actual = model.table_name(pointed) if pointed else "nothing"
             raise ValueError(
                 f"{where}: {column!r} is not a foreign key to {to_entity} ({wanted}); "
                 f"it points to {actual}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncpg
 from pydantic import BaseModel
 
-from ponte.shared.crm import ENTITIES
+from ponte.shared.crm_model import crm_model
 
 
 class TableProgress(BaseModel):
@@ -40,8 +40,8 @@ class Onboarding(BaseModel):
 
 def _stored_query() -> str:
     parts = []
-    for entity, model in ENTITIES.items():
-        table = model.__tablename__
+    for entity, spec in crm_model().entities.items():
+        table = spec.table
         parts.append(
             f"SELECT r.source_table, count(*) AS stored, "  # noqa: S608 - names from the registry
             f"count(*) FILTER (WHERE EXISTS (SELECT 1 FROM parked_references p "

@@ -21,7 +21,7 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from ponte.ops.fingerprints import fingerprint
-from ponte.shared.crm import ENTITIES
+from ponte.shared.crm_model import crm_model
 from ponte.shared.pulls import PullDefinition, Schedule, load_pulls_file, next_run
 from ponte.shared.secret_box import SecretBox
 
@@ -127,9 +127,9 @@ class SourceStatus(BaseModel):
 def _crm_rows_query() -> str:
     """One statement counting this source's live rows in every CRM entity table."""
     parts = [
-        f"SELECT '{model.__tablename__}' AS crm_table, count(*) AS n "  # noqa: S608 - names from the model registry
-        f"FROM {model.__tablename__} WHERE source_id = $1 AND deleted_at IS NULL"
-        for model in ENTITIES.values()
+        f"SELECT '{spec.table}' AS crm_table, count(*) AS n "  # noqa: S608 - names from the model registry
+        f"FROM {spec.table} WHERE source_id = $1 AND deleted_at IS NULL"
+        for spec in crm_model().entities.values()
     ]
     return " UNION ALL ".join(parts)
 

@@ -15,6 +15,8 @@ from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
 from ponte.shared import db, kafka, probes, problems
+from ponte.shared.crm_model import crm_model
+from ponte.shared.crm_schema import ModelNotApplied, check_applied
 from ponte.shared.http import freeze_startup_heap
 from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.metrics import TRANSFORM_PARKED
@@ -23,7 +25,7 @@ from ponte.transform.classification import Classifier, load_config
 from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import UNAVAILABLE, BatchProcessor
-from ponte.transform.routes import health, model
+from ponte.transform.routes import entities, health, model
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,11 @@ async def _every(
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     pool = await db.create_pool(settings, min_size=2, max_size=10, wait_s=60)
+    try:
+        await check_applied(pool, crm_model())
+    except ModelNotApplied:
+        await pool.close()
+        raise
     stop = asyncio.Event()
     processor = BatchProcessor(pool, settings)
     consumer = TransformConsumer(settings, processor, relay=None)
@@ -130,4 +137,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(probes.router)
     app.include_router(model.router)
+    app.include_router(entities.router)
     return app

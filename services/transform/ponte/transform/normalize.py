@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from ponte.shared import strict_json
-from ponte.shared.crm import ENTITIES
+from ponte.shared.crm_model import crm_model
 from ponte.shared.events import Operation, RawEvent
 from ponte.shared.mapping import FieldMapping, Mapping, TableMapping
 from ponte.shared.parsers import PARSERS, ParseError
@@ -383,7 +383,7 @@ class _Normalizer:
                 if spec.reference is None and spec.on_code == "key":
                     # A text or typed column sent a code (a city as a code of its list):
                     # the code's own key is the value, parsed as the column's type.
-                    row.values[column] = PARSERS[spec.type](key)
+                    row.values[column] = PARSERS[spec.value_type](key)
                     return
                 raise ParseError(
                     f"a $code ({list_name}:{key}) was sent for a field that is not a code; "
@@ -445,7 +445,7 @@ class _Normalizer:
 
 def _stub_values(entity: str, value: Any) -> dict[str, Any]:
     """What a placeholder row knows about itself: its code, when the entity has one."""
-    return {"code": str(value).strip()} if "code" in ENTITIES[entity].model_fields else {}
+    return {"code": str(value).strip()} if "code" in crm_model().entity(entity).columns else {}
 
 
 def version_id(event: RawEvent) -> str:

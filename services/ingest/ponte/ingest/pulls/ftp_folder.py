@@ -196,7 +196,7 @@ def _table(mapping: Mapping, table: str) -> _Table | None:
         name,
         mapping.record_key_fields().get(name) or [],
         {
-            field: spec.type
+            field: spec.value_type
             for field in found.fields
             if (spec := found.field(field)) is not None and not spec.ignore
         },

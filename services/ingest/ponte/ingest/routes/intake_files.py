@@ -155,7 +155,7 @@ class _Table:
         self.name = next(name for name, spec in mapping.tables.items() if spec is found)
         self.key_fields = mapping.record_key_fields().get(self.name) or []
         self.types = {
-            name: spec.type
+            name: spec.value_type
             for name in found.fields
             if (spec := found.field(name)) is not None and not spec.ignore
         }

@@ -1,7 +1,8 @@
 """Applying normalised records to PostgreSQL: versioned upserts, references, tombstones.
 
 One call applies a whole batch inside the caller's transaction, entity by entity in the
-order of ``ponte.shared.crm.ENTITIES`` (parents before children), with one round trip per
+write order of the CRM model (``ponte.shared.crm_model``: parents and referenced
+entities first), with one round trip per
 kind of statement and entity rather than per row. The rules, in the order they apply:
 
 1. **Latest version wins.** Within the batch only the newest version of each record is

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from ponte.shared.crm import ENTITIES
+from ponte.shared.crm_model import crm_model
 from ponte.shared.db import DbConnection
 from ponte.shared.events import Operation
 from ponte.transform.normalize import NormalizedRecord
@@ -22,7 +22,7 @@ from ponte.transform.repository.grouping import Pending, by_entity, coalesce, ne
 from ponte.transform.repository.parking import resolve_parked
 from ponte.transform.repository.state import BatchState
 from ponte.transform.repository.statements import fetch_existing
-from ponte.transform.repository.tables import PARENT_OF, table_of, version_of
+from ponte.transform.repository.tables import parent_of, table_of, version_of
 from ponte.transform.repository.tombstones import tombstone
 from ponte.transform.repository.upserts import Stored, upsert
 
@@ -48,7 +48,7 @@ class BatchApplier:
     async def apply(self, records: list[NormalizedRecord]) -> BatchResult:
         records = coalesce(records)
         grouped = by_entity(records)
-        for entity in ENTITIES:
+        for entity in crm_model().entities:
             pending = grouped.get(entity)
             if pending:
                 await self._apply_entity(entity, pending)
@@ -65,7 +65,7 @@ class BatchApplier:
     async def _apply_entity(self, entity: str, pending: list[Pending]) -> None:
         table = table_of(entity)
         existing = await fetch_existing(self.connection, table, [p.key for p in pending])
-        if entity in PARENT_OF:
+        if parent_of(entity) is not None:
             await drop_older_than_child_sets(self.batch, entity, pending)
         upserts: list[Stored] = []
         deletes: list[Stored] = []

@@ -11,12 +11,13 @@ from typing import Any
 
 import asyncpg
 
+from ponte.shared.crm_model import crm_model
 from ponte.transform.normalize import Version
 from ponte.transform.repository.changes import ChangeEvent
 from ponte.transform.repository.grouping import Pending
 from ponte.transform.repository.parking import unpark_rows
 from ponte.transform.repository.state import BatchState
-from ponte.transform.repository.tables import PARENT_OF, RowKey, table_of, version_of
+from ponte.transform.repository.tables import RowKey, parent_of, table_of, version_of
 
 _ParentSets = list[tuple[Mapping[str, Any], set[str]]]
 """(parent row, kept child keys) per parent."""
@@ -30,7 +31,9 @@ async def drop_older_than_child_sets(
     arrived first, that version would have tombstoned it. Nested children carry their
     parent's own version, so they are never older; only lone ones are looked up, in
     one statement."""
-    parent_entity, column = PARENT_OF[entity]
+    link = parent_of(entity)
+    assert link is not None, f"{entity} has no parent in the model"
+    parent_entity, column = link
     lone: dict[RowKey, list[Pending]] = defaultdict(list)
     for item in pending:
         if item.row.depth != 0:
@@ -157,6 +160,12 @@ async def tombstone_children(
         batch.now,
     )
     await _forget_tombstoned(batch, entity, rows)
+    # Their own children go with them, at any depth (an order's items' deliveries).
+    for grandchild, grandchild_column in crm_model().children_of(entity):
+        await record_child_sets(batch, grandchild, rows)
+        await tombstone_children(
+            batch, grandchild, grandchild_column, [(dict(row), set()) for row in rows]
+        )
 
 
 async def _forget_tombstoned(batch: BatchState, entity: str, rows: list[asyncpg.Record]) -> None:

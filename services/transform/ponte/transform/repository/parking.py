@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import asyncpg
 
-from ponte.shared.crm import ENTITIES
+from ponte.shared.crm_model import crm_model
 from ponte.shared.db import DbConnection
 from ponte.transform.normalize import Reference, Version
 from ponte.transform.repository.changes import ChangeEvent
@@ -63,7 +63,7 @@ async def resolve_parked(batch: BatchState, *, sweep: bool = False) -> None:
     """Point waiting rows at targets that arrived in this batch (or, with ``sweep``,
     at any target that exists now: catches a target committed by another replica
     while this one was parking a reference to it)."""
-    entities = list(ENTITIES) if sweep else list(batch.arrived)
+    entities = list(crm_model().entities) if sweep else list(batch.arrived)
     for target_entity in entities:
         waiting = await _release(batch, target_entity, sweep=sweep)
         groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)

@@ -9,9 +9,8 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlmodel import SQLModel
 
-from ponte.shared.crm import CHILDREN, ENTITIES
+from ponte.shared.crm_model import crm_model
 from ponte.transform.normalize import Version
 
 RowKey = tuple[str, str]
@@ -22,15 +21,14 @@ RowIdentity = tuple[str, str, str]
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
-PARENT_OF: dict[str, tuple[str, str]] = {
-    child: (parent, column) for parent, children in CHILDREN.items() for child, column in children
-}
-"""child entity -> (parent entity, the child's column holding the parent's id)"""
-
 
 def table_of(entity: str) -> sa.Table:
-    table_name = str(ENTITIES[entity].__tablename__)
-    return SQLModel.metadata.tables[table_name]
+    return crm_model().table(entity)
+
+
+def parent_of(entity: str) -> tuple[str, str] | None:
+    """(parent entity, the child's column holding the parent's id) of a child entity."""
+    return crm_model().parent_of(entity)
 
 
 def array_type(column: sa.Column[Any]) -> str:

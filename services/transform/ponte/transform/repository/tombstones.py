@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 
-from ponte.shared.crm import CHILDREN
+from ponte.shared.crm_model import crm_model
 from ponte.transform.repository.changes import ChangeEvent
 from ponte.transform.repository.child_sets import record_child_sets, tombstone_children
 from ponte.transform.repository.grouping import Pending
@@ -91,7 +91,7 @@ async def _delete_children(
 ) -> None:
     """Deleting a parent deletes its children (none kept): a set replaced by an empty
     one, for every child table; for a parent created now, at the end of the batch."""
-    for child_entity, column in CHILDREN.get(entity, ()):
+    for child_entity, column in crm_model().children_of(entity):
         await record_child_sets(batch, child_entity, [*written, *inserted])
         await tombstone_children(
             batch, child_entity, column, [(dict(row), set()) for row in written]

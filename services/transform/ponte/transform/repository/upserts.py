@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 
-from ponte.shared.crm import DERIVED_COLUMNS
+from ponte.shared.crm_model import crm_model
 from ponte.transform.normalize import Reference
 from ponte.transform.repository.changes import ChangeEvent, changed_columns
 from ponte.transform.repository.child_sets import replace_children
@@ -111,7 +111,7 @@ async def _write(
     # Derived columns (an ABC class) are not the transform's: they come back as the
     # row holds them now, so a change event never carries a value the classification
     # job replaced meanwhile.
-    derived = sorted(DERIVED_COLUMNS.get(entity, ()))
+    derived = sorted(crm_model().entity(entity).derived)
     returning = ", ".join([_T_KEY_COLUMNS, *(f"t.{column}" for column in derived)])
     updated = await update_rows(batch.connection, table, updates, returning=returning)
     ids.update({(r["source_id"], r["source_key"]): r["id"] for r in updated})

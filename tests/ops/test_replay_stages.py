@@ -348,3 +348,21 @@ async def test_the_cli_lists_every_stage_and_refuses_a_time_without_offset(
 
     code, _, err = await ponte("replay", "--since", "2024-11-14T12:00:00", cwd=tmp_path, env=env)
     assert code == 2 and "--since: needs an offset" in err
+
+
+async def test_one_change_failed_for_two_targets_goes_back_once(
+    settings: Settings, source_id: str
+) -> None:
+    """Both targets read the changes topic: one message replays both dead letters."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for target in ("crm-a", "crm-b"):
+            letter = dead_letter(source_id, "E1", datetime.now(UTC), target)
+            await producer.send_and_wait(settings.deliver_dead_letter_topic, **letter)
+    finally:
+        await producer.stop()
+    report = await replay(settings, Selection(source_id=source_id), dry_run=False)
+    assert report.replayable == 2 and report.messages == 1
+    sent = await read_topic(settings.kafka_bootstrap, settings.changes_topic, expect=1)
+    assert len(sent) == 1

@@ -9,6 +9,7 @@ are written in those formats to check what each filter selects, over HTTP and th
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -264,6 +265,7 @@ async def test_filters_select_per_stage_and_a_dry_run_sends_nothing(
     assert await picked(target_id="crm-a") == ["E1", "E9", "P1"]  # none of the transform's
     assert await picked(table="Empresa") == ["E7"]
     assert await picked(table="order") == ["P1"]
+    assert await picked(entity="company") == ["E1", "E2", "E9"]
     assert await picked(since=now - timedelta(minutes=5)) == ["E1", "E7", "P1"]
     assert await picked(until=now - timedelta(hours=1)) == ["E2"]
     assert await picked(reason="NOT A CNPJ") == ["E7"]
@@ -292,7 +294,7 @@ async def test_the_api_takes_the_stage_and_sends_each_where_its_stage_reads(
     async with ops.client() as client:
         dry = await client.post("/ops/replay", json={"source_id": source_id, "stage": "status"})
         both = await client.post(
-            "/ops/replay", json={"source_id": source_id, "entity": "order", "table": "order"}
+            "/ops/replay", json={"source_id": source_id, "entity": "order", "table": "Empresa"}
         )
         stage = await client.post("/ops/replay", json={"stage": "everything"})
         sent = await client.post(
@@ -305,7 +307,7 @@ async def test_the_api_takes_the_stage_and_sends_each_where_its_stage_reads(
     assert item["target"] == "crm-a" and item["event_id"] == "77"
     assert item["not_replayable"] is None
     assert dry.json()["stages"] == {"status": {"listed": 1, "replayable": 1}}
-    assert both.status_code == 422 and both.json()["problems"][0]["field"] == "body.table"
+    assert both.status_code == 200 and both.json()["items"] == []  # AND, as every filter
     assert stage.status_code == 422 and stage.json()["problems"][0]["field"] == "body.stage"
 
     assert sent.status_code == 200, sent.text
@@ -366,3 +368,40 @@ async def test_one_change_failed_for_two_targets_goes_back_once(
     assert report.replayable == 2 and report.messages == 1
     sent = await read_topic(settings.kafka_bootstrap, settings.changes_topic, expect=1)
     assert len(sent) == 1
+
+
+async def test_kept_bytes_go_back_only_when_whole_and_a_raw_event(
+    settings: Settings, source_id: str
+) -> None:
+    """A dead letter without its event (the transform drops it when PostgreSQL refuses
+    the payload) keeps the bytes: whole and a raw event, they go back as they were;
+    cut, or not an event, the listing says why."""
+    event = orjson.loads(transform_dead_letter(source_id, "E5", datetime.now(UTC))["value"])
+    original = orjson.dumps(event["event"])
+
+    def without_event(key: str, raw: bytes, truncated: bool) -> dict[str, Any]:
+        letter = transform_dead_letter(source_id, key, datetime.now(UTC))
+        pointer = {"topic": settings.raw_topic, "partition": 0, "offset": 7, "bytes": 99_999}
+        encoded = base64.b64encode(raw).decode()
+        value = {"event": None, "raw": {**pointer, "truncated": truncated, "base64": encoded}}
+        return {**letter, "value": orjson.dumps(value)}
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for letter in (
+            without_event("E5", original, truncated=False),
+            without_event("E6", original[:40], truncated=True),
+            without_event("E8", b'{"schema_version": 1}', truncated=False),
+        ):
+            await producer.send_and_wait(settings.transform_dead_letter_topic, **letter)
+    finally:
+        await producer.stop()
+    report = await replay(settings, Selection(source_id=source_id), dry_run=False)
+    why = {item.key.rsplit("/", 1)[1]: item.not_replayable for item in report.items}
+    assert why["E5"] is None
+    assert why["E6"] is not None and "only the first bytes are kept" in why["E6"]
+    assert f"99999 bytes are at {settings.raw_topic}/0/7" in why["E6"]
+    assert why["E8"] is not None and "is not a Ponte raw event" in why["E8"]
+    (sent,) = await read_topic(settings.kafka_bootstrap, settings.raw_topic, expect=1)
+    assert sent.value == original and sent.key == f"{source_id}/Empresa/E5".encode()

@@ -15,6 +15,8 @@ class Selection:
     source_id: str | None = None
     table: str | None = None
     """The entity (deliver, status) or the source's table (transform)."""
+    entity: str | None = None
+    """The same column as ``table``, under the ops API's older name (AND, as the rest)."""
     target_id: str | None = None
     since: datetime | None = None
     """Failed at or after (an aware datetime)."""
@@ -38,6 +40,7 @@ class Selection:
             item.stage in self.stages
             and _equal(self.source_id, item.source)
             and _equal(self.table, item.table)
+            and _equal(self.entity, item.table)
             and _equal(self.target_id, item.target)
             and (self.reason is None or self.reason.casefold() in item.reason.casefold())
             and (not self.event_ids or item.event_id in self.event_ids)

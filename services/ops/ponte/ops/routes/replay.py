@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ponte.ops import audit
 from ponte.ops.auth import Operator
@@ -41,8 +41,8 @@ class ReplayRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        description="Only this source table (transform), as the source names it; or an "
-        "entity, as `entity`. Not both.",
+        description="Only this source table (transform), as the source names it, or "
+        "entity (deliver, status): the column `entity` selects too, combined with AND.",
     )
     source_id: str | None = Field(default=None, pattern=_ID)
     since: IsoAwareDatetime | None = Field(default=None, description="Failed at or after.")
@@ -60,19 +60,13 @@ class ReplayRequest(BaseModel):
         'strict, so 0, "false" or "no" are a 422 rather than a replay.',
     )
 
-    @field_validator("table")
-    @classmethod
-    def _not_with_entity(cls, table: str | None, info: ValidationInfo) -> str | None:
-        if table is not None and info.data.get("entity") is not None:
-            raise ValueError("give entity or table, not both (they select the same column)")
-        return table
-
     def selection(self) -> Selection:
         stages: tuple[Stage, ...] = STAGES if self.stage == "all" else (self.stage,)
         return Selection(
             stages=stages,
             source_id=self.source_id,
-            table=self.table if self.table is not None else self.entity,
+            table=self.table,
+            entity=self.entity,
             target_id=self.target_id,
             since=self.since,
             until=self.until,

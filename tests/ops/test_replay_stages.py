@@ -405,3 +405,11 @@ async def test_kept_bytes_go_back_only_when_whole_and_a_raw_event(
     assert why["E8"] is not None and "is not a Ponte raw event" in why["E8"]
     (sent,) = await read_topic(settings.kafka_bootstrap, settings.raw_topic, expect=1)
     assert sent.value == original and sent.key == f"{source_id}/Empresa/E5".encode()
+
+
+async def test_two_stages_on_one_topic_are_refused(settings: Settings) -> None:
+    shared = settings.model_copy(
+        update={"status_dead_letter_topic": settings.deliver_dead_letter_topic}
+    )
+    with pytest.raises(ValueError, match="PONTE_STATUS_DEAD_LETTER_TOPIC must differ"):
+        await replay(shared, Selection())

@@ -58,6 +58,13 @@ async def _selected(settings: Settings, selection: Selection) -> list[Candidate]
     """The selected candidates, stage by stage in data-flow order, each topic in order."""
     stages = [stage for stage in SPECS if stage in selection.stages]
     topics = {SPECS[stage].dead_letter_topic(settings): stage for stage in stages}
+    if len(topics) < len(stages):
+        # One topic for two stages would file one stage's dead letters under the other's
+        # reader (and send them to the wrong topic): refuse rather than guess.
+        raise ValueError(
+            "two stages share a dead-letter topic: PONTE_TRANSFORM_DEAD_LETTER_TOPIC, "
+            "PONTE_DELIVER_DEAD_LETTER_TOPIC and PONTE_STATUS_DEAD_LETTER_TOPIC must differ"
+        )
     letters = await read_until_quiet(settings, list(topics))
     now = datetime.now(UTC)
     candidates = [SPECS[topics[letter.topic]].read(letter, settings, now) for letter in letters]

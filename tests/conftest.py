@@ -135,6 +135,8 @@ def settings(base_settings: Settings) -> Settings:
             "changes_topic": unique_topic("ponte.changes"),
             "transform_dead_letter_topic": unique_topic("ponte.transform.dlq"),
             "deliver_dead_letter_topic": unique_topic("ponte.deliver.dlq"),
+            "status_topic": unique_topic("ponte.status"),
+            "status_dead_letter_topic": unique_topic("ponte.status.dlq"),
             "transform_group_id": unique_topic("transform"),
             "deliver_group_id": unique_topic("deliver"),
         }
@@ -211,6 +213,8 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "PONTE_CHANGES_TOPIC": settings.changes_topic,
         "PONTE_TRANSFORM_DEAD_LETTER_TOPIC": settings.transform_dead_letter_topic,
         "PONTE_DELIVER_DEAD_LETTER_TOPIC": settings.deliver_dead_letter_topic,
+        "PONTE_STATUS_TOPIC": settings.status_topic,
+        "PONTE_STATUS_DEAD_LETTER_TOPIC": settings.status_dead_letter_topic,
         "PONTE_TRANSFORM_GROUP_ID": settings.transform_group_id,
         "PONTE_DELIVER_GROUP_ID": settings.deliver_group_id,
         "PONTE_HTTP_PORT": str(free_port()),

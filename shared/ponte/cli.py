@@ -5,7 +5,7 @@
     ponte transform  raw events into the CRM model in PostgreSQL, change events out
     ponte deliver    change events out to CRM APIs (rate limits, retries, dead letters)
     ponte ops        the operations API and page (sources, history export, replay)
-    ponte replay     re-deliver dead letters after a fix (--dry-run by default)
+    ponte replay     put every stage's dead letters back after a fix (--dry-run by default)
     ponte migrate    bring the database schema up to date
     ponte topics     create the Kafka topics Ponte uses
     ponte sources    check a sources file, or load it into PostgreSQL
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -167,42 +168,114 @@ def ops(host: Host = None, port: Port = None) -> None:
     _serve("ops", host, port)
 
 
+ReplayStage = Literal["transform", "deliver", "status", "all"]
+
+
+def _instant(name: str) -> Callable[[str], datetime]:
+    """A typer parser: ISO 8601 text with an offset, or a clear refusal naming ``name``
+    (a dead letter's time of failure is an instant; a time without an offset is not)."""
+
+    def parse(text: str) -> datetime:
+        if isinstance(text, datetime):  # a default, already parsed
+            return text
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{name}: expected ISO 8601, such as 2024-11-14T12:00:00-03:00"
+            ) from None
+        if moment.tzinfo is None:
+            raise typer.BadParameter(
+                f"{name}: needs an offset (Z or -03:00), such as 2024-11-14T12:00:00-03:00"
+            )
+        return moment
+
+    return parse
+
+
 @app.command()
 def replay(
-    target: Annotated[str | None, typer.Option(help="Only this target's dead letters.")] = None,
-    entity: Annotated[
-        str | None, typer.Option(help="Only this entity (company, order...).")
-    ] = None,
+    stage: Annotated[
+        ReplayStage, typer.Option(help="Whose dead letters: transform, deliver, status or all.")
+    ] = "all",
     source: Annotated[str | None, typer.Option(help="Only this source.")] = None,
-    since: Annotated[datetime | None, typer.Option(help="Failed at or after (ISO 8601).")] = None,
-    until: Annotated[datetime | None, typer.Option(help="Failed at or before (ISO 8601).")] = None,
-    ids: Annotated[list[str] | None, typer.Option("--id", help="External id (repeatable).")] = None,
+    entity: Annotated[
+        str | None,
+        typer.Option(
+            "--entity",
+            "--table",
+            help="Only this entity (deliver, status) or source table (transform).",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Only this target's (deliver, status) dead letters.")
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Failed at or after (ISO 8601 with offset).",
+            parser=_instant("--since"),
+        ),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Failed at or before (ISO 8601 with offset).",
+            parser=_instant("--until"),
+        ),
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Only reasons containing this text (any case).")
+    ] = None,
+    event_ids: Annotated[
+        list[str] | None, typer.Option("--event-id", help="Event id (repeatable).")
+    ] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--id", help="Dead-letter key, e.g. src/company/E1 (repeatable)."),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run/--send", help="Print what would be replayed (default).")
     ] = True,
 ) -> None:
-    """Re-deliver dead-lettered changes after a fix (idempotent: delivered versions are
-    skipped). Prints what is (or would be) replayed."""
-    from ponte.shared.replay import replay as run_replay
+    """Put dead letters back where their stage reads them, after a fix: a transform's
+    raw event onto the raw topic, a deliver change onto the changes topic, a status-back
+    event onto the status topic. Idempotent (each stage skips what it already has).
+    Prints every selected dead letter, with why when one cannot be replayed."""
+    from ponte.shared.replay.items import STAGES
+    from ponte.shared.replay.run import replay as run_replay
+    from ponte.shared.replay.selection import Selection
 
     settings = cli_settings()
     configure_logging(settings.log_level)
-    replayed = asyncio.run(
-        run_replay(
-            settings,
-            target_id=target,
-            entity=entity,
-            source_id=source,
-            since=since,
-            until=until,
-            external_ids=set(ids) if ids else None,
-            dry_run=dry_run,
-        )
+    selection = Selection(
+        stages=STAGES if stage == "all" else (stage,),
+        source_id=source,
+        table=entity,
+        target_id=target,
+        since=since,
+        until=until,
+        reason=reason,
+        event_ids=frozenset(event_ids or ()),
+        keys=frozenset(ids or ()),
     )
-    for item in replayed:
-        typer.echo(f"{item.target}\t{item.external_id}\t{item.failed_at}\t{item.reason}")
+    report = asyncio.run(run_replay(settings, selection, dry_run=dry_run))
+    typer.echo("stage\tsource\ttable\tkey\ttarget\tevent_id\tfailed_at\treason")
+    for item in report.items:
+        fields = [item.stage, item.source, item.table, item.key, item.target, item.event_id]
+        line = "\t".join([*fields, item.failed_at, item.reason])
+        if item.not_replayable is not None:
+            line += f"\tNOT REPLAYABLE: {item.not_replayable}"
+        typer.echo(line)
+    for name, count in report.counts().items():
+        unreplayable = count.listed - count.replayable
+        typer.echo(
+            f"{name}: {count.listed} dead letter(s), {unreplayable} not replayable", err=True
+        )
     verb = "would replay" if dry_run else "replayed"
-    typer.echo(f"{verb} {len(replayed)} change(s)", err=True)
+    typer.echo(
+        f"{verb} {report.replayable} dead letter(s) as {report.messages} message(s)", err=True
+    )
 
 
 @app.command()

@@ -12,7 +12,8 @@ from prometheus_client import REGISTRY
 
 from ponte.deliver.connectors.hubspot import HubSpotTarget
 from ponte.deliver.targets import Target
-from ponte.shared.replay import replay
+from ponte.shared.replay.run import replay
+from ponte.shared.replay.selection import Selection
 from ponte.shared.settings import Settings
 from tests.conftest import read_topic
 from tests.deliver.conftest import company_change, count_deliveries, produce, run_deliver
@@ -124,9 +125,10 @@ async def test_refused_records_dead_letter_and_replay_after_fix(
     assert headers["ponte-dlq-attempts"] == "1"
 
     # Dry run: prints, sends nothing.
-    assert len(await replay(settings, target_id=target.id, dry_run=True)) == 1
+    only_this = Selection(stages=("deliver",), target_id=target.id)
+    assert (await replay(settings, only_this, dry_run=True)).replayable == 1
     state.refuse_values = set()  # the CRM-side fix
-    assert len(await replay(settings, target_id=target.id, dry_run=False)) == 1
+    assert (await replay(settings, only_this, dry_run=False)).replayable == 1
     await run_deliver(settings, pool, target, lambda: _delivered(pool, target, 2))
     assert (
         state.objects["companies"][f"{source_id}/company/BAD"]["properties"]["cnpj"]
@@ -137,7 +139,7 @@ async def test_refused_records_dead_letter_and_replay_after_fix(
     # Replaying again delivers nothing new: that version is already there. The consumer
     # runs until it has read the replayed change and counted it skipped (its condition is
     # that, not the deliveries table, which already held before it started).
-    await replay(settings, target_id=target.id, dry_run=False)
+    await replay(settings, only_this, dry_run=False)
 
     async def replay_read() -> bool:
         return _skipped(target) == skipped + 1

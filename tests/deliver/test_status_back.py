@@ -29,6 +29,8 @@ from ponte.deliver.status_back.signature import (
 )
 from ponte.shared import kafka
 from ponte.shared.embedded import EmbeddedBroker
+from ponte.shared.replay.run import replay
+from ponte.shared.replay.selection import Selection
 from ponte.shared.settings import Settings
 from ponte.shared.signatures import verify_standard
 from tests.conftest import read_topic, unique_topic
@@ -456,6 +458,55 @@ async def test_refusals_dead_letter_at_once_with_their_reason(
     await until_recorded(pool, stack, 3)
     assert {v[0] for v in (await states(pool, stack)).values()} == {"failed"}
     assert stack.shopify.applied == [] and stack.woo.applied == []
+
+
+async def test_a_refused_update_is_replayed_once_the_origin_is_fixed(
+    status_stack: Stack, pool: asyncpg.Pool
+) -> None:
+    """``ponte replay --stage status``: the failed event goes back onto the status topic,
+    is applied once the origin has the order, and a second replay changes nothing. A
+    HubSpot re-send of the failed event stays a duplicate: only a replay retries it."""
+    stack = status_stack
+    settings = stack.settings
+    await delivered(pool, stack, "shopify", "5404", "9041")  # the shop lacks it: 404
+    event = stage_event("9041", "closedwon", 51)
+    assert (await post_events(stack, [event])).status_code == 200
+    await read_topic(settings.kafka_bootstrap, settings.status_dead_letter_topic, expect=1)
+    await until_recorded(pool, stack, 1)
+
+    only_status = Selection(stages=("status",), target_id=stack.target)
+    (item,) = (await replay(settings, only_status)).items
+    assert item.key == f"{stack.sources['shopify']}/order/5404" and item.event_id == "51"
+    assert item.not_replayable is None and "404" in item.reason and item.table == "order"
+    assert len(await read_topic(settings.kafka_bootstrap, settings.status_topic, expect=1)) == 1
+    assert (await post_events(stack, [{**event, "attemptNumber": 1}])).status_code == 200
+    await eventually(
+        lambda: counted(stack.target, "duplicate"),
+        satisfied=lambda n: n >= 1,
+        timeout_s=30,
+        message="HubSpot's re-send read as a duplicate",
+    )
+    assert [status for _, _, status in stack.shopify.calls] == [404]
+
+    stack.shopify.add_order("5404", closed_at=None)  # the fix
+    assert (await replay(settings, only_status, dry_run=False)).messages == 1
+    await eventually(
+        lambda: states(pool, stack),
+        satisfied=lambda rows: rows["51"][0] == "applied",
+        timeout_s=30,
+        message="the replayed event applied",
+    )
+    assert stack.shopify.applied == [("5404", "close")]
+    duplicates = counted(stack.target, "duplicate")
+    await replay(settings, only_status, dry_run=False)
+    await eventually(
+        lambda: counted(stack.target, "duplicate"),
+        satisfied=lambda n: n >= duplicates + 1,
+        timeout_s=30,
+        message="the second replay read as a duplicate",
+    )
+    assert stack.shopify.applied == [("5404", "close")]
+    assert [status for _, _, status in stack.shopify.calls] == [404, 200]
 
 
 async def until_recorded(pool: asyncpg.Pool, stack: Stack, count: int) -> None:

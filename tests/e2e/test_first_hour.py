@@ -161,7 +161,7 @@ async def test_a_newcomers_path_through_make_devs_stack(tmp_path: Path) -> None:
             assert {"erp-demo", "shopify-demo", "woo-demo"} <= set(shown), shown
 
         replay = await asyncio.to_thread(run, ".venv/bin/ponte replay --dry-run", tmp_path)
-        assert replay.returncode == 0 and "would replay 0 change(s)" in replay.stderr, replay
+        assert replay.returncode == 0 and "would replay 0 dead letter(s)" in replay.stderr, replay
     finally:
         dev.send_signal(signal.SIGINT)  # Ctrl-C
         try:

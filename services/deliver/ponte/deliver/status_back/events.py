@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 
+from ponte.shared.replay.items import REPLAYED_FROM
+
 DEAL_STAGE = "dealstage"
 DEALS_OBJECT_TYPE_ID = "0-3"
 
@@ -65,6 +67,8 @@ class CrmEvent:
     topic: str
     partition: int
     offset: int
+    replayed: bool = False
+    """Put back by ``ponte replay`` (``REPLAYED_FROM``): a failed earlier try is retried."""
 
     def is_deal_stage_change(self) -> bool:
         deal = self.subscription_type == "deal.propertyChange" or (
@@ -93,6 +97,7 @@ def parse_event(record: ConsumerRecord[bytes, bytes]) -> CrmEvent | None:
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
+            replayed=any(name == REPLAYED_FROM for name, _ in record.headers or ()),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -39,12 +39,16 @@ class StatusUpdates:
         self._pool = pool
 
     async def already_handled(self, event: CrmEvent) -> bool:
-        """A HubSpot re-send: this target's eventId has a row already."""
+        """A HubSpot re-send: this target's eventId has a row already. A replayed event
+        (``ponte replay``) is handled again when its row says it failed: that is what
+        replaying it is for; once applied (or ignored, stale), a replay is a repeat."""
         return bool(
             await self._pool.fetchval(
-                "SELECT 1 FROM status_updates WHERE target_id = $1 AND event_id = $2",
+                "SELECT 1 FROM status_updates WHERE target_id = $1 AND event_id = $2 "
+                "AND NOT ($3 AND state = 'failed')",
                 event.target_id,
                 event.event_id,
+                event.replayed,
             )
         )
 
@@ -66,7 +70,16 @@ class StatusUpdates:
             "entity, source_id, source_key, origin_kind, origin_status, state, reason, "
             "http_status, attempts, recorded_at) VALUES "
             "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
-            "ON CONFLICT (target_id, event_id) DO NOTHING",
+            # Only a replayed retry of a failed event reaches a row that exists (see
+            # already_handled): its new fate replaces the failure.
+            "ON CONFLICT (target_id, event_id) DO UPDATE SET crm_id = EXCLUDED.crm_id, "
+            "stage = EXCLUDED.stage, occurred_at = EXCLUDED.occurred_at, "
+            "entity = EXCLUDED.entity, source_id = EXCLUDED.source_id, "
+            "source_key = EXCLUDED.source_key, origin_kind = EXCLUDED.origin_kind, "
+            "origin_status = EXCLUDED.origin_status, state = EXCLUDED.state, "
+            "reason = EXCLUDED.reason, http_status = EXCLUDED.http_status, "
+            "attempts = EXCLUDED.attempts, recorded_at = EXCLUDED.recorded_at "
+            "WHERE status_updates.state = 'failed'",
             event.target_id,
             event.event_id,
             event.crm_id,

@@ -520,13 +520,27 @@ def default_mapping(kind: str) -> Mapping:
     return Mapping.model_validate(parse_yaml(text, f"ponte/shared/mappings/{kind}.yaml"))
 
 
-def mapping_for(kind: SourceKind, source_id: str, overrides_dir: Path | None = None) -> Mapping:
-    """The source's own mapping file, else its kind's override, else the shipped default."""
+def override_path(kind: SourceKind, source_id: str, overrides_dir: Path | None) -> Path | None:
+    """The file ``mapping_for`` reads instead of the shipped default, if any."""
     if overrides_dir is not None:
         for name in (f"{source_id}.yaml", f"{kind.value}.yaml"):
             if (overrides_dir / name).exists():
-                return load_mapping(overrides_dir / name)
+                return overrides_dir / name
+    return None
+
+
+def mapping_for(kind: SourceKind, source_id: str, overrides_dir: Path | None = None) -> Mapping:
+    """The source's own mapping file, else its kind's override, else the shipped default."""
+    path = override_path(kind, source_id, overrides_dir)
+    if path is not None:
+        return load_mapping(path)
     return default_mapping(spec_of(kind).default_mapping)
+
+
+def mapping_origin(kind: SourceKind, source_id: str, overrides_dir: Path | None = None) -> str:
+    """Where ``mapping_for``'s mapping comes from, in words (for the dry run)."""
+    path = override_path(kind, source_id, overrides_dir)
+    return str(path) if path else f"shipped default {spec_of(kind).default_mapping}.yaml"
 
 
 assert set(PARSERS) == set(get_args(ValueType)), "ValueType and PARSERS must list the same types"

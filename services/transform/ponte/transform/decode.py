@@ -85,44 +85,49 @@ class Decoder:
                     "undecodable", f"not a Ponte raw event: {path}: {reason}", path
                 ),
             )
-        mapping = self.mapping(event.source_kind, event.source_id)
-        try:
-            body = spec_of(event.source_kind).body
-            match body:
-                case "envelope":
-                    try:
-                        record = normalize_record(event, mapping)
-                    except RecordSkipped as skip:
-                        return Decoded(event, unmapped=skip.unmapped, skipped=[skip.skipped])
-                    return Decoded(
-                        event, [record], unmapped=record.unmapped, skipped=record.skipped
-                    )
-                case "shop_resource":
-                    return self._decode_shop(event, mapping)
-                case _:
-                    assert_never(body)
-        except RecordRejected as rejection:
-            return Decoded(event, rejection=rejection, unmapped=rejection.unmapped)
+        return decode_event(event, self.mapping(event.source_kind, event.source_id))
 
-    def _decode_shop(self, event: RawEvent, mapping: Mapping) -> Decoded:
-        decoded = Decoded(event)
-        for shop_record in shop_records(event):
-            scoped: Any = event.model_copy(update={"operation": shop_record.operation})
-            try:
-                record = normalize_record(
-                    scoped,
-                    mapping,
-                    table=shop_record.table,
-                    payload=shop_record.row,
-                    version_at=shop_record.version_at,
-                )
-            except RecordSkipped as skip:  # this record only; the event's others go on
-                decoded.skipped.append(skip.skipped)
-                decoded.unmapped |= skip.unmapped
-                continue
-            decoded.records.append(record)
-            decoded.unmapped |= record.unmapped
-            decoded.skipped += record.skipped
-        if not decoded.records and not decoded.skipped:
-            decoded.unmapped.add((event.topic, "*"))
-        return decoded
+
+def decode_event(event: RawEvent, mapping: Mapping) -> Decoded:
+    """One readable raw event under a mapping: what the transform does after decoding
+    the bytes, and what ``ponte.transform.dry_run`` runs, so a dry run cannot drift from
+    the real thing. Raises only what the caller's ``Decoder.decode`` isolates."""
+    try:
+        body = spec_of(event.source_kind).body
+        match body:
+            case "envelope":
+                try:
+                    record = normalize_record(event, mapping)
+                except RecordSkipped as skip:
+                    return Decoded(event, unmapped=skip.unmapped, skipped=[skip.skipped])
+                return Decoded(event, [record], unmapped=record.unmapped, skipped=record.skipped)
+            case "shop_resource":
+                return _decode_shop(event, mapping)
+            case _:
+                assert_never(body)
+    except RecordRejected as rejection:
+        return Decoded(event, rejection=rejection, unmapped=rejection.unmapped)
+
+
+def _decode_shop(event: RawEvent, mapping: Mapping) -> Decoded:
+    decoded = Decoded(event)
+    for shop_record in shop_records(event):
+        scoped: Any = event.model_copy(update={"operation": shop_record.operation})
+        try:
+            record = normalize_record(
+                scoped,
+                mapping,
+                table=shop_record.table,
+                payload=shop_record.row,
+                version_at=shop_record.version_at,
+            )
+        except RecordSkipped as skip:  # this record only; the event's others go on
+            decoded.skipped.append(skip.skipped)
+            decoded.unmapped |= skip.unmapped
+            continue
+        decoded.records.append(record)
+        decoded.unmapped |= record.unmapped
+        decoded.skipped += record.skipped
+    if not decoded.records and not decoded.skipped:
+        decoded.unmapped.add((event.topic, "*"))
+    return decoded

@@ -148,8 +148,9 @@ def ingest(host: Host = None, port: Port = None) -> None:
 def transform(host: Host = None, port: Port = None) -> None:
     """Run the transform service: raw topic into the CRM model, change events out.
 
-    Serves /healthz, /readyz, /metrics, /parked-references, /rejections and
-    /unmapped-fields on the given port."""
+    Serves /healthz, /readyz, /metrics, /parked-references, /rejections,
+    /unmapped-fields, /skipped-rows and POST /sources/{id}/mapping/check on the given
+    port."""
     _serve("transform", host, port)
 
 

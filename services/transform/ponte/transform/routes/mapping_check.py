@@ -53,6 +53,7 @@ class MappingCheckRequest(BaseModel):
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body cannot be read at all (not UTF-8 text)."},
     404: {"description": "No source with this id."},
     422: {"description": "A sample or the mapping is invalid; the error names the field."},
 }

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 MUST_COVER = {
     "ingest": {("POST", "/webhooks/{source_id}")},
-    "transform": set(),
+    "transform": {("POST", "/sources/{source_id}/mapping/check"), ("GET", "/skipped-rows")},
     # HubSpot's status webhooks, the route the Ingress opens on deliver.
     "deliver": {("POST", "/crm-webhooks/hubspot/{target_id}"), ("GET", "/deliveries")},
     "ops": {

@@ -9,6 +9,7 @@
     ponte migrate    bring the database schema up to date
     ponte topics     create the Kafka topics Ponte uses
     ponte sources    check a sources file, or load it into PostgreSQL
+    ponte mapping check  run a source's mapping over sample deliveries, writing nothing
     ponte sign       print a signed curl for a sample delivery to any source
     ponte pull       run a source's scheduled pull now
     ponte classify   rank companies on the ABC curve now
@@ -36,6 +37,7 @@ from ponte.shared.settings import Settings
 from ponte.shared.source_kinds import SourceKind
 
 if TYPE_CHECKING:
+    from ponte.shared.mapping import Mapping
     from ponte.shared.secret_box import SecretBox
 
 app = typer.Typer(
@@ -147,8 +149,9 @@ def ingest(host: Host = None, port: Port = None) -> None:
 def transform(host: Host = None, port: Port = None) -> None:
     """Run the transform service: raw topic into the CRM model, change events out.
 
-    Serves /healthz, /readyz, /metrics, /parked-references, /rejections and
-    /unmapped-fields on the given port."""
+    Serves /healthz, /readyz, /metrics, /parked-references, /rejections,
+    /unmapped-fields, /skipped-rows and POST /sources/{id}/mapping/check on the given
+    port."""
     _serve("transform", host, port)
 
 
@@ -410,6 +413,133 @@ def sources_load(path: SourcesPath) -> None:
 
     for source_id, outcome in asyncio.run(store()).items():
         typer.echo(f"{source_id}\t{outcome}")
+
+
+mapping_app = typer.Typer(
+    help="Try a source's mapping on sample deliveries (nothing is written).",
+    no_args_is_help=True,
+)
+app.add_typer(mapping_app, name="mapping")
+
+
+@mapping_app.command("check")
+def mapping_check(
+    source_id: Annotated[str, typer.Argument(help="The source whose mapping runs.")],
+    sample: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="JSON: one delivery as posted to ingest, a list of them, or JSON lines "
+            "(a shop's as {topic, body}; Ponte raw events too).",
+        ),
+    ],
+    kind: Annotated[
+        SourceKind | None,
+        typer.Option(help="The source's kind (default: its row in PostgreSQL's sources)."),
+    ] = None,
+    mapping_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--mapping", exists=True, dir_okay=False, help="Try this mapping file instead."
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Where to look the source and references up (PONTE_DATABASE_URL)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+) -> None:
+    """Run a source's mapping (resolved as the transform resolves it) over sample
+    deliveries and print, per table, what would be written, refused (field and reason),
+    skipped by filters, left unmapped (in extra) and which references would park.
+    Writes nothing. Exit 0 when everything maps, 1 when something would be refused (or
+    the mapping is invalid), 2 when the command's input is (no kind, unreadable sample)."""
+    from ponte.transform.dry_run import (
+        DryRunReport,
+        SampleError,
+        check,
+        check_references,
+        parse_samples,
+        render,
+    )
+
+    settings = cli_settings()
+    if database_url is not None:
+        settings = settings.model_copy(update={"database_url": database_url})
+    where = settings.asyncpg_dsn.split("@")[-1]  # never the password
+
+    async def run() -> DryRunReport:
+        connection = await _read_only_connection(settings)
+        try:
+            chosen = kind or await _stored_kind(connection, source_id, where)
+            mapping, origin = _mapping_to_try(chosen, source_id, mapping_file, settings)
+            try:
+                events = parse_samples(sample.read_bytes(), chosen, source_id, mapping)
+            except SampleError as error:
+                typer.echo(f"invalid sample {sample}: {error}", err=True)
+                raise typer.Exit(2) from None
+            report = check(events, mapping, source_id=source_id, kind=chosen.value, origin=origin)
+            if connection is not None:
+                await check_references(connection, report)
+            return report
+        finally:
+            if connection is not None:
+                await connection.close()
+
+    report = asyncio.run(run())
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), ensure_ascii=False, indent=2, default=str))
+    else:
+        typer.echo(render(report))
+        if not report.references_checked:
+            typer.echo(f"references not checked: no database at {where}", err=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+async def _read_only_connection(settings: Settings) -> Any:
+    """A connection in a read-only session, or None when the database cannot be reached
+    (the check then runs without it and says so)."""
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(settings.asyncpg_dsn, timeout=5)
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return None
+    await connection.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    return connection
+
+
+async def _stored_kind(connection: Any, source_id: str, where: str) -> SourceKind:
+    if connection is None:
+        typer.echo(f"cannot reach PostgreSQL at {where} to read {source_id!r}'s kind; "
+                   "pass --kind (erp, shopify, woocommerce)", err=True)  # fmt: skip
+        raise typer.Exit(2)
+    stored = await connection.fetchval("SELECT kind FROM sources WHERE id = $1", source_id)
+    if stored is None:
+        typer.echo(f"no source {source_id!r} in PostgreSQL at {where}; pass --kind", err=True)
+        raise typer.Exit(2)
+    return SourceKind(stored)
+
+
+def _mapping_to_try(
+    kind: SourceKind, source_id: str, path: Path | None, settings: Settings
+) -> tuple[Mapping, str]:
+    """The mapping the transform would use (or ``--mapping``), and where it comes from;
+    an invalid one is exit 1 naming the table and field."""
+    from ponte.shared.mapping import load_mapping, mapping_for, mapping_origin
+
+    try:
+        if path is not None:
+            return load_mapping(path), str(path)
+        return (
+            mapping_for(kind, source_id, settings.mappings_dir),
+            mapping_origin(kind, source_id, settings.mappings_dir),
+        )
+    except ValueError as error:
+        typer.echo(f"invalid mapping: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _secret_box(settings: Settings) -> SecretBox:

@@ -88,6 +88,13 @@ async def test_onboarding_counts_each_step_per_table(
             ("crm-a", "order", source_id, "PED-1", "delivered", now),
         ],
     )
+    # What the transform records when a skip rule leaves rows out (test_row_filters).
+    await pool.execute(
+        "INSERT INTO skipped_rows (source_id, source_table, rule, occurrences, first_seen, "
+        "last_seen, example_event_id) VALUES ($1, 'Empresa', 'tipo in [I]', 2, $2, $2, 'e')",
+        source_id,
+        now,
+    )
 
     async with ops.client() as client:
         answer = await client.get(f"/ops/sources/{source_id}/onboarding")
@@ -102,6 +109,7 @@ async def test_onboarding_counts_each_step_per_table(
         "parked": 0,
         "delivered": 1,
         "failed": 1,
+        "skipped": 2,
     }
     assert tables["Pedido"] == {
         "table": "Pedido",
@@ -111,6 +119,7 @@ async def test_onboarding_counts_each_step_per_table(
         "parked": 1,
         "delivered": 1,
         "failed": 0,
+        "skipped": 0,
     }
     assert missing.status_code == 404
 

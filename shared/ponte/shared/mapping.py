@@ -34,8 +34,36 @@ parent (``chave_pai``) may be a plain key or a ``$code`` naming the parent's own
 A reference whose target has not arrived is parked
 (``on_missing: park``, the default) or creates a placeholder row (``stub``).
 
+Rows a source sends but the CRM must not hold (internal customers, rows without a
+document) are filtered per table with ``skip``; a row matching any rule is skipped::
+
+    skip:
+      - {field: tipo, in: [I, X], reason: "internal customers"}   # trimmed text is one of
+      - {field: status, not_in: [A, L]}                           # ... is none of (absent: "")
+      - {field: cnpj, empty: true}                                 # absent, null or blank
+
+Values are compared as trimmed text (a number ``1`` matches ``"1"``); an object or list
+never matches ``in`` and is not ``empty``. Rules apply to upserts only: a delete names
+just the key, so a rule on another field would misread it (deleting a row never stored
+changes nothing anyway). A skipped row is never silently dropped: it is counted
+(``ponte_transform_rows_skipped_total{source,table,rule}``) and recorded per source,
+table and rule (``skipped_rows``, ``GET /skipped-rows`` on the transform). What skipping
+means:
+
+- a **root row** (the event's own table): the record is not stored and nothing is
+  written, nor removed: a row stored before the rule existed stays as it is (a filter is
+  not a delete; the source's delete is);
+- a **child row** (nested in its parent): it is left out of the parent's child set, and
+  children are a set, so a child of that key stored by an earlier version is tombstoned
+  (delete change event) like any child the parent no longer carries.
+
+The fields a rule reads are known to the mapping, so they are not reported as unmapped.
+``ponte mapping check <source_id> --sample FILE`` runs a mapping over sample deliveries
+without writing anything (``ponte.transform.dry_run``).
+
 Mappings are validated at load against the CRM model: unknown entities or columns, and
-references to entities that do not exist, are errors naming the table and field.
+references to entities that do not exist, are errors naming the table and field; so are
+skip rules with an unknown operator, no operator, or an empty list.
 """
 
 from __future__ import annotations
@@ -258,6 +286,85 @@ class Computed(BaseModel):
         return PARSERS[self.type or "text"](text or None)
 
 
+SKIP_OPERATORS = ("in", "not_in", "empty")
+
+
+def _skip_text(value: Any) -> str | None:
+    """The text a skip rule compares: trimmed; None for an object or list (never equal)."""
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip()
+
+
+class SkipRule(BaseModel):
+    """One row filter: ``{field, in | not_in | empty: true, reason}`` (exactly one
+    operator). Checked in a before-validator so an unknown operator or an empty list is
+    refused naming the field, not only the rule's position in the list."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    field: str = Field(min_length=1)
+    in_: tuple[str, ...] | None = Field(default=None, alias="in")
+    not_in: tuple[str, ...] | None = None
+    empty: bool | None = None
+    reason: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_known_operator(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("a skip rule is an object like {field: tipo, in: [I, X]}")
+        field = data.get("field")
+        where = f"skip rule on field {field!r}" if field else "skip rule"
+        if not isinstance(field, str) or not field.strip():
+            raise ValueError(f"{where}: 'field' is required")
+        unknown = sorted(set(data) - {"field", "reason", *SKIP_OPERATORS})
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown operator {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(SKIP_OPERATORS)})"
+            )
+        operators = [name for name in SKIP_OPERATORS if name in data]
+        if len(operators) != 1:
+            raise ValueError(f"{where}: give exactly one of {', '.join(SKIP_OPERATORS)}")
+        operator = operators[0]
+        value = data[operator]
+        if operator == "empty":
+            if value is not True:
+                raise ValueError(f"{where}: empty takes only true (use not_in for the opposite)")
+        elif not isinstance(value, list) or not value:
+            raise ValueError(f"{where}: {operator} needs a non-empty list of values")
+        elif any(isinstance(item, dict | list) or item is None for item in value):
+            raise ValueError(f"{where}: {operator} lists plain values (text or numbers)")
+        else:
+            data = {**data, operator: [str(item).strip() for item in value]}
+        return data
+
+    @property
+    def rule(self) -> str:
+        """The rule as text, its name in the metric and in ``skipped_rows``."""
+        if self.in_ is not None:
+            return f"{self.field} in [{', '.join(self.in_)}]"
+        if self.not_in is not None:
+            return f"{self.field} not_in [{', '.join(self.not_in)}]"
+        return f"{self.field} empty"
+
+    def matches(self, data: dict[str, Any]) -> bool:
+        text = _skip_text(data.get(self.field))
+        if self.empty:
+            return text == ""
+        if text is None:
+            return False
+        if self.in_ is not None:
+            return text in self.in_
+        assert self.not_in is not None
+        return text not in self.not_in
+
+
 class TableMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -269,6 +376,8 @@ class TableMapping(BaseModel):
     parent: ParentMapping | None = None
     code_table: CodeTableFields | None = None
     """Set for the generic code table: its rows become ``codes``."""
+    skip: list[SkipRule] = Field(default_factory=list)
+    """Row filters: a row matching any is skipped (counted and recorded, not stored)."""
 
     @field_validator("fields", mode="after")
     @classmethod
@@ -297,6 +406,15 @@ class TableMapping(BaseModel):
     def computed_from(self) -> frozenset[str]:
         """The fields computed columns read: known to the mapping, so not ``extra``."""
         return frozenset(name for rule in self.computed.values() for name in rule.fields())
+
+    @cached_property
+    def filtered_by(self) -> frozenset[str]:
+        """The fields skip rules read: known to the mapping, so not ``extra``."""
+        return frozenset(rule.field for rule in self.skip)
+
+    def skip_rule(self, data: dict[str, Any]) -> SkipRule | None:
+        """The first rule that skips this row, if any."""
+        return next((rule for rule in self.skip if rule.matches(data)), None)
 
     def field(self, name: str) -> FieldMapping | None:
         spec = self.fields.get(name)
@@ -493,13 +611,27 @@ def default_mapping(kind: str) -> Mapping:
     return parse_mapping(text, f"ponte/shared/mappings/{kind}.yaml")
 
 
-def mapping_for(kind: SourceKind, source_id: str, overrides_dir: Path | None = None) -> Mapping:
-    """The source's own mapping file, else its kind's override, else the shipped default."""
+def override_path(kind: SourceKind, source_id: str, overrides_dir: Path | None) -> Path | None:
+    """The file ``mapping_for`` reads instead of the shipped default, if any."""
     if overrides_dir is not None:
         for name in (f"{source_id}.yaml", f"{kind.value}.yaml"):
             if (overrides_dir / name).exists():
-                return load_mapping(overrides_dir / name)
+                return overrides_dir / name
+    return None
+
+
+def mapping_for(kind: SourceKind, source_id: str, overrides_dir: Path | None = None) -> Mapping:
+    """The source's own mapping file, else its kind's override, else the shipped default."""
+    path = override_path(kind, source_id, overrides_dir)
+    if path is not None:
+        return load_mapping(path)
     return default_mapping(spec_of(kind).default_mapping)
+
+
+def mapping_origin(kind: SourceKind, source_id: str, overrides_dir: Path | None = None) -> str:
+    """Where ``mapping_for``'s mapping comes from, in words (for the dry run)."""
+    path = override_path(kind, source_id, overrides_dir)
+    return str(path) if path else f"shipped default {spec_of(kind).default_mapping}.yaml"
 
 
 assert set(PARSERS) == set(get_args(ValueType)), "ValueType and PARSERS must list the same types"

@@ -76,7 +76,8 @@ HISTORY_WRITE_ERRORS = Counter(
 
 TRANSFORM_EVENTS = Counter(
     "ponte_transform_events_total",
-    "Raw events processed, by source and outcome (applied, stale, rejected).",
+    "Raw events processed, by source and outcome (applied, stale, rejected, skipped: every "
+    "record of the event left out by a skip rule).",
     ["source", "outcome"],
 )
 TRANSFORM_REJECTIONS = Counter(
@@ -88,6 +89,12 @@ TRANSFORM_UNMAPPED = Counter(
     "ponte_transform_unmapped_fields_total",
     "Fields (or whole tables, field '*') a source sent that its mapping does not place.",
     ["source"],
+)
+TRANSFORM_ROWS_SKIPPED = Counter(
+    "ponte_transform_rows_skipped_total",
+    "Rows a mapping's skip rule left out, by source, source table and rule (the rule as "
+    "text, 'tipo in [I, X]': bounded by the mapping files).",
+    ["source", "table", "rule"],
 )
 TRANSFORM_CHANGES = Counter(
     "ponte_transform_changes_total", "Change events written to the outbox, by entity.", ["entity"]

@@ -158,3 +158,20 @@ class PullCursor(SQLModel, table=True):
     cursor: str | None = None
     run_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+# Rows a mapping's skip rule left out (ponte.shared.mapping.SkipRule), per source, table and
+# rule: written by the transform with each batch, listed by its read API, counted by ops.
+class SkippedRows(SQLModel, table=True):
+    __tablename__ = "skipped_rows"
+
+    source_id: str = Field(primary_key=True)
+    source_table: str = Field(primary_key=True)
+    rule: str = Field(primary_key=True)
+    """The rule as text (``tipo in [I, X]``), as the metric's ``rule`` label."""
+    reason: str | None = None
+    """The rule's ``reason``, as last seen (the mapping may have been edited)."""
+    occurrences: int
+    first_seen: datetime = Field(sa_column=_utc_column())
+    last_seen: datetime = Field(sa_column=_utc_column())
+    example_event_id: str

@@ -5,9 +5,11 @@ Per source table (as the ERP names it: Pedido, Empresa...), what happened at eac
   they carried (from the request history, so only within ``history_retention_days``);
 - ``stored``: live CRM rows that came from it;
 - ``parked``: of those, rows still waiting for a referenced row (``parked_references``);
-- ``delivered`` / ``failed``: rows delivered to at least one CRM target, or failed at one.
-A table received but not stored points at the transform (see its rejections); stored but
-not delivered points at the deliver service.
+- ``delivered`` / ``failed``: rows delivered to at least one CRM target, or failed at one;
+- ``skipped``: rows the mapping's skip rules left out, ever (``skipped_rows``; the
+  transform's ``GET /skipped-rows`` says which rule).
+A table received but not stored points at the transform (see its rejections, and what it
+skipped on purpose); stored but not delivered points at the deliver service.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class TableProgress(BaseModel):
     parked: int = 0
     delivered: int = 0
     failed: int = 0
+    skipped: int = 0
 
 
 class Onboarding(BaseModel):
@@ -34,7 +37,8 @@ class Onboarding(BaseModel):
     history_retention_days: int
     note: str = (
         "requests and records come from the request history, kept history_retention_days; "
-        "stored, parked, delivered and failed are counted in the CRM model now"
+        "stored, parked, delivered and failed are counted in the CRM model now; skipped since "
+        "the first skip"
     )
 
 
@@ -71,6 +75,11 @@ GROUP BY t.table_name
 """A request's records are counted under its first table (an envelope's own table);
 its child tables count the request, not the records again."""
 
+SKIPPED_QUERY = """
+SELECT source_table, sum(occurrences)::bigint AS skipped FROM skipped_rows
+WHERE source_id = $1 GROUP BY source_table
+"""
+
 
 async def onboarding(pool: asyncpg.Pool, source_id: str, retention_days: int) -> Onboarding:
     progress: dict[str, TableProgress] = {}
@@ -88,6 +97,8 @@ async def onboarding(pool: asyncpg.Pool, source_id: str, retention_days: int) ->
             table.parked += row["parked"]
             table.delivered += row["delivered"]
             table.failed += row["failed"]
+        for row in await connection.fetch(SKIPPED_QUERY, source_id):
+            entry(row["source_table"]).skipped = row["skipped"]
     return Onboarding(
         source_id=source_id,
         tables=sorted(progress.values(), key=lambda table: table.table.lower()),

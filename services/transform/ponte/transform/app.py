@@ -25,7 +25,7 @@ from ponte.transform.classification import Classifier, load_config
 from ponte.transform.consumer import TransformConsumer
 from ponte.transform.outbox import OutboxRelay
 from ponte.transform.processor import UNAVAILABLE, BatchProcessor
-from ponte.transform.routes import entities, health, model
+from ponte.transform.routes import entities, health, mapping_check, model
 
 log = logging.getLogger(__name__)
 
@@ -138,4 +138,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(probes.router)
     app.include_router(model.router)
     app.include_router(entities.router)
+    app.include_router(mapping_check.router)
     return app

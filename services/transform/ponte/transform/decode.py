@@ -13,19 +13,26 @@ from ponte.shared.events import RawEvent
 from ponte.shared.mapping import Mapping, mapping_for
 from ponte.shared.source_kinds import SourceKind, spec_of
 from ponte.shared.validation_errors import first_problem
-from ponte.transform.normalize import NormalizedRecord, RecordRejected, normalize_record
+from ponte.transform.normalize import (
+    NormalizedRecord,
+    RecordRejected,
+    RecordSkipped,
+    SkippedRow,
+    normalize_record,
+)
 from ponte.transform.shops import shop_records
 
 
 @dataclass
 class Decoded:
     """What one message became: records to apply, or a rejection; plus what the mapping
-    did not know (reported either way)."""
+    did not know and the rows its skip rules left out (reported either way)."""
 
     event: RawEvent | None
     records: list[NormalizedRecord] = field(default_factory=list)
     rejection: RecordRejected | None = None
     unmapped: set[tuple[str, str]] = field(default_factory=set)
+    skipped: list[SkippedRow] = field(default_factory=list)
 
 
 class Decoder:
@@ -78,24 +85,35 @@ class Decoder:
                     "undecodable", f"not a Ponte raw event: {path}: {reason}", path
                 ),
             )
-        mapping = self.mapping(event.source_kind, event.source_id)
-        try:
-            body = spec_of(event.source_kind).body
-            match body:
-                case "envelope":
-                    record = normalize_record(event, mapping)
-                    return Decoded(event, [record], unmapped=record.unmapped)
-                case "shop_resource":
-                    return self._decode_shop(event, mapping)
-                case _:
-                    assert_never(body)
-        except RecordRejected as rejection:
-            return Decoded(event, rejection=rejection, unmapped=rejection.unmapped)
+        return decode_event(event, self.mapping(event.source_kind, event.source_id))
 
-    def _decode_shop(self, event: RawEvent, mapping: Mapping) -> Decoded:
-        decoded = Decoded(event)
-        for shop_record in shop_records(event):
-            scoped: Any = event.model_copy(update={"operation": shop_record.operation})
+
+def decode_event(event: RawEvent, mapping: Mapping) -> Decoded:
+    """One readable raw event under a mapping: what the transform does after decoding
+    the bytes, and what ``ponte.transform.dry_run`` runs, so a dry run cannot drift from
+    the real thing. Raises only what the caller's ``Decoder.decode`` isolates."""
+    try:
+        body = spec_of(event.source_kind).body
+        match body:
+            case "envelope":
+                try:
+                    record = normalize_record(event, mapping)
+                except RecordSkipped as skip:
+                    return Decoded(event, unmapped=skip.unmapped, skipped=[skip.skipped])
+                return Decoded(event, [record], unmapped=record.unmapped, skipped=record.skipped)
+            case "shop_resource":
+                return _decode_shop(event, mapping)
+            case _:
+                assert_never(body)
+    except RecordRejected as rejection:
+        return Decoded(event, rejection=rejection, unmapped=rejection.unmapped)
+
+
+def _decode_shop(event: RawEvent, mapping: Mapping) -> Decoded:
+    decoded = Decoded(event)
+    for shop_record in shop_records(event):
+        scoped: Any = event.model_copy(update={"operation": shop_record.operation})
+        try:
             record = normalize_record(
                 scoped,
                 mapping,
@@ -103,8 +121,13 @@ class Decoder:
                 payload=shop_record.row,
                 version_at=shop_record.version_at,
             )
-            decoded.records.append(record)
-            decoded.unmapped |= record.unmapped
-        if not decoded.records:
-            decoded.unmapped.add((event.topic, "*"))
-        return decoded
+        except RecordSkipped as skip:  # this record only; the event's others go on
+            decoded.skipped.append(skip.skipped)
+            decoded.unmapped |= skip.unmapped
+            continue
+        decoded.records.append(record)
+        decoded.unmapped |= record.unmapped
+        decoded.skipped += record.skipped
+    if not decoded.records and not decoded.skipped:
+        decoded.unmapped.add((event.topic, "*"))
+    return decoded

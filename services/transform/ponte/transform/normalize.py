@@ -12,6 +12,11 @@ so a repeated event reaches the same rows (dlt's deterministic child keys, witho
 hashing, so a person can read them). Any value that cannot be read rejects the record
 with the field's path (``Itens pedido[0].preco``) and the reason; fields the mapping does
 not know are kept in ``extra`` and reported, never silently dropped.
+
+A row a table's ``skip`` rule matches (``ponte.shared.mapping.SkipRule``) is not a row:
+a skipped root raises ``RecordSkipped`` (the record is not stored), a skipped child is
+left out of its parent's child set (so a stored one is tombstoned); either way the skip
+is returned (``SkippedRow``) for the processor to count and record.
 """
 
 from __future__ import annotations
@@ -48,6 +53,26 @@ class RecordRejected(Exception):
         self.reason = reason
         self.field = field
         self.unmapped = unmapped or set()
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A row a skip rule left out: which table, which rule, where in the event."""
+
+    table: str
+    rule: str
+    reason: str | None
+    path: str
+
+
+class RecordSkipped(Exception):
+    """The event's root row matches a skip rule: nothing of the record is stored. Not an
+    error: the processor counts and records it (``skipped_rows``) and writes nothing."""
+
+    def __init__(self, skipped: SkippedRow, unmapped: set[tuple[str, str]]) -> None:
+        super().__init__(f"{skipped.path}: skipped by {skipped.rule}")
+        self.skipped = skipped
+        self.unmapped = unmapped
 
 
 @dataclass(frozen=True, order=True)
@@ -108,6 +133,8 @@ class NormalizedRecord:
     version: Version
     rows: list[NormalizedRow]
     unmapped: set[tuple[str, str]] = field(default_factory=set)
+    skipped: list[SkippedRow] = field(default_factory=list)
+    """Child rows skip rules left out of their parent's set."""
 
     @property
     def root(self) -> NormalizedRow:
@@ -160,6 +187,7 @@ class _Normalizer:
         self.rows: list[NormalizedRow] = []
         self.keys: set[tuple[str, str]] = set()
         self.unmapped: set[tuple[str, str]] = set()
+        self.skipped: list[SkippedRow] = []
 
     def reject(self, code: str, reason: str, path: str | None) -> RecordRejected:
         return RecordRejected(code, reason, path, self.unmapped)
@@ -174,12 +202,18 @@ class _Normalizer:
         parent: tuple[str, str] | None,
         depth: int,
         key_only: bool = False,
-    ) -> str:
-        """Normalise one row (and, recursively, its children); returns its source key."""
+    ) -> str | None:
+        """Normalise one row (and, recursively, its children); returns its source key, or
+        None when a skip rule leaves it out (checked before the key: a rule such as
+        ``cnpj empty`` may well match rows that would otherwise be refused)."""
         if depth > MAX_DEPTH:
             raise self.reject("too_deep", f"child tables nest deeper than {MAX_DEPTH}", path)
         if not isinstance(data, dict):
             raise self.reject("invalid_row", "a row must be a JSON object", path)
+        skip = None if key_only else table.skip_rule(data)
+        if skip is not None:
+            self.skipped.append(SkippedRow(table_name, skip.rule, skip.reason, path))
+            return None
         row = NormalizedRow(table.entity, table_name, "", depth=depth)
         own_key = self._key(table, data, path)
         parent_key = self._parent(table, data, row, path, parent)
@@ -357,6 +391,7 @@ class _Normalizer:
             if (
                 name not in table.key
                 and name not in table.computed_from
+                and name not in table.filtered_by
                 and (table.parent is None or name != table.parent.field)
             ):
                 self.unmapped.add((table_name, name))
@@ -430,16 +465,21 @@ class _Normalizer:
                 "unmapped_child", f"table {child_name!r} has no parent in the mapping", path
             )
         keys = {
-            self.row(
-                child_name,
-                child_table,
-                child,
-                path=f"{path}[{index}]",
-                parent=(row.entity, row.source_key),
-                depth=depth + 1,
-            )
+            key
             for index, child in enumerate(child_rows)
+            if (
+                key := self.row(
+                    child_name,
+                    child_table,
+                    child,
+                    path=f"{path}[{index}]",
+                    parent=(row.entity, row.source_key),
+                    depth=depth + 1,
+                )
+            )
+            is not None
         }
+        # A skipped child is not in the set: a stored one of its key is tombstoned.
         row.child_sets.append(ChildSet(child_table.entity, child_table.parent.column, keys))
 
 
@@ -465,7 +505,9 @@ def normalize_record(
     payload: dict[str, Any] | None = None,
     version_at: datetime | None = None,
 ) -> NormalizedRecord:
-    """Normalise one record event (or, for shops, one adapted row of it)."""
+    """Normalise one record event (or, for shops, one adapted row of it). Raises
+    ``RecordRejected`` when it cannot be stored, ``RecordSkipped`` when a skip rule
+    leaves its root row out."""
     table_name = table or event.topic
     data = event.payload if payload is None else payload
     walker = _Normalizer(mapping, event.source_id)
@@ -478,7 +520,7 @@ def normalize_record(
             {(table_name, "*")},
         )
     try:
-        walker.row(
+        root_key = walker.row(
             table_name,
             table_mapping,
             data,
@@ -491,7 +533,15 @@ def normalize_record(
         raise RecordRejected(
             "invalid_value", f"{table_name}: {error}", table_name, walker.unmapped
         ) from None
+    if root_key is None:
+        raise RecordSkipped(walker.skipped[0], walker.unmapped)
     version = Version(version_at or event.occurred_at or event.received_at, version_id(event))
     return NormalizedRecord(
-        event.source_id, event.event_id, event.operation, version, walker.rows, walker.unmapped
+        event.source_id,
+        event.event_id,
+        event.operation,
+        version,
+        walker.rows,
+        walker.unmapped,
+        walker.skipped,
     )

@@ -33,6 +33,7 @@ from ponte.shared.metrics import (
     TRANSFORM_EVENTS,
     TRANSFORM_LAST_APPLIED,
     TRANSFORM_REJECTIONS,
+    TRANSFORM_ROWS_SKIPPED,
     TRANSFORM_UNMAPPED,
 )
 from ponte.shared.settings import Settings
@@ -73,6 +74,8 @@ class BatchSummary:
     applied: int = 0
     stale: int = 0
     rejected: int = 0
+    skipped: int = 0
+    """Rows (root or child) skip rules left out, in committed transactions."""
     changes: int = 0
     splits: int = 0
     rejected_codes: list[str] = field(default_factory=list)
@@ -144,6 +147,7 @@ class BatchProcessor:
         )
         item.decoded.records = []
         item.decoded.unmapped = set()
+        item.decoded.skipped = []  # dead-lettered whole: its skips are not counted either
         item.decoded.rejection = RecordRejected(
             "database_error", storable(f"{type(error).__name__}: {error}", 1000)
         )
@@ -175,11 +179,13 @@ class BatchProcessor:
             written = await add_messages(connection, messages)
             await _record_rejections(connection, rejected, now)
             await _record_unmapped(connection, items, now)
+            await _record_skipped(connection, items, now)
         # Counted (and handed to the relay) only once committed.
         summary.outbox += written
         summary.applied += result.applied_records
         summary.stale += result.stale_records
         summary.rejected += len(rejected)
+        summary.skipped += sum(len(i.decoded.skipped) for i in items if i.decoded.rejection is None)
         summary.changes += len(result.changes)
         for change in result.changes:
             TRANSFORM_CHANGES.labels(change.entity).inc()
@@ -193,11 +199,15 @@ class BatchProcessor:
                 summary.rejected_codes.append(item.decoded.rejection.code)
                 TRANSFORM_REJECTIONS.labels(source, item.decoded.rejection.code).inc()
                 TRANSFORM_EVENTS.labels(source, "rejected").inc()
+            elif not item.decoded.records and item.decoded.skipped:
+                TRANSFORM_EVENTS.labels(source, "skipped").inc()
             else:
                 TRANSFORM_EVENTS.labels(source, "applied").inc()
                 TRANSFORM_LAST_APPLIED.labels(source).set(time.time())
             if item.decoded.unmapped:
                 TRANSFORM_UNMAPPED.labels(source).inc(len(item.decoded.unmapped))
+            for skipped in item.decoded.skipped:
+                TRANSFORM_ROWS_SKIPPED.labels(source, skipped.table, skipped.rule).inc()
 
     def change_message(
         self, change: ChangeEvent
@@ -315,4 +325,32 @@ async def _record_unmapped(connection: DbConnection, items: list[_Item], now: da
         "occurrences = unmapped_fields.occurrences + EXCLUDED.occurrences, "
         "last_seen = EXCLUDED.last_seen, example_event_id = EXCLUDED.example_event_id",
         [(*key, count, now, event_id) for key, (count, event_id) in sorted(counts.items())],
+    )
+
+
+async def _record_skipped(connection: DbConnection, items: list[_Item], now: datetime) -> None:
+    """Per (source, table, rule), how many rows skip rules left out: in the batch's own
+    transaction, so a skip is recorded exactly when the rest of the batch is."""
+    counts: dict[tuple[str, str, str], tuple[int, str | None, str]] = {}
+    for item in items:
+        event = item.decoded.event
+        if event is None or item.decoded.rejection is not None:
+            continue
+        for skipped in item.decoded.skipped:
+            key = (event.source_id, skipped.table, skipped.rule)
+            seen = counts.get(key, (0, None, ""))[0]
+            counts[key] = (seen + 1, skipped.reason, event.event_id)
+    if not counts:
+        return
+    await connection.executemany(
+        "INSERT INTO skipped_rows (source_id, source_table, rule, reason, occurrences, "
+        "first_seen, last_seen, example_event_id) VALUES ($1, $2, $3, $4, $5, $6, $6, $7) "
+        "ON CONFLICT (source_id, source_table, rule) DO UPDATE SET "
+        "occurrences = skipped_rows.occurrences + EXCLUDED.occurrences, "
+        "reason = EXCLUDED.reason, last_seen = EXCLUDED.last_seen, "
+        "example_event_id = EXCLUDED.example_event_id",
+        [
+            (*key, reason, count, now, event_id)
+            for key, (count, reason, event_id) in sorted(counts.items())
+        ],
     )

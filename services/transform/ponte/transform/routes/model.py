@@ -1,5 +1,5 @@
 """What the transform could not finish, for the people who fix it: parked references,
-rejected records and fields the mapping does not place."""
+rejected records, fields the mapping does not place and rows its skip rules left out."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from ponte.shared.crm import ParkedReference, TransformRejection, UnmappedField
 from ponte.shared.deps import PoolDep
+from ponte.shared.models import SkippedRows
 from ponte.shared.ops_token import UNAUTHORIZED as OPS_TOKEN_MISSING
 from ponte.shared.ops_token import OpsTokenRequired
 from ponte.shared.probes import IdQuery
@@ -64,6 +65,14 @@ async def unmapped_fields(
 ) -> Page[UnmappedField]:
     count, rows = await _page(pool, "unmapped_fields", "last_seen DESC", source_id, limit)
     return Page[UnmappedField](count=count, items=[UnmappedField(**r) for r in rows])
+
+
+@router.get("/skipped-rows", summary="Rows the mapping's skip rules left out, per table and rule")
+async def skipped_rows(
+    pool: PoolDep, source_id: IdQuery = None, limit: Limit = 100
+) -> Page[SkippedRows]:
+    count, rows = await _page(pool, "skipped_rows", "last_seen DESC", source_id, limit)
+    return Page[SkippedRows](count=count, items=[SkippedRows(**r) for r in rows])
 
 
 class CompanyClass(BaseModel):

@@ -3,7 +3,8 @@
 Every entity row carries the same bookkeeping (``CrmRow``):
 - provenance: ``source_id``, ``source_table`` and ``source_key`` (the ERP's own key; a
   child's key is its parent's key plus its own, e.g. ``PED-1001/1``), unique per source;
-- version: ``version_at`` (the event's occurred_at, or the shop's updated_at) then
+- version: ``version_at`` (the event's occurred_at, or the shop's updated_at), then
+  ``version_seq`` (the source's sequence field, else the raw topic offset), then
   ``version_event_id`` break ties, so a repeated or older event changes nothing;
 - ``deleted_at``: a tombstone, which also beats older upserts that arrive later;
 - ``extra``: fields the source sent that the mapping does not place (also reported in
@@ -42,6 +43,8 @@ class CrmRow(SQLModel):
     source_key: str
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str | None = None
+    version_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
+    """The version's sequence (``ponte.transform.normalize.Version``; migration 0015)."""
     deleted_at: datetime | None = Field(default=None, sa_type=_AWARE)
     extra: dict[str, Any] = Field(
         default_factory=dict, sa_type=pg.JSONB, sa_column_kwargs={"nullable": False}
@@ -320,6 +323,7 @@ class ChildSetVersion(SQLModel, table=True):
     parent_id: int = Field(primary_key=True)
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str
+    version_seq: int | None = Field(default=None, sa_type=sa.BigInteger)  # migration 0015
 
 
 # Messages to publish after the transaction that produced them commits (transactional
@@ -390,6 +394,7 @@ class Delivery(SQLModel, table=True):
     """delivered, failed, or waiting (for a record it refers to: ``waiting_deliveries``)."""
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str | None = None
+    version_seq: int | None = Field(default=None, sa_type=sa.BigInteger)  # migration 0015
     attempts: int = 0
     last_error: str | None = None
     updated_at: datetime = Field(sa_type=_AWARE)
@@ -412,6 +417,7 @@ class WaitingDelivery(SQLModel, table=True):
     source_key: str = Field(primary_key=True)
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str | None = None
+    version_seq: int | None = Field(default=None, sa_type=sa.BigInteger)  # migration 0015
     change: dict[str, Any] = Field(sa_type=pg.JSONB, sa_column_kwargs={"nullable": False})
     """The change event as deliver read it, to send once the reference resolves."""
     waits_for_entity: str

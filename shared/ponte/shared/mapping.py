@@ -34,6 +34,11 @@ parent (``chave_pai``) may be a plain key or a ``$code`` naming the parent's own
 A reference whose target has not arrived is parked
 (``on_missing: park``, the default) or creates a placeholder row (``stub``).
 
+Two versions of a row with the same time are ordered by the source's own sequence when a
+table names it (``version: {field: rowversion}``: an integer, decimal text or ``0x`` hex,
+required on every row; a child table and its parent both name one, or neither), else by
+the raw topic offset (``ponte.transform.normalize.Version``).
+
 Mappings are validated at load against the CRM model: unknown entities or columns, and
 references to entities that do not exist, are errors naming the table and field.
 """
@@ -172,6 +177,17 @@ class ParentMapping(BaseModel):
     """The field holding the parent's ERP key when the child arrives as its own event."""
 
 
+class VersionSequence(BaseModel):
+    """The field of a table's rows that orders two versions with the same time: a
+    per-source monotonic number (a ``rowversion``, a change counter, milliseconds), read
+    as an integer and required on every row and delete of the table. Without one, the
+    raw topic offset orders them (``ponte.transform.normalize.Version``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(min_length=1)
+
+
 class CodeTableFields(BaseModel):
     """Field names of a generic code table ("tabela de tabelas")."""
 
@@ -249,6 +265,8 @@ class TableMapping(BaseModel):
     parent: ParentMapping | None = None
     code_table: CodeTableFields | None = None
     """Set for the generic code table: its rows become ``codes``."""
+    version: VersionSequence | None = None
+    """``version: {field: rowversion}``: the source's own sequence (``VersionSequence``)."""
 
     @field_validator("fields", mode="after")
     @classmethod
@@ -308,6 +326,7 @@ class Mapping(BaseModel):
                 _check_foreign_key(
                     f"{where} parent", table.entity, table.parent.column, table.parent.entity
                 )
+                _check_same_sequence(where, table, self.tables)
                 order = list(ENTITIES)
                 if order.index(table.parent.entity) >= order.index(table.entity):
                     raise ValueError(
@@ -365,6 +384,22 @@ class Mapping(BaseModel):
             if table_name.casefold() == folded:
                 return table
         return None
+
+
+def _check_same_sequence(where: str, child: TableMapping, tables: dict[str, TableMapping]) -> None:
+    """A child sent alone is compared with its parent's version (the set that last replaced
+    the parent's children): both must order by the same kind of sequence, the source's
+    or the raw topic offset, or a rowversion would be compared with an offset."""
+    assert child.parent is not None
+    for name, parent in tables.items():
+        if parent.entity != child.parent.entity or parent.code_table is not None:
+            continue
+        if (parent.version is None) != (child.version is None):
+            has, lacks = (name, "this table") if child.version is None else ("this table", name)
+            raise ValueError(
+                f"{where} version: {has} names a version sequence (version.field) and "
+                f"{lacks}, of the parent/child pair, does not; give both one, or neither"
+            )
 
 
 def _check_column(where: str, column: str, columns: set[str]) -> None:

@@ -41,11 +41,13 @@ class Decoder:
             self._mappings[key] = mapping_for(kind, source_id, self._overrides_dir)
         return self._mappings[key]
 
-    def decode(self, value: bytes | None) -> Decoded:
+    def decode(self, value: bytes | None, offset: int | None = None) -> Decoded:
         """Never raises: whatever a payload does to the code below becomes a rejection
-        (dead letter), so one message cannot stop the consumer or block its partition."""
+        (dead letter), so one message cannot stop the consumer or block its partition.
+        ``offset`` is the message's raw topic offset: its records' version sequence,
+        unless the mapping names the source's own (``normalize.Version``)."""
         try:
-            return self._decode(value)
+            return self._decode(value, offset)
         except Exception as error:  # a payload shape nobody foresaw: isolate it
             return Decoded(
                 None,
@@ -54,7 +56,7 @@ class Decoder:
                 ),
             )
 
-    def _decode(self, value: bytes | None) -> Decoded:
+    def _decode(self, value: bytes | None, offset: int | None) -> Decoded:
         # The edge's decoder and limits (ingest refused anything beyond them with a 4xx),
         # so a message from anywhere else is refused for the same reasons, by name, and
         # nothing is silently altered (NUL used to be stripped here, merging "X\0Y" and
@@ -83,16 +85,16 @@ class Decoder:
             body = spec_of(event.source_kind).body
             match body:
                 case "envelope":
-                    record = normalize_record(event, mapping)
+                    record = normalize_record(event, mapping, offset=offset)
                     return Decoded(event, [record], unmapped=record.unmapped)
                 case "shop_resource":
-                    return self._decode_shop(event, mapping)
+                    return self._decode_shop(event, mapping, offset)
                 case _:
                     assert_never(body)
         except RecordRejected as rejection:
             return Decoded(event, rejection=rejection, unmapped=rejection.unmapped)
 
-    def _decode_shop(self, event: RawEvent, mapping: Mapping) -> Decoded:
+    def _decode_shop(self, event: RawEvent, mapping: Mapping, offset: int | None) -> Decoded:
         decoded = Decoded(event)
         for shop_record in shop_records(event):
             scoped: Any = event.model_copy(update={"operation": shop_record.operation})
@@ -102,6 +104,7 @@ class Decoder:
                 table=shop_record.table,
                 payload=shop_record.row,
                 version_at=shop_record.version_at,
+                offset=offset,
             )
             decoded.records.append(record)
             decoded.unmapped |= record.unmapped

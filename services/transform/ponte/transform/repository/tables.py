@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlmodel import SQLModel
 
-from ponte.shared.crm import CHILDREN, ENTITIES
-from ponte.transform.normalize import Version
+from ponte.shared.crm import BOOKKEEPING_COLUMNS, CHILDREN, DERIVED_COLUMNS, ENTITIES
+from ponte.shared.versions import Version
 
 RowKey = tuple[str, str]
 """(source_id, source_key)"""
@@ -33,6 +33,14 @@ def table_of(entity: str) -> sa.Table:
     return SQLModel.metadata.tables[table_name]
 
 
+def content_columns(table: sa.Table, keep: str | None = None) -> list[str]:
+    """The columns a version writes (not bookkeeping, not derived): what a tombstone
+    clears, keeping ``keep`` (a dropped child's link to its parent)."""
+    entity = next(name for name, model in ENTITIES.items() if model.__tablename__ == table.name)
+    skip = BOOKKEEPING_COLUMNS | DERIVED_COLUMNS.get(entity, frozenset()) | {keep}
+    return [column.name for column in table.columns if column.name not in skip]
+
+
 def array_type(column: sa.Column[Any]) -> str:
     return f"{column.type.compile(dialect=_DIALECT)}[]"
 
@@ -41,4 +49,4 @@ def version_of(row: asyncpg.Record | None) -> Version | None:
     """A stored row's version (None: never written by an event, e.g. a stub)."""
     if row is None or row["version_event_id"] is None:
         return None
-    return Version(row["version_at"], row["version_event_id"])
+    return Version(row["version_at"], row["version_seq"], row["version_event_id"])

@@ -394,11 +394,15 @@ def _check_same_sequence(where: str, child: TableMapping, tables: dict[str, Tabl
     for name, parent in tables.items():
         if parent.entity != child.parent.entity or parent.code_table is not None:
             continue
-        if (parent.version is None) != (child.version is None):
-            has, lacks = (name, "this table") if child.version is None else ("this table", name)
+        if parent.version is not None and child.version is None:
             raise ValueError(
-                f"{where} version: {has} names a version sequence (version.field) and "
-                f"{lacks}, of the parent/child pair, does not; give both one, or neither"
+                f"{where} version: its parent table {name!r} names a version sequence "
+                "(version.field) and this table does not; give both one, or neither"
+            )
+        if parent.version is None and child.version is not None:
+            raise ValueError(
+                f"{where} version: this table names a version sequence (version.field) and "
+                f"its parent table {name!r} does not; give both one, or neither"
             )
 
 

@@ -44,7 +44,7 @@ class CrmRow(SQLModel):
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str | None = None
     version_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
-    """The version's sequence (``ponte.transform.normalize.Version``; migration 0015)."""
+    """The version's sequence (``ponte.shared.versions.Version``; migration 0015)."""
     deleted_at: datetime | None = Field(default=None, sa_type=_AWARE)
     extra: dict[str, Any] = Field(
         default_factory=dict, sa_type=pg.JSONB, sa_column_kwargs={"nullable": False}

@@ -118,6 +118,12 @@ async def test_raw_events_become_rows_changes_and_dead_letters(
     assert {(c["entity"], c["source_key"]) for c in mine} >= {("order", "PED-1"), ("company", "E2")}
     order_change = next(c for c in mine if c["entity"] == "order")
     assert "total" in order_change["changed"] and order_change["row"]["total"] == "1234.56"
+    # The version's sequence is the raw message's offset (no sequence field mapped), and
+    # the change event carries it for deliver.
+    raw = await read_topic(settings.kafka_bootstrap, settings.raw_topic, expect=len(events))
+    offset = next(m.offset for m in raw if b'"PED-1"' in (m.value or b""))
+    assert order["version_seq"] == offset
+    assert order_change["version"]["seq"] == offset
     assert (
         next(m for m in changes if json.loads(m.value)["entity"] == "order").key
         == f"order/{source_id}/PED-1".encode()

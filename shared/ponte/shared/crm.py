@@ -50,6 +50,7 @@ class ChildSetVersion(SQLModel, table=True):
     parent_id: int = Field(primary_key=True)
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str
+    version_seq: int | None = Field(default=None, sa_type=sa.BigInteger)  # migration 0015
 
 
 # Messages to publish after the transaction that produced them commits (transactional
@@ -112,6 +113,7 @@ class Delivery(SQLModel, table=True):
     """delivered, failed, or waiting (for a record it refers to: ``waiting_deliveries``)."""
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str | None = None
+    version_seq: int | None = Field(default=None, sa_type=sa.BigInteger)  # migration 0015
     attempts: int = 0
     last_error: str | None = None
     updated_at: datetime = Field(sa_type=_AWARE)
@@ -134,6 +136,7 @@ class WaitingDelivery(SQLModel, table=True):
     source_key: str = Field(primary_key=True)
     version_at: datetime | None = Field(default=None, sa_type=_AWARE)
     version_event_id: str | None = None
+    version_seq: int | None = Field(default=None, sa_type=sa.BigInteger)  # migration 0015
     change: dict[str, Any] = Field(sa_type=pg.JSONB, sa_column_kwargs={"nullable": False})
     """The change event as deliver read it, to send once the reference resolves."""
     waits_for_entity: str

@@ -63,6 +63,7 @@ BOOKKEEPING_COLUMNS = frozenset(
         "source_key",
         "version_at",
         "version_event_id",
+        "version_seq",
         "deleted_at",
         "extra",
         "updated_at",
@@ -323,6 +324,8 @@ def _table(metadata: sa.MetaData, spec: EntitySpec, entities: dict[str, EntitySp
         sa.Column("source_key", sa.String, nullable=False),
         sa.Column("version_at", sa.DateTime(timezone=True)),
         sa.Column("version_event_id", sa.String),
+        # The version's sequence (``ponte.shared.versions``; migration 0015).
+        sa.Column("version_seq", sa.BigInteger),
         sa.Column("deleted_at", sa.DateTime(timezone=True)),
         sa.Column("extra", pg.JSONB, nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True)),

@@ -61,6 +61,11 @@ The fields a rule reads are known to the mapping, so they are not reported as un
 ``ponte mapping check <source_id> --sample FILE`` runs a mapping over sample deliveries
 without writing anything (``ponte.transform.dry_run``).
 
+Two versions of a row with the same time are ordered by the source's own sequence when a
+table names it (``version: {field: rowversion}``: an integer, decimal text or ``0x`` hex,
+required on every row; a child table and its parent both name one, or neither), else by
+the raw topic offset (``ponte.transform.normalize.Version``).
+
 Mappings are validated at load against the CRM model: unknown entities or columns, and
 references to entities that do not exist, are errors naming the table and field; so are
 skip rules with an unknown operator, no operator, or an empty list.
@@ -217,6 +222,17 @@ class ParentMapping(BaseModel):
     column: str
     field: str | None = None
     """The field holding the parent's ERP key when the child arrives as its own event."""
+
+
+class VersionSequence(BaseModel):
+    """The field of a table's rows that orders two versions with the same time: a
+    per-source monotonic number (a ``rowversion``, a change counter, milliseconds), read
+    as an integer and required on every row and delete of the table. Without one, the
+    raw topic offset orders them (``ponte.transform.normalize.Version``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(min_length=1)
 
 
 class CodeTableFields(BaseModel):
@@ -378,6 +394,8 @@ class TableMapping(BaseModel):
     """Set for the generic code table: its rows become ``codes``."""
     skip: list[SkipRule] = Field(default_factory=list)
     """Row filters: a row matching any is skipped (counted and recorded, not stored)."""
+    version: VersionSequence | None = None
+    """``version: {field: rowversion}``: the source's own sequence (``VersionSequence``)."""
 
     @field_validator("fields", mode="after")
     @classmethod
@@ -463,6 +481,8 @@ class MappingMismatch(ValueError):
         where = f"table {path[1]!r}" if len(path) > 1 else "mapping"
         if len(path) > 3:
             where += f" {path[2].removesuffix('s')} {path[3]!r}"
+        elif len(path) == 3 and path[2] in ("parent", "version"):
+            where += f" {path[2]}"
         super().__init__(f"{where}: {reason}")
         self.path = path
         self.reason = reason
@@ -487,6 +507,7 @@ def check_against_model(mapping: Mapping, model: CrmModel) -> None:
                 raise MappingMismatch(where, f"parent: unknown entity {table.parent.entity!r}")
             _check_column(where, "parent", table.parent.column, entity, columns)
             _check_foreign_key(where, model, table.entity, table.parent.column, table.parent.entity)
+            _check_same_sequence((*at, "version"), table, mapping.tables)
         mapped = {
             spec.column
             for name in table.fields
@@ -536,6 +557,30 @@ def _check_field(
         raise MappingMismatch(where, f"default {error}") from None
     except ValueError as error:
         raise MappingMismatch(where, str(error)) from None
+
+
+def _check_same_sequence(
+    where: tuple[str, ...], child: TableMapping, tables: dict[str, TableMapping]
+) -> None:
+    """A child sent alone is compared with its parent's version (the set that last replaced
+    the parent's children): both must order by the same kind of sequence, the source's
+    or the raw topic offset, or a rowversion would be compared with an offset."""
+    assert child.parent is not None
+    for name, parent in tables.items():
+        if parent.entity != child.parent.entity or parent.code_table is not None:
+            continue
+        if parent.version is not None and child.version is None:
+            raise MappingMismatch(
+                where,
+                f"its parent table {name!r} names a version sequence (version.field) and "
+                "this table does not; give both one, or neither",
+            )
+        if parent.version is None and child.version is not None:
+            raise MappingMismatch(
+                where,
+                "this table names a version sequence (version.field) and its parent table "
+                f"{name!r} does not; give both one, or neither",
+            )
 
 
 def _value_type(

@@ -102,6 +102,7 @@ class DeliveryState(BaseModel):
     state: str
     version_at: datetime | None
     version_event_id: str | None
+    version_seq: int | None = None
     attempts: int
     last_error: str | None
     updated_at: datetime

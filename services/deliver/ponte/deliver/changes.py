@@ -10,6 +10,7 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from ponte.deliver.targets import Target
+from ponte.shared.versions import version_key
 
 
 @dataclass
@@ -27,17 +28,17 @@ class Change:
     offset: int
     published_at: float | None = None
     """When the transform's outbox published it (the Kafka record's time, Unix seconds)."""
+    version_seq: int | None = None
+    """The version's sequence (``ponte.shared.versions.Version``); None in a change event
+    published before it existed, which sorts before every sequence (``NO_SEQUENCE``)."""
 
     @property
     def external_id(self) -> str:
         """Ponte's id of the record in every CRM: stable across re-deliveries."""
         return f"{self.source_id}/{self.entity}/{self.source_key}"
 
-    def version_key(self) -> tuple[float, str]:
-        return (
-            self.version_at.timestamp() if self.version_at else float("-inf"),
-            self.version_event_id or "",
-        )
+    def version_key(self) -> tuple[float, int, str]:
+        return version_key(self.version_at, self.version_seq, self.version_event_id)
 
 
 def change_from(
@@ -54,12 +55,22 @@ def change_from(
         operation=data["operation"],
         version_at=datetime.fromisoformat(at) if at else None,
         version_event_id=version.get("event_id"),
+        version_seq=_sequence(version.get("seq")),
         row=data.get("row") or {},
         topic=topic,
         partition=partition,
         offset=offset,
         published_at=published_at,
     )
+
+
+def _sequence(value: Any) -> int | None:
+    """A change event's ``version.seq``: absent or null before the sequence existed."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"version.seq must be an integer or null, not {type(value).__name__}")
+    return value
 
 
 def event_body(change: Change) -> dict[str, Any]:
@@ -74,6 +85,7 @@ def event_body(change: Change) -> dict[str, Any]:
         "row": change.row,
         "version": {
             "at": change.version_at.isoformat() if change.version_at else None,
+            "seq": change.version_seq,
             "event_id": change.version_event_id,
         },
     }

@@ -47,6 +47,7 @@ from ponte.deliver.connectors.base import BatchOutcome, Connector, Outgoing, Pai
 from ponte.deliver.targets import Target
 from ponte.shared.http_policy import RetryableError, TerminalError, tenacity_wait
 from ponte.shared.settings import Settings
+from ponte.shared.versions import version_key, version_order
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +426,7 @@ class Deliverer:
                 target_id, change.entity, change.source_id, change.source_key, change.row_id,
                 crm_id, state, change.version_at, change.version_event_id, attempts, reason,
                 now, result.keys.get(change.external_id) if state == "delivered" else None,
+                change.version_seq,
             )  # fmt: skip
 
         rows = [row(change, crm_id, "delivered", 1, None) for change, crm_id in result.delivered]
@@ -439,9 +441,10 @@ class Deliverer:
             return
         # A failure or a wait never erases the CRM id, its key or the version delivered.
         await self._pool.executemany(
-            "INSERT INTO deliveries AS d (target_id, entity, source_id, source_key, row_id, "
+            "INSERT INTO deliveries AS d (target_id, entity, source_id, source_key, row_id, "  # noqa: S608 - the order is a constant
             "crm_id, state, version_at, version_event_id, attempts, last_error, updated_at, "
-            "crm_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+            "crm_key, version_seq) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
             "ON CONFLICT (target_id, entity, source_id, source_key) DO UPDATE SET "
             "row_id = EXCLUDED.row_id, crm_id = COALESCE(EXCLUDED.crm_id, d.crm_id), "
             "crm_key = COALESCE(EXCLUDED.crm_key, d.crm_key), "
@@ -450,17 +453,16 @@ class Deliverer:
             "version_at = CASE WHEN EXCLUDED.state = 'delivered' THEN EXCLUDED.version_at "
             "ELSE d.version_at END, "
             "version_event_id = CASE WHEN EXCLUDED.state = 'delivered' "
-            "THEN EXCLUDED.version_event_id ELSE d.version_event_id END "
+            "THEN EXCLUDED.version_event_id ELSE d.version_event_id END, "
+            "version_seq = CASE WHEN EXCLUDED.state = 'delivered' "
+            "THEN EXCLUDED.version_seq ELSE d.version_seq END "
             # Never back in time: an older version recorded after a newer one (two
             # writers of one record) leaves the newer one's row as it is.
             "WHERE NOT (EXCLUDED.state = 'delivered' AND d.state = 'delivered' AND "
-            "(COALESCE(EXCLUDED.version_at, '-infinity'), "
-            "COALESCE(EXCLUDED.version_event_id, '')) < "
-            "(COALESCE(d.version_at, '-infinity'), COALESCE(d.version_event_id, '')))",
+            f"{version_order('EXCLUDED')} < {version_order('d')})",
             rows,
         )
 
 
-def _stored_version(row: asyncpg.Record) -> tuple[float, str]:
-    at = row["version_at"]
-    return (at.timestamp() if at else float("-inf"), row["version_event_id"] or "")
+def _stored_version(row: asyncpg.Record) -> tuple[float, int, str]:
+    return version_key(row["version_at"], row["version_seq"], row["version_event_id"])

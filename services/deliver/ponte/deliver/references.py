@@ -43,6 +43,7 @@ import asyncpg
 from ponte.deliver.changes import Change, change_from, event_body
 from ponte.deliver.targets import Reference, Target
 from ponte.shared.crm_model import crm_model
+from ponte.shared.versions import version_order
 
 CLAIM_STALE_S = 120
 """A claimed waiting change not settled within this long was lost with its process."""
@@ -158,8 +159,8 @@ def _decode(data: dict[str, Any]) -> Change:
     )
 
 
-def _version(change: Change) -> tuple[datetime | None, str]:
-    return change.version_at, change.version_event_id or ""
+def _version(change: Change) -> tuple[datetime | None, int | None, str]:
+    return change.version_at, change.version_seq, change.version_event_id or ""
 
 
 def _versions(changes: list[Change]) -> tuple[list[Any], ...]:
@@ -169,6 +170,7 @@ def _versions(changes: list[Change]) -> tuple[list[Any], ...]:
         [c.source_id for c in changes],
         [c.source_key for c in changes],
         [c.version_at for c in changes],
+        [c.version_seq for c in changes],
         [c.version_event_id or "" for c in changes],
     )
 
@@ -179,18 +181,17 @@ async def park(pool: asyncpg.Pool, target: Target, missing: list[tuple[Change, M
         return
     now = datetime.now(UTC)
     await pool.executemany(
-        "INSERT INTO waiting_deliveries AS w (target_id, entity, source_id, source_key, "
-        "version_at, version_event_id, change, waits_for_entity, waits_for_row_id, reason, "
-        "since, claimed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-        "$10, $11, NULL) "
+        "INSERT INTO waiting_deliveries AS w (target_id, entity, source_id, source_key, "  # noqa: S608 - the order is a constant
+        "version_at, version_seq, version_event_id, change, waits_for_entity, "
+        "waits_for_row_id, reason, since, claimed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+        "$8, $9, $10, $11, $12, NULL) "
         "ON CONFLICT (target_id, entity, source_id, source_key) DO UPDATE SET "
-        "version_at = EXCLUDED.version_at, version_event_id = EXCLUDED.version_event_id, "
+        "version_at = EXCLUDED.version_at, version_seq = EXCLUDED.version_seq, "
+        "version_event_id = EXCLUDED.version_event_id, "
         "change = EXCLUDED.change, waits_for_entity = EXCLUDED.waits_for_entity, "
         "waits_for_row_id = EXCLUDED.waits_for_row_id, reason = EXCLUDED.reason, "
         "claimed_at = NULL "
-        "WHERE (COALESCE(EXCLUDED.version_at, '-infinity'), "
-        "COALESCE(EXCLUDED.version_event_id, '')) >= "
-        "(COALESCE(w.version_at, '-infinity'), COALESCE(w.version_event_id, ''))",
+        f"WHERE {version_order('EXCLUDED')} >= {version_order('w')}",
         [
             (
                 target.id,
@@ -217,12 +218,12 @@ async def newer_waiting(
     if not changes:
         return set()
     rows = await pool.fetch(
-        "SELECT c.entity, c.source_id, c.source_key FROM unnest($2::text[], $3::text[], "
-        "$4::text[], $5::timestamptz[], $6::text[]) AS c(entity, source_id, source_key, "
-        "version_at, version_event_id) JOIN waiting_deliveries w ON w.target_id = $1 "
+        "SELECT c.entity, c.source_id, c.source_key FROM unnest($2::text[], $3::text[], "  # noqa: S608 - the order is a constant
+        "$4::text[], $5::timestamptz[], $6::int8[], $7::text[]) AS c(entity, source_id, "
+        "source_key, version_at, version_seq, version_event_id) "
+        "JOIN waiting_deliveries w ON w.target_id = $1 "
         "AND w.entity = c.entity AND w.source_id = c.source_id AND w.source_key = c.source_key "
-        "WHERE (COALESCE(w.version_at, '-infinity'), COALESCE(w.version_event_id, '')) > "
-        "(COALESCE(c.version_at, '-infinity'), COALESCE(c.version_event_id, ''))",
+        f"WHERE {version_order('w')} > {version_order('c')}",
         target.id,
         *_versions(changes),
     )
@@ -239,13 +240,12 @@ async def settle(
     if not changes:
         return
     await pool.execute(
-        "DELETE FROM waiting_deliveries w USING unnest($2::text[], $3::text[], $4::text[], "
-        "$5::timestamptz[], $6::text[]) AS c(entity, source_id, source_key, version_at, "
-        "version_event_id) WHERE w.target_id = $1 AND w.entity = c.entity "
-        "AND w.source_id = c.source_id AND w.source_key = c.source_key "
-        "AND (NOT $7 OR w.claimed_at IS NOT NULL) "
-        "AND (COALESCE(w.version_at, '-infinity'), COALESCE(w.version_event_id, '')) <= "
-        "(COALESCE(c.version_at, '-infinity'), COALESCE(c.version_event_id, ''))",
+        "DELETE FROM waiting_deliveries w USING unnest($2::text[], $3::text[], $4::text[], "  # noqa: S608 - the order is a constant
+        "$5::timestamptz[], $6::int8[], $7::text[]) AS c(entity, source_id, source_key, "
+        "version_at, version_seq, version_event_id) WHERE w.target_id = $1 "
+        "AND w.entity = c.entity AND w.source_id = c.source_id AND w.source_key = c.source_key "
+        "AND (NOT $8 OR w.claimed_at IS NOT NULL) "
+        f"AND {version_order('w')} <= {version_order('c')}",
         target.id,
         *_versions(changes),
         released,

@@ -2,7 +2,7 @@
 
 Seed 001's business rule: companies are ranked on an ABC curve of their revenue (orders
 and/or invoices over a window), then filed in a portfolio by rules. Ponte computes both in
-PostgreSQL, per source, and writes them on the company row (``DERIVED_COLUMNS``), so the
+PostgreSQL, per source, and writes them on the company row (``derived: true`` columns of the model), so the
 company's next change event carries them and the deliver service sends them to the CRM as
 company properties like any other column (map ``abc_class`` / ``portfolio`` in a target).
 
@@ -42,7 +42,7 @@ from ponte.shared.config_files import load_yaml
 from ponte.shared.db import DbConnection
 from ponte.shared.kafka import sleep_or_stop
 from ponte.shared.settings import Settings
-from ponte.transform.normalize import Version
+from ponte.shared.versions import Version
 from ponte.transform.repository.changes import ChangeEvent
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,7 @@ async def apply_classification(
             "upsert",
             Version(
                 row["version_at"],
+                row["version_seq"],
                 f"{row['version_event_id'] or ''}#classified:{now.isoformat()}",
             ),
             ["abc_class", "portfolio", "abc_revenue", "classified_at"],

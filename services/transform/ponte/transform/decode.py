@@ -48,11 +48,13 @@ class Decoder:
             self._mappings[key] = mapping_for(kind, source_id, self._overrides_dir)
         return self._mappings[key]
 
-    def decode(self, value: bytes | None) -> Decoded:
+    def decode(self, value: bytes | None, offset: int | None = None) -> Decoded:
         """Never raises: whatever a payload does to the code below becomes a rejection
-        (dead letter), so one message cannot stop the consumer or block its partition."""
+        (dead letter), so one message cannot stop the consumer or block its partition.
+        ``offset`` is the message's raw topic offset: its records' version sequence,
+        unless the mapping names the source's own (``normalize.Version``)."""
         try:
-            return self._decode(value)
+            return self._decode(value, offset)
         except Exception as error:  # a payload shape nobody foresaw: isolate it
             return Decoded(
                 None,
@@ -61,7 +63,7 @@ class Decoder:
                 ),
             )
 
-    def _decode(self, value: bytes | None) -> Decoded:
+    def _decode(self, value: bytes | None, offset: int | None) -> Decoded:
         # The edge's decoder and limits (ingest refused anything beyond them with a 4xx),
         # so a message from anywhere else is refused for the same reasons, by name, and
         # nothing is silently altered (NUL used to be stripped here, merging "X\0Y" and
@@ -85,31 +87,33 @@ class Decoder:
                     "undecodable", f"not a Ponte raw event: {path}: {reason}", path
                 ),
             )
-        return decode_event(event, self.mapping(event.source_kind, event.source_id))
+        return decode_event(event, self.mapping(event.source_kind, event.source_id), offset)
 
 
-def decode_event(event: RawEvent, mapping: Mapping) -> Decoded:
+def decode_event(event: RawEvent, mapping: Mapping, offset: int | None = None) -> Decoded:
     """One readable raw event under a mapping: what the transform does after decoding
     the bytes, and what ``ponte.transform.dry_run`` runs, so a dry run cannot drift from
-    the real thing. Raises only what the caller's ``Decoder.decode`` isolates."""
+    the real thing. ``offset``: the raw topic offset, the records' version sequence
+    unless the mapping names the source's own. Raises only what the caller's
+    ``Decoder.decode`` isolates."""
     try:
         body = spec_of(event.source_kind).body
         match body:
             case "envelope":
                 try:
-                    record = normalize_record(event, mapping)
+                    record = normalize_record(event, mapping, offset=offset)
                 except RecordSkipped as skip:
                     return Decoded(event, unmapped=skip.unmapped, skipped=[skip.skipped])
                 return Decoded(event, [record], unmapped=record.unmapped, skipped=record.skipped)
             case "shop_resource":
-                return _decode_shop(event, mapping)
+                return _decode_shop(event, mapping, offset)
             case _:
                 assert_never(body)
     except RecordRejected as rejection:
         return Decoded(event, rejection=rejection, unmapped=rejection.unmapped)
 
 
-def _decode_shop(event: RawEvent, mapping: Mapping) -> Decoded:
+def _decode_shop(event: RawEvent, mapping: Mapping, offset: int | None) -> Decoded:
     decoded = Decoded(event)
     for shop_record in shop_records(event):
         scoped: Any = event.model_copy(update={"operation": shop_record.operation})
@@ -120,6 +124,7 @@ def _decode_shop(event: RawEvent, mapping: Mapping) -> Decoded:
                 table=shop_record.table,
                 payload=shop_record.row,
                 version_at=shop_record.version_at,
+                offset=offset,
             )
         except RecordSkipped as skip:  # this record only; the event's others go on
             decoded.skipped.append(skip.skipped)

@@ -31,6 +31,7 @@ from ponte.shared.crm_model import crm_model
 from ponte.shared.events import Operation, RawEvent
 from ponte.shared.mapping import FieldMapping, Mapping, TableMapping
 from ponte.shared.parsers import PARSERS, ParseError
+from ponte.shared.versions import MAX_SEQUENCE, Version
 
 MAX_DEPTH = strict_json.RAW_EVENT_DEPTH // 2
 """Child tables nested deeper than this reject the record instead of recursing on. Each
@@ -73,21 +74,6 @@ class RecordSkipped(Exception):
         super().__init__(f"{skipped.path}: skipped by {skipped.rule}")
         self.skipped = skipped
         self.unmapped = unmapped
-
-
-@dataclass(frozen=True, order=True)
-class Version:
-    """Which of two versions of a row wins: later ``at``, then the larger event id.
-    A row without a version (a placeholder) loses to any event."""
-
-    at: datetime | None
-    event_id: str
-
-    def sort_key(self) -> tuple[float, str]:
-        return (self.at.timestamp() if self.at else float("-inf"), self.event_id)
-
-    def newer_than(self, other: Version | None) -> bool:
-        return other is None or self.sort_key() > other.sort_key()
 
 
 @dataclass
@@ -393,6 +379,7 @@ class _Normalizer:
                 and name not in table.computed_from
                 and name not in table.filtered_by
                 and (table.parent is None or name != table.parent.field)
+                and (table.version is None or name != table.version.field)
             ):
                 self.unmapped.add((table_name, name))
                 row.extra[name] = value
@@ -497,6 +484,52 @@ def version_id(event: RawEvent) -> str:
     return event.event_id
 
 
+def sequence_of(table_name: str, table: TableMapping, data: Any, offset: int | None) -> int | None:
+    """The version's sequence: the row's own field when the table's mapping names one
+    (required then, on deletes too: a version without it could not be ordered against
+    the others), else the raw topic ``offset`` (``Version``)."""
+    if table.version is None:
+        return offset
+    name = table.version.field
+    path = f"{table_name}.{name}"
+    value = data.get(name) if isinstance(data, dict) else None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RecordRejected(
+            "missing_version",
+            f"field {path} is the table's version sequence (version.field) and is missing",
+            path,
+        )
+    try:
+        return parse_sequence(value)
+    except ParseError as error:
+        raise RecordRejected("invalid_version", f"field {path}: {error}", path) from None
+
+
+def parse_sequence(value: Any) -> int:
+    """A sequence as ERPs send it: an integer, its decimal digits as text, or hex with
+    ``0x`` (SQL Server's ``rowversion``); from 0 to ``MAX_SEQUENCE``."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ParseError(f"a version sequence must be an integer, not {type(value).__name__}")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = value.strip()
+        try:
+            if text.lower().startswith("0x"):
+                number = int(text[2:], 16)
+            elif text.isdigit() and text.isascii():
+                number = int(text)
+            else:
+                raise ValueError(text)
+        except ValueError:
+            raise ParseError(
+                f"a version sequence must be digits or 0x-hex, not {text[:40]!r}"
+            ) from None
+    if not 0 <= number <= MAX_SEQUENCE:
+        raise ParseError(f"a version sequence must be between 0 and {MAX_SEQUENCE}")
+    return number
+
+
 def normalize_record(
     event: RawEvent,
     mapping: Mapping,
@@ -504,9 +537,11 @@ def normalize_record(
     table: str | None = None,
     payload: dict[str, Any] | None = None,
     version_at: datetime | None = None,
+    offset: int | None = None,
 ) -> NormalizedRecord:
-    """Normalise one record event (or, for shops, one adapted row of it). Raises
-    ``RecordRejected`` when it cannot be stored, ``RecordSkipped`` when a skip rule
+    """Normalise one record event (or, for shops, one adapted row of it); ``offset`` is
+    the event's raw topic offset, its version's sequence unless the mapping names one.
+    Raises ``RecordRejected`` when it cannot be stored, ``RecordSkipped`` when a skip rule
     leaves its root row out."""
     table_name = table or event.topic
     data = event.payload if payload is None else payload
@@ -535,7 +570,11 @@ def normalize_record(
         ) from None
     if root_key is None:
         raise RecordSkipped(walker.skipped[0], walker.unmapped)
-    version = Version(version_at or event.occurred_at or event.received_at, version_id(event))
+    version = Version(
+        version_at or event.occurred_at or event.received_at,
+        sequence_of(table_name, table_mapping, data, offset),
+        version_id(event),
+    )
     return NormalizedRecord(
         event.source_id,
         event.event_id,

@@ -97,7 +97,10 @@ class BatchProcessor:
 
     async def process(self, messages: list[Message]) -> BatchSummary:
         started = time.perf_counter()
-        items = [_Item(message, self._decoder.decode(message.value)) for message in messages]
+        items = [
+            _Item(message, self._decoder.decode(message.value, message.offset))
+            for message in messages
+        ]
         summary = BatchSummary()
         await self._apply_splitting(items, summary)
         TRANSFORM_BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -223,6 +226,9 @@ class BatchProcessor:
             if change.version is None
             else {
                 "at": change.version.at.isoformat() if change.version.at else None,
+                # Absent (or null) in events published before the sequence existed;
+                # deliver reads either as no sequence (normalize.NO_SEQUENCE).
+                "seq": change.version.seq,
                 "event_id": change.version.event_id,
             },
             "row": change.row,

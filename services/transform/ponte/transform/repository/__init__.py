@@ -7,12 +7,16 @@ kind of statement and entity rather than per row. The rules, in the order they a
 
 1. **Latest version wins.** Within the batch only the newest version of each record is
    kept; against the database a record applies only if its version (occurred_at, then
-   event id) is newer than the stored one. A repeated or older event changes nothing, and
-   a record that loses at its root loses as a whole (its children are not touched).
+   the sequence: the source's own or the raw topic offset, then the event id:
+   ``normalize.Version``) is newer than the stored one. A repeated or older event
+   changes nothing, and a record that loses at its root loses as a whole (its children
+   are not touched).
 2. **The newest version is the whole row** (normalize fills unmapped-but-known columns
    with NULL), so the final state does not depend on arrival order.
 3. **Deletes are tombstones** (``deleted_at`` + version), so an older upsert arriving later
-   still loses; deleting a parent deletes its children.
+   still loses; deleting a parent deletes its children. A tombstone holds the delete's
+   version alone (its time as ``deleted_at``, content cleared), so it is the same row
+   whatever arrived before it.
 4. **Children are a set.** A child missing from the newest version of its parent is
    tombstoned. Each parent row remembers, per child table, the version that last replaced
    its set (``child_set_versions``: a version carrying the table, or a delete), so a child

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from ponte.transform.normalize import Version
+from ponte.shared.versions import Version
 
 
 @dataclass
@@ -67,6 +67,7 @@ _NOT_CONTENT = frozenset(
         "source_table",
         "source_key",
         "version_at",
+        "version_seq",
         "version_event_id",
         "updated_at",
     }

@@ -12,12 +12,18 @@ from typing import Any
 import asyncpg
 
 from ponte.shared.crm_model import crm_model
-from ponte.transform.normalize import Version
+from ponte.shared.versions import Version, version_order
 from ponte.transform.repository.changes import ChangeEvent
 from ponte.transform.repository.grouping import Pending
 from ponte.transform.repository.parking import unpark_rows
 from ponte.transform.repository.state import BatchState
-from ponte.transform.repository.tables import RowKey, parent_of, table_of, version_of
+from ponte.transform.repository.tables import (
+    RowKey,
+    content_columns,
+    parent_of,
+    table_of,
+    version_of,
+)
 
 _ParentSets = list[tuple[Mapping[str, Any], set[str]]]
 """(parent row, kept child keys) per parent."""
@@ -45,7 +51,8 @@ async def drop_older_than_child_sets(
         return
     parent = table_of(parent_entity)
     rows = await batch.connection.fetch(
-        "SELECT p.source_id, p.source_key, c.version_at, c.version_event_id "  # noqa: S608
+        "SELECT p.source_id, p.source_key, c.version_at, c.version_seq, "  # noqa: S608
+        "c.version_event_id "
         f"FROM child_set_versions c JOIN {parent.name} p ON p.id = c.parent_id "
         "WHERE c.child_entity = $1 AND (p.source_id, p.source_key) IN "
         "(SELECT * FROM unnest($2::text[], $3::text[]))",
@@ -54,7 +61,7 @@ async def drop_older_than_child_sets(
         [k[1] for k in lone],
     )
     for row in rows:
-        set_version = Version(row["version_at"], row["version_event_id"])
+        set_version = Version(row["version_at"], row["version_seq"], row["version_event_id"])
         for item in lone[(row["source_id"], row["source_key"])]:
             if set_version.newer_than(item.record.version):
                 batch.stale.add(item.record.identity)
@@ -107,23 +114,23 @@ async def record_child_sets(
     ``child_entity``: one statement, keeping the newest."""
     newest: dict[int, Version] = {}
     for parent in parents:
-        version = Version(parent["version_at"], parent["version_event_id"])
+        version = Version(parent["version_at"], parent["version_seq"], parent["version_event_id"])
         current = newest.get(parent["id"])
         if version.newer_than(current):
             newest[parent["id"]] = version
     if not newest:
         return
     await batch.connection.execute(
-        "INSERT INTO child_set_versions (child_entity, parent_id, version_at, "
-        "version_event_id) SELECT $1::text, * FROM unnest($2::int4[], $3::timestamptz[], "
-        "$4::text[]) ON CONFLICT (child_entity, parent_id) DO UPDATE SET "
-        "version_at = excluded.version_at, version_event_id = excluded.version_event_id "
-        "WHERE (COALESCE(child_set_versions.version_at, '-infinity'), "
-        "child_set_versions.version_event_id) < "
-        "(COALESCE(excluded.version_at, '-infinity'), excluded.version_event_id)",
+        "INSERT INTO child_set_versions (child_entity, parent_id, version_at, "  # noqa: S608
+        "version_seq, version_event_id) SELECT $1::text, * FROM unnest($2::int4[], "
+        "$3::timestamptz[], $4::int8[], $5::text[]) ON CONFLICT (child_entity, parent_id) "
+        "DO UPDATE SET version_at = excluded.version_at, version_seq = excluded.version_seq, "
+        "version_event_id = excluded.version_event_id "
+        f"WHERE {version_order('child_set_versions')} < {version_order('excluded')}",
         child_entity,
         list(newest),
         [version.at for version in newest.values()],
+        [version.seq for version in newest.values()],
         [version.event_id for version in newest.values()],
     )
 
@@ -140,20 +147,25 @@ async def tombstone_children(
         return
     table = table_of(entity)
     kept = [(parent["id"], key) for parent, keys in parents for key in keys]
+    cleared = "".join(f", {name} = NULL" for name in content_columns(table, keep=column))
     rows = await batch.connection.fetch(
-        f"UPDATE {table.name} AS t SET deleted_at = $6, updated_at = $6, "  # noqa: S608
-        "version_at = p.version_at, version_event_id = p.version_event_id "
-        "FROM unnest($1::int4[], $2::timestamptz[], $3::text[]) "
-        "AS p(id, version_at, version_event_id) "
+        # The tombstone is the parent's version alone: deleted when the parent's version
+        # says (its time, not when this ran), its content cleared (the parent link kept),
+        # so it is the same whichever versions of the child arrived before it.
+        f"UPDATE {table.name} AS t SET deleted_at = COALESCE(p.version_at, $7), "  # noqa: S608
+        f"updated_at = $7, extra = '{{}}'::jsonb{cleared}, version_at = p.version_at, "
+        "version_seq = p.version_seq, version_event_id = p.version_event_id "
+        "FROM unnest($1::int4[], $2::timestamptz[], $3::int8[], $4::text[]) "
+        "AS p(id, version_at, version_seq, version_event_id) "
         f"WHERE t.{column} = p.id AND t.deleted_at IS NULL "
         # A child written by a newer event of its own is not the older parent's to drop.
-        "AND (COALESCE(t.version_at, '-infinity'), COALESCE(t.version_event_id, '')) "
-        "< (COALESCE(p.version_at, 'infinity'), COALESCE(p.version_event_id, '')) "
+        f"AND {version_order('t')} < {version_order('p', at_missing='infinity')} "
         "AND NOT EXISTS ("
-        "SELECT 1 FROM unnest($4::int4[], $5::text[]) AS k(parent_id, key) "
+        "SELECT 1 FROM unnest($5::int4[], $6::text[]) AS k(parent_id, key) "
         f"WHERE k.parent_id = t.{column} AND k.key = t.source_key) RETURNING t.*",
         [parent["id"] for parent, _ in parents],
         [parent["version_at"] for parent, _ in parents],
+        [parent["version_seq"] for parent, _ in parents],
         [parent["version_event_id"] for parent, _ in parents],
         [parent_id for parent_id, _ in kept],
         [key for _, key in kept],

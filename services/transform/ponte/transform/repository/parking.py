@@ -10,7 +10,8 @@ import asyncpg
 
 from ponte.shared.crm_model import crm_model
 from ponte.shared.db import DbConnection
-from ponte.transform.normalize import Reference, Version
+from ponte.shared.versions import Version
+from ponte.transform.normalize import Reference
 from ponte.transform.repository.changes import ChangeEvent
 from ponte.transform.repository.grouping import Pending
 from ponte.transform.repository.state import BatchState
@@ -117,4 +118,9 @@ def resolution_version(row: asyncpg.Record, batch: BatchState) -> Version:
     version, then when it was resolved, so it sorts after the change that stored the
     row without the reference. Consumers that skip versions they have (deliver) would
     otherwise drop it, and the CRM would never learn the order's company."""
-    return Version(row["version_at"], f"{row['version_event_id'] or ''}~{batch.now.isoformat()}")
+    # Same time and sequence; the event id extended, so it sorts right after the row's.
+    return Version(
+        row["version_at"],
+        row["version_seq"],
+        f"{row['version_event_id'] or ''}~{batch.now.isoformat()}",
+    )

@@ -1,6 +1,14 @@
 """Deletes are tombstones (``deleted_at`` + version), so that an older upsert arriving
 later still loses; a delete for a row never seen leaves a tombstone too, and deleting a
-parent deletes its children (its sets replaced by empty ones)."""
+parent deletes its children (its sets replaced by empty ones).
+
+A tombstone is the delete's version and nothing else, so its content does not depend on
+arrival order: ``deleted_at`` is the delete's own time (its version's ``at``, not when the
+batch ran), the content columns are cleared (``extra`` too) and the version columns are
+the delete's. An upsert then a delete, a delete then an older upsert, two deletes in
+either order: the same row (``tests/transform/test_version_order.py``). Only
+``updated_at`` says when Ponte wrote it, and derived columns (the classification's) are
+not the transform's to clear."""
 
 from __future__ import annotations
 
@@ -16,9 +24,17 @@ from ponte.transform.repository.grouping import Pending
 from ponte.transform.repository.parking import unpark_rows
 from ponte.transform.repository.state import BatchState
 from ponte.transform.repository.statements import insert_rows, update_rows
+from ponte.transform.repository.tables import content_columns
 
-_TOMBSTONE_COLUMNS = ("version_at", "version_event_id", "deleted_at", "updated_at")
-"""What a delete writes over a stored row."""
+_BOOKKEEPING = (
+    "version_at",
+    "version_seq",
+    "version_event_id",
+    "deleted_at",
+    "extra",
+    "updated_at",
+)
+"""What a delete writes over a stored row besides clearing its content."""
 
 
 async def tombstone(
@@ -28,7 +44,7 @@ async def tombstone(
     items: list[tuple[Pending, asyncpg.Record | None]],
 ) -> None:
     """Delete ``items`` (roots of ``entity`` newer than what is stored) as tombstones."""
-    rows = [_tombstone_row(batch, item) for item, _ in items]
+    rows = [_tombstone_row(batch, table, item) for item, _ in items]
     # A delete for a row never seen still leaves a tombstone, so an older upsert that
     # arrives later cannot bring it to life.
     new = [row for row, (_, stored) in zip(rows, items, strict=True) if stored is None]
@@ -42,7 +58,10 @@ async def tombstone(
     written = await update_rows(
         batch.connection,
         table,
-        [({k: row[k] for k in _TOMBSTONE_COLUMNS}, stored) for row, stored in old],
+        [
+            ({k: row[k] for k in (*_BOOKKEEPING, *content_columns(table))}, stored)
+            for row, stored in old
+        ],
     )
     _record_deleted(batch, entity, items, written)
     # A deleted row waits for nothing.
@@ -50,16 +69,19 @@ async def tombstone(
     await _delete_children(batch, entity, written, inserted)
 
 
-def _tombstone_row(batch: BatchState, item: Pending) -> dict[str, Any]:
+def _tombstone_row(batch: BatchState, table: sa.Table, item: Pending) -> dict[str, Any]:
+    version = item.record.version
     return {
         "source_id": item.record.source_id,
         "source_table": item.row.source_table,
         "source_key": item.row.source_key,
-        "version_at": item.record.version.at,
-        "version_event_id": item.record.version.event_id,
-        "deleted_at": batch.now,
+        "version_at": version.at,
+        "version_seq": version.seq,
+        "version_event_id": version.event_id,
+        "deleted_at": version.at or batch.now,
         "extra": {},
         "updated_at": batch.now,
+        **dict.fromkeys(content_columns(table)),
     }
 
 

@@ -85,6 +85,7 @@ def _row_values(
         source_table=item.row.source_table,
         source_key=item.row.source_key,
         version_at=item.record.version.at,
+        version_seq=item.record.version.seq,
         version_event_id=item.record.version.event_id,
         deleted_at=None,
         extra=item.row.extra,

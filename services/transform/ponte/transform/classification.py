@@ -2,9 +2,10 @@
 
 Seed 001's business rule: companies are ranked on an ABC curve of their revenue (orders
 and/or invoices over a window), then filed in a portfolio by rules. Ponte computes both in
-PostgreSQL, per source, and writes them on the company row (``derived: true`` columns of the model), so the
-company's next change event carries them and the deliver service sends them to the CRM as
-company properties like any other column (map ``abc_class`` / ``portfolio`` in a target).
+PostgreSQL, per source, and writes them on the company row (the model's ``derived: true``
+columns), so the company's next change event carries them and the deliver service sends
+them to the CRM as company properties like any other column (map ``abc_class`` /
+``portfolio`` in a target).
 
 The curve: companies sorted by revenue (largest first, ties by id); a company whose
 *preceding* cumulative share is below ``a_share`` is A, below ``a_share + b_share`` is B,

@@ -294,3 +294,41 @@ async def test_sql_like_strings_in_every_field_are_stored_as_data(
             row[c] for c in ("legal_name", "trade_name", "street", "city", "phone", "country")
         } == {text}
     assert await pool.fetchval("SELECT to_regclass('companies') IS NOT NULL")
+
+
+async def test_a_code_written_as_text_takes_its_description(
+    pool: asyncpg.Pool, source_id: str, tmp_path: Path
+) -> None:
+    from ponte.shared.mapping import load_mapping
+
+    path = tmp_path / "erp.yaml"
+    path.write_text(
+        "kind: erp\ntables:\n  Codigos:\n    entity: code\n    key: [t, c]\n"
+        "    code_table: {list: t, key: c, description: d}\n"
+        "  Cliente:\n    entity: company\n    key: [cod]\n"
+        "    fields: {cidade: {column: city, on_code: description}}\n",
+        encoding="utf-8",
+    )
+    mapping = load_mapping(path)
+
+    async def store(*events: RawEvent) -> None:
+        async with pool.acquire() as connection, connection.transaction():
+            await BatchApplier(connection).apply([normalize_record(e, mapping) for e in events])
+
+    def city(key: str, code: str) -> RawEvent:
+        row = {"cod": key, "cidade": {"$code": {"tabela": "CIDADE", "chave": code}}}
+        return raw_event("Cliente", row, source_id=source_id)
+
+    await store(raw_event("Codigos", {"t": "CIDADE", "c": "SP", "d": "São Paulo"},
+                          source_id=source_id))  # fmt: skip
+    await store(city("C1", "SP"), city("C2", "XX"))
+    assert (await row(pool, "companies", source_id, "C1"))["city"] == "São Paulo"
+    assert (await row(pool, "companies", source_id, "C2"))["city"] == "XX"  # unknown: its key
+    assert (await row(pool, "codes", source_id, "CIDADE:XX"))["code"] == "XX"  # a placeholder
+    with pytest.raises(ValueError, match="on_code: description writes text"):
+        path.write_text(
+            "kind: erp\ntables:\n  Cliente:\n    entity: company\n    key: [cod]\n"
+            "    fields: {x: {column: active, on_code: description}}\n",
+            encoding="utf-8",
+        )
+        load_mapping(path)

@@ -49,6 +49,10 @@ async def test_parked_references_are_listed_and_counted(
         ("spouse_id", "C2"),
         ("company_id", "E1"),
     }
+    spouse = next(i for i in page["items"] if i["column_name"] == "spouse_id")
+    assert spouse["reason"] == f"contact 'C2' of source '{source_id}' has not arrived"
+    assert spouse["target_source"] == source_id and spouse["target_field"] is None
+    assert 0 <= spouse["age_s"] < 60
     assert (await client.get("/parked-references", params={"limit": 0})).status_code == 422
 
 

@@ -37,8 +37,15 @@ class ParkedReference(SQLModel, table=True):
     field: str
     target_entity: str
     target_key: str
+    """The target's ERP key, or its ``target_field`` value."""
     event_id: str
     parked_at: datetime = Field(sa_type=_AWARE)
+    target_source: str | None = None
+    """The target's source when it is not the row's own (migration 0018)."""
+    target_field: str | None = None
+    """The target's column matched instead of its key (a CNPJ, an e-mail)."""
+    reason: str | None = None
+    """Why it waits, in words (``ambiguous``: several rows have that value)."""
 
 
 # Per parent row and child table, the newest parent version that replaced the whole set

@@ -29,10 +29,20 @@ Columns computed from several fields, per table::
 
 A ``$code`` object (``{"$code": {"tabela": ..., "chave": ...}}``) is accepted for any
 field declared as a code; sent to any other column it stores the code's key there
-(``on_code: key``, the default) or refuses the row (``on_code: refuse``). A code table's
+(``on_code: key``, the default), the code's description (``on_code: description``, a
+text column: the description known when the row is written, else the key), or refuses
+the row (``on_code: refuse``). A code table's
 parent (``chave_pai``) may be a plain key or a ``$code`` naming the parent's own list.
 A reference whose target has not arrived is parked
-(``on_missing: park``, the default) or creates a placeholder row (``stub``).
+(``on_missing: park``, the default) or creates a placeholder row (``stub``). A reference
+may name its target by another field of it, and in another source::
+
+    cnpj: {reference: company, column: company_id, by: document, source: erp-main}
+    email: {reference: contact, column: contact_id, by: email}
+
+(read as the target column's type; resolved only when exactly one live row of that source
+has the value: none or several park it, with the reason). A parked reference older than
+``parked_reference_expiry_s`` is dead-lettered with its context instead of waiting forever.
 
 Rows a source sends but the CRM must not hold (internal customers, rows without a
 document) are filtered per table with ``skip``; a row matching any rule is skipped::
@@ -139,7 +149,14 @@ class FieldMapping(BaseModel):
     code: str | None = None
     """Code list: the value is a code in it (or a ``$code`` object naming the list)."""
     on_missing: Literal["park", "stub"] = "park"
-    on_code: Literal["key", "refuse"] = "key"
+    by: str | None = None
+    """For a reference: the target's column the value is matched against (``document``,
+    ``email``) instead of the target's ERP key; read as that column's type, and resolved
+    only when exactly one live row has it."""
+    source: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    """For a reference: the source the target comes from, when it is not this row's own
+    (a shop's customer to the ERP's company)."""
+    on_code: Literal["key", "description", "refuse"] = "key"
     """A ``$code`` object sent to a field that is not a code: store the code's key in
     the column (``key``, parsed as the column's type), or refuse the row (``refuse``)."""
     ignore: bool = False
@@ -210,6 +227,13 @@ class FieldMapping(BaseModel):
             self.reference is not None or self.code is not None
         ):
             raise ValueError("values and default are for plain columns, not references or codes")
+        if (self.by is not None or self.source is not None) and self.reference is None:
+            raise ValueError("by and source are for references (reference: <entity>)")
+        if self.by is not None and self.on_missing == "stub":
+            raise ValueError(
+                "a reference by another field cannot create a placeholder (on_missing: stub): "
+                "the placeholder would have no key of its own"
+            )
         return self
 
 
@@ -540,6 +564,8 @@ def _check_field(
     column = model.entity(entity).columns[spec.column]
     if target is not None:
         _check_foreign_key(where, model, entity, spec.column, target)
+        if spec.by is not None:
+            _check_by(where, spec, model.entity(target))
         return
     if column.is_reference:
         raise MappingMismatch(
@@ -549,6 +575,10 @@ def _check_field(
             + (" or {code: <list>, ...}" if column.references == CODE_ENTITY else ""),
         )
     spec.type = _value_type(where, spec.type, column)
+    if spec.on_code == "description" and spec.type != "text":
+        raise MappingMismatch(
+            where, f"on_code: description writes text, and {spec.column!r} reads {spec.type}"
+        )
     try:
         spec.check_expressions()
         if spec.default is not None:
@@ -581,6 +611,21 @@ def _check_same_sequence(
                 "this table names a version sequence (version.field) and its parent table "
                 f"{name!r} does not; give both one, or neither",
             )
+
+
+def _check_by(where: tuple[str, ...], spec: FieldMapping, target: EntitySpec) -> None:
+    """``by`` names a plain column of the target; the value is read as that column's type
+    so it compares equal to what the target's own mapping stored (digits of a CNPJ)."""
+    assert spec.by is not None
+    by = target.columns.get(spec.by)
+    if by is None or by.is_reference:
+        plain = sorted(c.name for c in target.columns.values() if not c.is_reference)
+        raise MappingMismatch(
+            where,
+            f"by: {spec.by!r} is not a plain column of {target.name!r} "
+            f"(its plain columns: {', '.join(plain)})",
+        )
+    spec.type = _value_type(where, spec.type, by)
 
 
 def _value_type(

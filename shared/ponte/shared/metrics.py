@@ -102,6 +102,12 @@ TRANSFORM_CHANGES = Counter(
 TRANSFORM_PARKED = Gauge(
     "ponte_transform_parked_references", "References waiting for their target row."
 )
+TRANSFORM_PARKED_EXPIRED = Counter(
+    "ponte_transform_parked_expired_total",
+    "Parked references that waited longer than parked_reference_expiry_s and were "
+    "dead-lettered, by source.",
+    ["source"],
+)
 TRANSFORM_BATCH_SECONDS = Histogram(
     "ponte_transform_batch_seconds",
     "Time to apply one batch of raw events (decode, database transaction, outbox).",

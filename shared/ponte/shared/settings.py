@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     """How often pending change events and dead letters are published if no batch ran."""
     parked_sweep_interval_s: float = 30.0
     """How often every parked reference is re-checked against rows other replicas wrote."""
+    parked_reference_expiry_s: float = 7 * 24 * 3600.0
+    """A parked reference older than this is dead-lettered with its context (the row stays
+    stored, the column NULL) instead of waiting forever; 0: never."""
     classification_enabled: bool = True
     """Rank companies on an ABC curve and file them in portfolios (seed 001's rule)."""
     classification_file: Path | None = None

@@ -86,6 +86,21 @@ class Reference:
     target_key: str
     on_missing: str = "park"
     stub_values: dict[str, Any] = dataclass_field(default_factory=dict)
+    target_source: str | None = None
+    """The target's source, when it is not the row's own."""
+    by: str | None = None
+    """The target's column ``target_key`` is matched against, instead of its ERP key."""
+    writes: str = "id"
+    """``description``: the column takes the (code) target's description, not its id
+    (``on_code: description``), falling back to ``fallback`` when it has none."""
+    fallback: Any = None
+
+    def target(self, source_id: str) -> tuple[str, str, str]:
+        """Who the target is: (entity, source, key) or, by another field, (entity, source,
+        ``field=value``), the key batches and lookups file it under."""
+        source = self.target_source or source_id
+        key = self.target_key if self.by is None else f"{self.by}={self.target_key}"
+        return (self.target_entity, source, key)
 
 
 @dataclass
@@ -407,6 +422,20 @@ class _Normalizer:
                     # the code's own key is the value, parsed as the column's type.
                     row.values[column] = PARSERS[spec.value_type](key)
                     return
+                if spec.reference is None and spec.on_code == "description":
+                    row.references.append(
+                        Reference(
+                            column,
+                            path,
+                            "code",
+                            f"{list_name}:{key}",
+                            on_missing="stub",
+                            stub_values={"list_name": list_name, "code": key},
+                            writes="description",
+                            fallback=PARSERS["text"](key),
+                        )
+                    )
+                    return
                 raise ParseError(
                     f"a $code ({list_name}:{key}) was sent for a field that is not a code; "
                     "map it as {code: <list>, column: <..._id>}, or set on_code: key to "
@@ -427,14 +456,25 @@ class _Normalizer:
             if value is None or (isinstance(value, str) and not value.strip()):
                 row.values[column] = None
                 return
+            if spec.by is not None:
+                # Read as the target column is stored (a CNPJ's digits), so they match.
+                typed = spec.convert(value)
+                if typed is None:
+                    row.values[column] = None
+                    return
+                target_key = typed if isinstance(typed, str) else str(typed)
+            else:
+                target_key = _key_part(value)
             row.references.append(
                 Reference(
                     column,
                     path,
                     spec.reference,
-                    _key_part(value),
+                    target_key,
                     on_missing=spec.on_missing,
                     stub_values=_stub_values(spec.reference, value),
+                    target_source=spec.source,
+                    by=spec.by,
                 )
             )
             return

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -32,6 +32,7 @@ from ponte.shared.metrics import (
     TRANSFORM_CHANGES,
     TRANSFORM_EVENTS,
     TRANSFORM_LAST_APPLIED,
+    TRANSFORM_PARKED_EXPIRED,
     TRANSFORM_REJECTIONS,
     TRANSFORM_ROWS_SKIPPED,
     TRANSFORM_UNMAPPED,
@@ -40,9 +41,10 @@ from ponte.shared.settings import Settings
 from ponte.transform.decode import Decoded, Decoder
 from ponte.transform.identity import Identity, RawMessage, identity_of, raw_pointer, storable
 from ponte.transform.normalize import RecordRejected
-from ponte.transform.outbox import Outgoing, add_messages
+from ponte.transform.outbox import OutboxEntry, Outgoing, add_messages
 from ponte.transform.repository.applier import BatchApplier
 from ponte.transform.repository.changes import ChangeEvent
+from ponte.transform.repository.parking import expire_parked
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +110,74 @@ class BatchProcessor:
 
     async def sweep_parked(self) -> int:
         """Resolve every parked reference whose target now exists (written by another
-        replica, or before this process started); returns how many were resolved."""
+        replica, or before this process started), then dead-letter those that waited too
+        long; returns how many were resolved."""
         async with self._pool.acquire() as connection, connection.transaction():
             result = await BatchApplier(connection).sweep_parked()
             await self.queue_changes(connection, result.changes)
+            await self._expire_parked(connection)
         return result.resolved
+
+    async def _expire_parked(self, connection: DbConnection) -> None:
+        """A reference whose target was refused or never sent would wait forever: after
+        ``parked_reference_expiry_s`` it becomes a dead letter naming the row, the
+        reference and why it waited (the row stays stored, the column NULL; sending the
+        target and then the row again, or ``ponte reprocess``, completes it)."""
+        expiry = self._settings.parked_reference_expiry_s
+        if expiry <= 0:
+            return
+        now = datetime.now(UTC)
+        expired = await expire_parked(connection, now - timedelta(seconds=expiry))
+        await add_messages(connection, [self._expired_letter(row, now) for row in expired])
+        for row in expired:
+            TRANSFORM_PARKED_EXPIRED.labels(row["source_id"]).inc()
+        if expired:
+            log.warning("parked references expired", extra={"count": len(expired)})
+
+    def _expired_letter(self, row: dict[str, Any], now: datetime) -> OutboxEntry:
+        age_days = (now - row["parked_at"]).total_seconds() / 86400
+        target = row["target_source"] or row["source_id"]
+        how = f"{row['target_field']} " if row["target_field"] else ""
+        reason = storable(
+            f"{row['entity']} {row['source_key']!r} waited {age_days:.1f} days for "
+            f"{row['target_entity']} {how}{row['target_key']!r} of source {target!r} "
+            f"({row['field']} -> {row['column_name']}): {row['reason'] or 'never arrived'}",
+            1000,
+        )
+        value: dict[str, Any] = {
+            "event": None,
+            "identity": {
+                "event_id": row["event_id"],
+                "source_id": row["source_id"],
+                "source_kind": None,
+                "table": row["entity"],
+                "record_key": row["source_key"],
+            },
+            "raw": None,
+            "error": {"code": "reference_expired", "reason": reason, "field": row["field"]},
+            "reference": {
+                "entity": row["entity"],
+                "row_id": row["row_id"],
+                "column": row["column_name"],
+                "target_entity": row["target_entity"],
+                "target_source": target,
+                "target_field": row["target_field"],
+                "target_key": row["target_key"],
+                "parked_at": row["parked_at"].isoformat(),
+            },
+        }
+        headers = {
+            "ponte-dlq-code": "reference_expired",
+            "ponte-dlq-reason": storable(reason),
+            "ponte-dlq-field": storable(row["field"]),
+            "ponte-event-id": row["event_id"],
+            "ponte-source": row["source_id"],
+            "ponte-table": row["entity"],
+            "ponte-record-key": storable(row["source_key"] or ""),
+            "ponte-failed-at": now.isoformat(),
+        }
+        key = f"{row['source_id']}/{row['entity']}/{row['source_key']}"
+        return self._settings.transform_dead_letter_topic, key, value, headers
 
     async def queue_changes(self, connection: DbConnection, changes: list[ChangeEvent]) -> None:
         """Change events into the outbox, inside the caller's transaction."""

@@ -5,6 +5,7 @@ sweep) the waiting rows are pointed at it, so that either arrival order ends the
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import asyncpg
 
@@ -42,11 +43,13 @@ async def park(
     # One statement for all of them (a backlog parks thousands per batch).
     await batch.connection.execute(
         "INSERT INTO parked_references (source_id, entity, row_id, column_name, field, "
-        "target_entity, target_key, event_id, parked_at) "
+        "target_entity, target_key, event_id, parked_at, target_source, target_field, reason) "
         "SELECT source_id, $1::text, row_id, column_name, field, target_entity, "
-        "target_key, event_id, $2::timestamptz FROM unnest($3::text[], $4::int4[], "
-        "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) AS p(source_id, "
-        "row_id, column_name, field, target_entity, target_key, event_id)",
+        "target_key, event_id, $2::timestamptz, target_source, target_field, reason "
+        "FROM unnest($3::text[], $4::int4[], $5::text[], $6::text[], $7::text[], $8::text[], "
+        "$9::text[], $10::text[], $11::text[], $12::text[]) AS p(source_id, row_id, "
+        "column_name, field, target_entity, target_key, event_id, target_source, "
+        "target_field, reason)",
         entity,
         batch.now,
         [item.record.source_id for _, item, _ in parks],
@@ -56,8 +59,50 @@ async def park(
         [ref.target_entity for _, _, ref in parks],
         [ref.target_key for _, _, ref in parks],
         [item.record.event_id for _, item, _ in parks],
+        [ref.target_source for _, _, ref in parks],
+        [ref.by for _, _, ref in parks],
+        [_why(batch, item.record.source_id, ref) for _, item, ref in parks],
     )
     batch.result.parked += len(parks)
+
+
+async def expire_parked(connection: DbConnection, older_than: Any) -> list[dict[str, Any]]:
+    """Parked references waiting since before ``older_than``, removed, each with the key
+    of the row that waits (for the dead letter a person reads and acts on)."""
+    expired = await connection.fetch(
+        "DELETE FROM parked_references WHERE parked_at < $1 RETURNING *", older_than
+    )
+    by_entity: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    for row in expired:
+        by_entity[row["entity"]].append(row)
+    found: list[dict[str, Any]] = []
+    for entity, rows in by_entity.items():
+        if entity not in crm_model():
+            found += [{**dict(r), "source_key": None} for r in rows]  # a model lost it
+            continue
+        keys = {
+            r["id"]: r["source_key"]
+            for r in await connection.fetch(
+                f"SELECT id, source_key FROM {table_of(entity).name} "  # noqa: S608
+                "WHERE id = ANY($1::int4[])",
+                [r["row_id"] for r in rows],
+            )
+        }
+        found += [{**dict(r), "source_key": keys.get(r["row_id"])} for r in rows]
+    return found
+
+
+def _why(batch: BatchState, source_id: str, ref: Reference) -> str:
+    """What a person reads next to a parked reference."""
+    target = ref.target(source_id)
+    if target in batch.waiting_because:
+        return batch.waiting_because[target]
+    if ref.by is not None:
+        return (
+            f"no live {ref.target_entity} of source {target[1]!r} has {ref.by} "
+            f"{ref.target_key!r} yet"
+        )
+    return f"{ref.target_entity} {ref.target_key!r} of source {target[1]!r} has not arrived"
 
 
 async def resolve_parked(batch: BatchState, *, sweep: bool = False) -> None:
@@ -77,19 +122,61 @@ async def resolve_parked(batch: BatchState, *, sweep: bool = False) -> None:
 
 async def _release(batch: BatchState, target_entity: str, *, sweep: bool) -> list[asyncpg.Record]:
     """The parked references to ``target_entity`` whose target now exists, deleted, with
-    the target's id."""
+    the target's id: by key, and by each other field references name it by."""
     target = table_of(target_entity)
     keys = batch.arrived.get(target_entity, set())
-    return await batch.connection.fetch(
-        f"DELETE FROM parked_references p USING {target.name} t "  # noqa: S608
-        "WHERE p.target_entity = $1 AND t.source_id = p.source_id "
-        "AND t.source_key = p.target_key AND ($4 OR (p.source_id, p.target_key) IN "
-        "(SELECT * FROM unnest($2::text[], $3::text[]))) "
-        "RETURNING p.entity, p.row_id, p.column_name, t.id AS target_id",
+    released = list(
+        await batch.connection.fetch(
+            f"DELETE FROM parked_references p USING {target.name} t "  # noqa: S608
+            "WHERE p.target_entity = $1 AND p.target_field IS NULL "
+            "AND t.source_id = COALESCE(p.target_source, p.source_id) "
+            "AND t.source_key = p.target_key AND ($4 OR (t.source_id, p.target_key) IN "
+            "(SELECT * FROM unnest($2::text[], $3::text[]))) "
+            "RETURNING p.entity, p.row_id, p.column_name, t.id AS target_id",
+            target_entity,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            sweep,
+        )
+    )
+    fields = await batch.connection.fetch(
+        "SELECT DISTINCT target_field FROM parked_references "
+        "WHERE target_entity = $1 AND target_field IS NOT NULL",
         target_entity,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        sweep,
+    )
+    written = [i for (e, _, _), i in batch.ids.items() if e == target_entity]
+    for row in fields:
+        if row["target_field"] in target.c:  # never a name the model does not have
+            released += await _release_by(batch, target, target_entity, row["target_field"],
+                                          written, sweep)  # fmt: skip
+    return released
+
+
+async def _release_by(
+    batch: BatchState,
+    target: Any,
+    target_entity: str,
+    column: str,
+    written: list[int],
+    sweep: bool,
+) -> list[asyncpg.Record]:
+    """References by ``column`` whose value exactly one live row of the target's source
+    has now (one this batch wrote, or, with ``sweep``, any)."""
+    return list(
+        await batch.connection.fetch(
+            f"DELETE FROM parked_references p USING {target.name} t "  # noqa: S608
+            "WHERE p.target_entity = $1 AND p.target_field = $2 "
+            "AND t.source_id = COALESCE(p.target_source, p.source_id) "
+            f"AND t.{column}::text = p.target_key AND t.deleted_at IS NULL "
+            "AND ($4 OR t.id = ANY($3::int4[])) "
+            f"AND (SELECT count(*) FROM {target.name} o WHERE o.source_id = t.source_id "
+            f"AND o.{column}::text = p.target_key AND o.deleted_at IS NULL) = 1 "
+            "RETURNING p.entity, p.row_id, p.column_name, t.id AS target_id",
+            target_entity,
+            column,
+            written,
+            sweep,
+        )
     )
 
 

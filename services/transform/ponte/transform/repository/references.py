@@ -21,20 +21,59 @@ async def resolve_references(
     references: list[tuple[str, Reference]],
     being_written: set[RowIdentity],
 ) -> dict[RowIdentity, int]:
-    """Ids of referenced rows: from this batch, from the database, or a new stub."""
+    """Ids of referenced rows, by ``Reference.target``: from this batch, from the
+    database, or a new stub; by another field, from the database only, and only when
+    exactly one live row has the value (``batch.waiting_because`` says why not)."""
     found: dict[RowIdentity, int] = {}
     wanted: dict[str, dict[RowKey, Reference]] = defaultdict(dict)
+    by_field: dict[tuple[str, str], set[RowKey]] = defaultdict(set)
     for source_id, ref in references:
-        key = (ref.target_entity, source_id, ref.target_key)
-        if key in batch.ids:
-            found[key] = batch.ids[key]
+        target = ref.target(source_id)
+        if ref.by is not None:
+            by_field[(ref.target_entity, ref.by)].add((target[1], ref.target_key))
+        elif target in batch.ids:
+            found[target] = batch.ids[target]
         else:
-            wanted[ref.target_entity][(source_id, ref.target_key)] = ref
+            wanted[ref.target_entity][(target[1], ref.target_key)] = ref
     for entity, refs in wanted.items():
         await _look_up(batch, entity, refs, being_written, found)
     for (target_entity, source_id, target_key), row_id in found.items():
         batch.remember(target_entity, source_id, target_key, row_id)
+    for (entity, column), values in by_field.items():
+        await _look_up_by(batch, entity, column, values, found)
     return found
+
+
+async def _look_up_by(
+    batch: BatchState,
+    entity: str,
+    column: str,
+    values: set[RowKey],
+    found: dict[RowIdentity, int],
+) -> None:
+    """Rows of ``entity`` whose ``column`` has these values, per source. One match is the
+    target; several are never guessed between (the reference waits, saying which rows)."""
+    table = table_of(entity)
+    assert column in table.c, f"{column} is not a column of {entity}"  # checked at load
+    rows = await batch.connection.fetch(
+        f"SELECT id, source_id, {column}::text AS value FROM {table.name} "  # noqa: S608
+        f"WHERE deleted_at IS NULL AND (source_id, {column}::text) IN "
+        "(SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY id",
+        [source for source, _ in values],
+        [value for _, value in values],
+    )
+    matches: dict[RowKey, list[int]] = defaultdict(list)
+    for row in rows:
+        matches[(row["source_id"], row["value"])].append(row["id"])
+    for (source, value), ids in matches.items():
+        target = (entity, source, f"{column}={value}")
+        if len(ids) == 1:
+            found[target] = ids[0]
+        else:
+            batch.waiting_because[target] = (
+                f"{len(ids)} {entity} rows of source {source!r} have {column} {value!r} "
+                f"(ids {', '.join(map(str, ids[:5]))}): Ponte does not guess between them"
+            )
 
 
 async def _look_up(

@@ -36,6 +36,9 @@ class BatchState:
     children parked waiting for them will once the parked references are resolved."""
     resolved_children: set[tuple[str, str, int]] = field(default_factory=set)
     """(child entity, parent column, parent id) of parked children resolved now."""
+    waiting_because: dict[RowIdentity, str] = field(default_factory=dict)
+    """Why a reference could not be resolved, when it is not simply absent (``target``
+    keys of ``normalize.Reference``): shown with the parked reference."""
 
     def remember(self, entity: str, source_id: str, source_key: str, row_id: int) -> None:
         self.ids[(entity, source_id, source_key)] = row_id

@@ -32,11 +32,12 @@ async def upsert(batch: BatchState, entity: str, table: sa.Table, items: list[St
     """Write ``items`` (rows of ``entity`` newer than what is stored) in one round trip
     per kind of statement."""
     resolved = await _resolve(batch, entity, items)
+    descriptions = await _descriptions(batch, items, resolved)
     inserts: list[dict[str, Any]] = []
     updates: list[tuple[dict[str, Any], asyncpg.Record]] = []
     parks: list[tuple[Pending, Reference]] = []
     for item, stored in items:
-        values = _row_values(batch, item, resolved, parks)
+        values = _row_values(batch, item, resolved, descriptions, parks)
         if stored is None:
             inserts.append(values)
         else:
@@ -66,17 +67,40 @@ async def _resolve(batch: BatchState, entity: str, items: list[Stored]) -> dict[
     )
 
 
+async def _descriptions(
+    batch: BatchState, items: list[Stored], resolved: dict[RowIdentity, int]
+) -> dict[int, str | None]:
+    """The descriptions of the codes written as text (``on_code: description``)."""
+    ids = {
+        resolved[target]
+        for item, _ in items
+        for ref in item.row.references
+        if ref.writes == "description" and (target := ref.target(item.record.source_id)) in resolved
+    }
+    if not ids:
+        return {}
+    rows = await batch.connection.fetch(
+        "SELECT id, description FROM codes WHERE id = ANY($1::int4[])", list(ids)
+    )
+    return {row["id"]: row["description"] for row in rows}
+
+
 def _row_values(
     batch: BatchState,
     item: Pending,
     resolved: dict[RowIdentity, int],
+    descriptions: dict[int, str | None],
     parks: list[tuple[Pending, Reference]],
 ) -> dict[str, Any]:
     """The whole row as this version writes it; an unresolved reference is NULL and
-    added to ``parks``."""
+    added to ``parks``. A code written as text takes its description as known now (a
+    placeholder code has none yet: its key)."""
     values = dict(item.row.values)
     for ref in item.row.references:
-        target = resolved.get((ref.target_entity, item.record.source_id, ref.target_key))
+        target = resolved.get(ref.target(item.record.source_id))
+        if ref.writes == "description":
+            values[ref.column] = descriptions.get(target or -1) or ref.fallback
+            continue
         values[ref.column] = target
         if target is None:
             parks.append((item, ref))

@@ -3,7 +3,7 @@ rejected records, fields the mapping does not place and rows its skip rules left
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -43,12 +43,42 @@ async def _page(
     return int(count), [dict(row) for row in rows]
 
 
+class WaitingReference(BaseModel):
+    """A parked reference as a person reads it: what waits, for what, why, since when."""
+
+    source_id: str
+    entity: str
+    row_id: int
+    column_name: str
+    field: str
+    target_entity: str
+    target_source: str
+    """The target's source (the row's own unless the mapping names another)."""
+    target_field: str | None
+    """The target's column matched (None: its ERP key)."""
+    target_key: str
+    reason: str | None
+    event_id: str
+    parked_at: datetime
+    age_s: float
+    """How long it has waited; past ``parked_reference_expiry_s`` it is dead-lettered."""
+
+
 @router.get("/parked-references", summary="References waiting for their target row")
 async def parked_references(
     pool: PoolDep, source_id: IdQuery = None, limit: Limit = 100
-) -> Page[ParkedReference]:
+) -> Page[WaitingReference]:
     count, rows = await _page(pool, "parked_references", "parked_at", source_id, limit)
-    return Page[ParkedReference](count=count, items=[ParkedReference(**r) for r in rows])
+    now = datetime.now(UTC)
+    items = [
+        WaitingReference(
+            **{k: v for k, v in ParkedReference(**r).model_dump().items() if k != "id"}
+            | {"target_source": r["target_source"] or r["source_id"]},
+            age_s=round((now - r["parked_at"]).total_seconds(), 3),
+        )
+        for r in rows
+    ]
+    return Page[WaitingReference](count=count, items=items)
 
 
 @router.get("/rejections", summary="Records that could not be stored, with field and reason")

@@ -10,7 +10,13 @@ from typing import Any
 
 import orjson
 
-from ponte.shared.replay.items import REPLAYED_FROM, Candidate, Item, Outgoing
+from ponte.shared.replay.items import (
+    DELIVERY_HEADERS,
+    REPLAYED_FROM,
+    Candidate,
+    Outgoing,
+    listed,
+)
 from ponte.shared.replay.letters import DeadLetter
 from ponte.shared.settings import Settings
 
@@ -19,18 +25,7 @@ _NAMES = ("entity", "source_id", "source_key")
 
 def candidate(letter: DeadLetter, settings: Settings) -> Candidate:
     """The dead letter's listing and, when it holds a change, that change re-published."""
-    headers = letter.headers
-    item = Item(
-        stage="deliver",
-        source=headers.get("ponte-source", ""),
-        table=headers.get("ponte-entity", ""),
-        key=letter.key.decode("utf-8", "replace"),
-        target=headers.get("ponte-target", ""),
-        event_id="",
-        reason=headers.get("ponte-dlq-reason", ""),
-        failed_at=headers.get("ponte-dlq-last-attempt", ""),
-        dead_letter=letter.position,
-    )
+    item = listed("deliver", letter.key, letter.headers, letter.position, DELIVERY_HEADERS)
     change = _change(letter.value)
     if isinstance(change, str):
         return Candidate(replace(item, not_replayable=change), None)

@@ -56,6 +56,44 @@ class Item:
 
 
 @dataclass(frozen=True)
+class HeaderNames:
+    """Which headers of a stage's dead letters hold the listing's fields (each stage
+    names them its own way; ``ponte-source`` and ``ponte-dlq-reason`` are common)."""
+
+    table: str
+    target: str | None
+    event_id: str | None
+    failed_at: str
+
+
+DELIVERY_HEADERS = HeaderNames("ponte-entity", "ponte-target", None, "ponte-dlq-last-attempt")
+"""Deliver's and status back's dead letters (``ponte.deliver``)."""
+TRANSFORM_HEADERS = HeaderNames("ponte-table", None, "ponte-event-id", "ponte-failed-at")
+"""The transform's dead letters (``BatchProcessor._dead_letter``)."""
+
+
+def listed(
+    stage: Stage, key: bytes, headers: dict[str, str], position: str, names: HeaderNames
+) -> Item:
+    """A dead letter's listing from its key and headers."""
+
+    def header(name: str | None) -> str:
+        return headers.get(name, "") if name else ""
+
+    return Item(
+        stage=stage,
+        source=headers.get("ponte-source", ""),
+        table=header(names.table),
+        key=key.decode("utf-8", "replace"),
+        target=header(names.target),
+        event_id=header(names.event_id),
+        reason=headers.get("ponte-dlq-reason", ""),
+        failed_at=header(names.failed_at),
+        dead_letter=position,
+    )
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A dead letter read: its listing, and the message that replays it (None when it
     cannot be replayed; ``item.not_replayable`` says why)."""

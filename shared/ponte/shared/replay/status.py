@@ -16,7 +16,13 @@ from typing import Any
 
 import orjson
 
-from ponte.shared.replay.items import REPLAYED_FROM, Candidate, Item, Outgoing
+from ponte.shared.replay.items import (
+    DELIVERY_HEADERS,
+    REPLAYED_FROM,
+    Candidate,
+    Outgoing,
+    listed,
+)
 from ponte.shared.replay.letters import DeadLetter
 from ponte.shared.settings import Settings
 
@@ -24,18 +30,7 @@ from ponte.shared.settings import Settings
 def candidate(letter: DeadLetter, settings: Settings, now: datetime) -> Candidate:
     """The dead letter's listing and, when it holds a CRM event, that event re-published
     (``now`` as its ``received_at``: one run's replays of one event are equal bytes)."""
-    headers = letter.headers
-    item = Item(
-        stage="status",
-        source=headers.get("ponte-source", ""),
-        table=headers.get("ponte-entity", ""),
-        key=letter.key.decode("utf-8", "replace"),
-        target=headers.get("ponte-target", ""),
-        event_id="",
-        reason=headers.get("ponte-dlq-reason", ""),
-        failed_at=headers.get("ponte-dlq-last-attempt", ""),
-        dead_letter=letter.position,
-    )
+    item = listed("status", letter.key, letter.headers, letter.position, DELIVERY_HEADERS)
     found = _event(letter.value)
     if isinstance(found, str):
         return Candidate(replace(item, not_replayable=found), None)

@@ -19,7 +19,13 @@ import orjson
 from pydantic import ValidationError
 
 from ponte.shared.events import HEADER_EVENT_ID, HEADER_KIND, HEADER_SOURCE, HEADER_TOPIC, RawEvent
-from ponte.shared.replay.items import REPLAYED_FROM, Candidate, Item, Outgoing
+from ponte.shared.replay.items import (
+    REPLAYED_FROM,
+    TRANSFORM_HEADERS,
+    Candidate,
+    Outgoing,
+    listed,
+)
 from ponte.shared.replay.letters import DeadLetter
 from ponte.shared.settings import Settings
 from ponte.shared.validation_errors import first_problem
@@ -27,18 +33,7 @@ from ponte.shared.validation_errors import first_problem
 
 def candidate(letter: DeadLetter, settings: Settings) -> Candidate:
     """The dead letter's listing and, when it holds a raw event, that event re-published."""
-    headers = letter.headers
-    item = Item(
-        stage="transform",
-        source=headers.get("ponte-source", ""),
-        table=headers.get("ponte-table", ""),
-        key=letter.key.decode("utf-8", "replace"),
-        target="",
-        event_id=headers.get("ponte-event-id", ""),
-        reason=headers.get("ponte-dlq-reason", ""),
-        failed_at=headers.get("ponte-failed-at", ""),
-        dead_letter=letter.position,
-    )
+    item = listed("transform", letter.key, letter.headers, letter.position, TRANSFORM_HEADERS)
     event_or_why = _raw_event(letter.value)
     if isinstance(event_or_why, str):
         return Candidate(replace(item, not_replayable=event_or_why), None)

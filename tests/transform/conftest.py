@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -60,3 +61,24 @@ async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     await producer.start()
     yield producer
     await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def transform_api(
+    settings: Settings, pool: Any, token: str = "transform-api-token-0123456789"
+) -> AsyncIterator[Any]:
+    """An HTTP client of the transform's real app over ``pool``, with the ops token: the
+    read routes need only the pool, so no consumer is started."""
+    import httpx
+    from pydantic import SecretStr
+
+    from ponte.transform.app import create_app
+
+    app = create_app(settings.model_copy(update={"ops_token": SecretStr(token)}))
+    app.state.pool = pool
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://transform",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        yield client

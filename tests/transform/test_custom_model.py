@@ -22,7 +22,7 @@ from ponte.shared.settings import Settings
 from ponte.transform.normalize import normalize_record
 from ponte.transform.repository.applier import BatchApplier
 from ponte.transform.repository.changes import BatchResult
-from tests.transform.conftest import raw_event
+from tests.transform.conftest import raw_event, transform_api
 
 pytestmark = pytest.mark.integration
 
@@ -224,21 +224,9 @@ def test_a_field_that_does_not_fit_its_columns_type_is_refused(
 async def test_the_read_api_lists_counts_and_reads_a_custom_entity(
     custom: tuple[asyncpg.Pool, Any], base_settings: Settings
 ) -> None:
-    import httpx
-    from pydantic import SecretStr
-
-    from ponte.transform.app import create_app
-
     pool, mapping = custom
     await apply(pool, mapping, raw_event("Cliente", {"cod": "C1"}, source_id="erp2"), order())
-    token = "custom-model-token-0123456789"
-    app = create_app(base_settings.model_copy(update={"ops_token": SecretStr(token)}))
-    app.state.pool = pool  # the routes need only the pool; no consumer is started
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://transform",
-        headers={"Authorization": f"Bearer {token}"},
-    ) as client:
+    async with transform_api(base_settings, pool) as client:
         described = (await client.get("/model")).json()
         counts = {c["entity"]: c for c in (await client.get("/entities")).json()}
         rows = (await client.get("/entities/shipment/rows", params={"limit": 1})).json()

@@ -13,7 +13,6 @@ import asyncpg
 import httpx
 import pytest
 import yaml
-from pydantic import SecretStr
 
 from ponte.shared.mapping import Mapping, default_mapping
 from ponte.shared.settings import Settings
@@ -27,6 +26,7 @@ from ponte.transform.dry_run import (
     parse_samples,
     render,
 )
+from tests.transform.conftest import transform_api
 from tests.transform.test_row_filters import filtered_mapping_document
 
 ERP = default_mapping("erp")
@@ -282,15 +282,7 @@ WRITTEN_TABLES = (
 
 @pytest.fixture
 async def client(base_settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    from ponte.transform.app import create_app
-
-    app = create_app(base_settings.model_copy(update={"ops_token": SecretStr(TOKEN)}))
-    app.state.pool = pool  # the route needs only the pool; no consumer is started
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://transform",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    ) as client:
+    async with transform_api(base_settings, pool, TOKEN) as client:
         yield client
 
 

@@ -7,14 +7,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from ponte.shared.mapping import default_mapping
 from ponte.shared.settings import Settings
-from ponte.transform.app import create_app
 from ponte.transform.normalize import normalize_record
 from ponte.transform.repository.applier import BatchApplier
-from tests.transform.conftest import raw_event
+from tests.transform.conftest import raw_event, transform_api
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +21,7 @@ TOKEN = "transform-routes-token-0123456789"
 
 @pytest.fixture
 async def client(base_settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(base_settings.model_copy(update={"ops_token": SecretStr(TOKEN)}))
-    app.state.pool = pool  # the routes need only the pool; no consumer is started
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://transform",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    ) as client:
+    async with transform_api(base_settings, pool, TOKEN) as client:
         yield client
 
 

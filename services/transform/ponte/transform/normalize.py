@@ -416,31 +416,20 @@ class _Normalizer:
                 row.values[column] = None
                 return
             list_name, key = code if code is not None else (str(spec.code), _key_part(value))
+            writes = "id"
             if not spec.is_code and spec.reference != "code":
                 if spec.reference is None and spec.on_code == "key":
                     # A text or typed column sent a code (a city as a code of its list):
                     # the code's own key is the value, parsed as the column's type.
                     row.values[column] = PARSERS[spec.value_type](key)
                     return
-                if spec.reference is None and spec.on_code == "description":
-                    row.references.append(
-                        Reference(
-                            column,
-                            path,
-                            "code",
-                            f"{list_name}:{key}",
-                            on_missing="stub",
-                            stub_values={"list_name": list_name, "code": key},
-                            writes="description",
-                            fallback=PARSERS["text"](key),
-                        )
+                if spec.reference is not None or spec.on_code != "description":
+                    raise ParseError(
+                        f"a $code ({list_name}:{key}) was sent for a field that is not a "
+                        "code; map it as {code: <list>, column: <..._id>}, or set on_code: "
+                        "key (or description) to store the code's key (or description) here"
                     )
-                    return
-                raise ParseError(
-                    f"a $code ({list_name}:{key}) was sent for a field that is not a code; "
-                    "map it as {code: <list>, column: <..._id>}, or set on_code: key to "
-                    "store the code's key in this column"
-                )
+                writes = "description"
             row.references.append(
                 Reference(
                     column,
@@ -449,6 +438,8 @@ class _Normalizer:
                     f"{list_name}:{key}",
                     on_missing="stub",
                     stub_values={"list_name": list_name, "code": key},
+                    writes=writes,
+                    fallback=PARSERS["text"](key),
                 )
             )
             return

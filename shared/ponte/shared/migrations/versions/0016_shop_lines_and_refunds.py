@@ -71,9 +71,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("source_id", "source_key", name="uq_refund_lines_source_key"),
     )
-    op.create_index(
-        op.f("ix_refund_lines_refund_id"), "refund_lines", ["refund_id"], unique=False
-    )
+    op.create_index(op.f("ix_refund_lines_refund_id"), "refund_lines", ["refund_id"], unique=False)
 
 
 def downgrade() -> None:

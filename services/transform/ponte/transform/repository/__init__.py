@@ -34,7 +34,8 @@ outbox in the same transaction.
 
 The modules, one concept each (this ``__init__`` imports none of them, so each imports
 alone), in the order a batch meets them: ``applier`` (``BatchApplier``: the batch, entity
-by entity), ``grouping`` (collapsing the batch to the newest version per record and row),
+by entity), ``guests`` (a shop's guest contact folded into its registered one),
+``grouping`` (collapsing the batch to the newest version per record and row),
 ``upserts`` (entity rows written with their versions), ``tombstones`` (deletes),
 ``references`` (references resolved by key, stubs), ``parking`` (parked references and
 their release), ``child_sets`` (children as a set), ``changes`` (change events and the

@@ -19,6 +19,7 @@ from ponte.transform.repository.child_sets import (
     replace_children_of_new_parents,
 )
 from ponte.transform.repository.grouping import Pending, by_entity, coalesce, newest_per_row
+from ponte.transform.repository.guests import converge_guests
 from ponte.transform.repository.parking import resolve_parked
 from ponte.transform.repository.state import BatchState
 from ponte.transform.repository.statements import fetch_existing
@@ -46,7 +47,8 @@ class BatchApplier:
         return self.batch.result
 
     async def apply(self, records: list[NormalizedRecord]) -> BatchResult:
-        records = coalesce(records)
+        # A shop's guest contact and its registered contact are one (``guests``).
+        records = coalesce(await converge_guests(self.batch, records))
         grouped = by_entity(records)
         for entity in crm_model().entities:
             pending = grouped.get(entity)

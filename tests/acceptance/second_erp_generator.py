@@ -390,13 +390,13 @@ class _Invent:
         )
 
     def line(self, number: int, articles: list[str], folio: str, dispatches: int) -> LineFact:
-        quantity = Decimal(self.random.randint(1, 2_500_000)) / 1000
+        quantity = Decimal(self.random.randint(1, 250_000)) / 1000
         return LineFact(
             number=number,
             article=self.pick(articles),
             description=f"Renglón {number} del pedido {folio}",
             quantity=quantity,
-            price=self.money(1, 9_999),
+            price=self.money(1, 2_000),
             discount=Decimal(self.random.choice([0, 5, 10, 12.5, 33])).quantize(Decimal("0.01")),
             dispatches=tuple(
                 DispatchFact(
@@ -571,9 +571,12 @@ def generate(seed: int = 7, *, clients: int = 5, orders: int = 6, articles: int 
 
     feed.post("clientes", 3, [(late.number, late)])  # the late client, at last
 
-    # Deletes: an order cancelled; the leaving client with its contacts and orders; an
+    _later_changes(feed, client_facts, order_facts, article_facts, leaving)
+
+    # Deletes: orders cancelled; the leaving client with its contacts and orders; an
     # order the ERP deletes that it never posted.
-    feed.post("pedidos_venta", 4, [(order_facts[2].folio, None)])
+    cancelled = [o.folio for n, o in enumerate(order_facts) if n == 2 or (n > 2 and n % 9 == 0)]
+    feed.post("pedidos_venta", 4, [(folio, None) for folio in cancelled])
     leaving_orders = [o.folio for o in order_facts if o.client == leaving]
     leaving_contacts = [c.number for c in contact_facts if c.client == leaving]
     feed.post("pedidos_venta", 5, [(folio, None) for folio in leaving_orders])
@@ -582,6 +585,38 @@ def generate(seed: int = 7, *, clients: int = 5, orders: int = 6, articles: int 
     feed.post("pedidos_venta", 5, [("PV-99999", None)])
     feed.repeat_last()
     return Feed(feed.deliveries, feed.changes, expected_state(feed.changes))
+
+
+def _later_changes(
+    feed: _Feed,
+    clients: list[ClientFact],
+    orders: list[OrderFact],
+    articles: list[ArticleFact],
+    leaving: str,
+) -> None:
+    """Minute 3 and 4: a client moves to another city (a new ``$code``), an order moves to
+    another client and gains a bonus line with a negative price, an article is deleted
+    and created again under the same key."""
+    moved_client = ClientFact(**{**vars(clients[1]), "city": "ZAP", "payment_days": 120})
+    feed.post("clientes", 4, [(moved_client.number, moved_client)])
+    moved = next(o for o in reversed(orders[3:]) if o.client != leaving)
+    new_client = clients[2] if moved.client == clients[1].number else clients[1]
+    bonus = LineFact(
+        len(moved.lines) + 1,
+        articles[0].key,
+        "Bonificación por volumen",
+        Decimal("1.000"),
+        Decimal("-150.00"),
+        Decimal("0.00"),
+    )
+    reassigned = OrderFact(
+        **{**vars(moved), "client": new_client.number, "lines": (*moved.lines, bonus)}
+    )
+    feed.post("pedidos_venta", 4, [(reassigned.folio, reassigned)])
+    gone = articles[-1]
+    feed.post("articulos", 3, [(gone.key, None)])
+    back = ArticleFact(**{**vars(gone), "name": f"{gone.name} (nuevo)", "active": True})
+    feed.post("articulos", 4, [(back.key, back)])
 
 
 # -- the expected state: from the facts, by the ERP's own rules ---------------------------

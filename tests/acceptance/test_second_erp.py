@@ -327,6 +327,9 @@ def test_the_expectation_is_the_erps_not_ponte_s() -> None:
     first = [key for key in expected.live["order_items"] if key.startswith("PV-00001/")]
     assert first == ["PV-00001/1", "PV-00001/2"]  # line 3 dropped by the newer version
     assert expected.live["companies"]["C-0001"]["blocked"] is True
+    assert expected.live["companies"]["C-0002"]["city_id"] == "CIUDAD:ZAP"  # moved
+    assert expected.live["products"]["ART-004"]["name"].endswith("(nuevo)")  # deleted, back
+    assert any(line["total"] < 0 for line in expected.live["order_items"].values())  # bonus
 
 
 # -- the property: any delivery order, repeats, batch splits: the same final state -------

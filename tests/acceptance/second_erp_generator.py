@@ -151,7 +151,16 @@ class OrderFact:
         return sum((line.amount for line in self.lines), Decimal("0"))
 
 
-Fact = CodeFact | ClientFact | ContactFact | ArticleFact | OrderFact
+@dataclass(frozen=True)
+class LineCorrection:
+    """A line posted on its own (the warehouse module corrects a price), naming its order
+    by folio; it carries no deliveries, so it leaves the line's deliveries as they are."""
+
+    folio: str
+    line: LineFact
+
+
+Fact = CodeFact | ClientFact | ContactFact | ArticleFact | OrderFact | LineCorrection
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,8 @@ def render(fact: Fact, nummov: int, variant: int) -> dict[str, Any]:
             }
         case OrderFact():
             return _render_order(fact, nummov, variant)
+        case LineCorrection():
+            return {"folio": fact.folio, **_render_line(fact.line, False), "nummov": nummov}
     raise AssertionError(fact)
 
 
@@ -272,33 +283,35 @@ def _render_code(fact: CodeFact, nummov: int) -> dict[str, Any]:
     return row
 
 
-def _render_order(fact: OrderFact, nummov: int, variant: int) -> dict[str, Any]:
-    lines = []
-    for line in fact.lines:
-        rendered: dict[str, Any] = {
-            "renglon": line.number,
-            "articulo": line.article,
-            "descripcion": line.description,
-            "cantidad": us_number(line.quantity, 3),
-            "precio": us_number(line.price),
-            "descuento": us_number(line.discount),
-            "importe": us_number(line.amount),
+def _render_line(line: LineFact, with_dispatches: bool = True) -> dict[str, Any]:
+    rendered: dict[str, Any] = {
+        "renglon": line.number,
+        "articulo": line.article,
+        "descripcion": line.description,
+        "cantidad": us_number(line.quantity, 3),
+        "precio": us_number(line.price),
+        "descuento": us_number(line.discount),
+        "importe": us_number(line.amount),
+    }
+    if line.dispatches and with_dispatches:
+        rendered["entregas"] = {
+            "table": "entregas",
+            "rows": [
+                {
+                    "num_entrega": dispatch.number,
+                    "fecha_entrega": erp_date(dispatch.on),
+                    "cantidad": us_number(dispatch.quantity, 3),
+                    "transportista": dispatch.carrier or "",
+                    "entregado": flag(dispatch.delivered),
+                }
+                for dispatch in line.dispatches
+            ],
         }
-        if line.dispatches:
-            rendered["entregas"] = {
-                "table": "entregas",
-                "rows": [
-                    {
-                        "num_entrega": dispatch.number,
-                        "fecha_entrega": erp_date(dispatch.on),
-                        "cantidad": us_number(dispatch.quantity, 3),
-                        "transportista": dispatch.carrier or "",
-                        "entregado": flag(dispatch.delivered),
-                    }
-                    for dispatch in line.dispatches
-                ],
-            }
-        lines.append(rendered)
+    return rendered
+
+
+def _render_order(fact: OrderFact, nummov: int, variant: int) -> dict[str, Any]:
+    lines = [_render_line(line) for line in fact.lines]
     return {
         "folio": fact.folio,
         "cliente": fact.client,
@@ -435,8 +448,17 @@ class _Feed:
         self.changes: list[Change] = []
         self.deliveries: list[dict[str, Any]] = []
 
-    def post(self, table: str, minute: int, items: Sequence[tuple[str, Fact | None]]) -> None:
-        """One delivery of ``table``: upserts (a fact) or deletes (None), one minute."""
+    def post(
+        self,
+        table: str,
+        minute: int,
+        items: Sequence[tuple[str, Fact | None]],
+        *,
+        held: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """One delivery of ``table``: upserts (a fact) or deletes (None), one minute. With
+        ``held``, the delivery is numbered now but posted later (appended to ``held``):
+        a message that was stuck in the ERP's queue."""
         rows, operations = [], set()
         for key, fact in items:
             self.nummov += 1
@@ -450,7 +472,7 @@ class _Feed:
             )
             operations.add("delete" if fact is None else "upsert")
         assert len(operations) == 1, "one delivery is all upserts or all deletes"
-        self.deliveries.append(
+        (self.deliveries if held is None else held).append(
             {
                 "id": f"SC-{self.nummov:07d}",
                 "occurred_at": (START + timedelta(minutes=minute)).isoformat(),
@@ -551,9 +573,21 @@ def generate(seed: int = 7, *, clients: int = 5, orders: int = 6, articles: int 
 
     for order in order_facts[1:]:
         feed.post("pedidos_venta", 2, [(order.folio, order)])
+    # Corrections of the first order's lines 2 and 3 made between its two versions, stuck
+    # in the ERP's queue and posted last: older than the version that replaced the
+    # order's lines (which dropped line 3), so they change nothing.
+    first = order_facts[0]
+    held: list[dict[str, Any]] = []
+    for stale in first.lines[1:]:
+        corrected_line = LineFact(**{**vars(stale), "price": stale.price + 7})
+        feed.post(
+            "lineas",
+            1,
+            [(f"{first.folio}/{stale.number}", LineCorrection(first.folio, corrected_line))],
+            held=held,
+        )
     # The first order changes in the minute it was first sent (only nummov orders the
     # two): a line dropped, line 1's second delivery dropped, a delivery added on line 2.
-    first = order_facts[0]
     line1, line2 = first.lines[0], first.lines[1]
     added = DispatchFact("E9", date(2026, 12, 9), Decimal("0.500"), "DHL", False)
     revised = OrderFact(
@@ -584,6 +618,21 @@ def generate(seed: int = 7, *, clients: int = 5, orders: int = 6, articles: int 
     feed.post("clientes", 5, [(leaving, None)])
     feed.post("pedidos_venta", 5, [("PV-99999", None)])
     feed.repeat_last()
+    # A live order's first line corrected on its own, after the order's last version: it
+    # wins, and the line keeps its deliveries.
+    corrected_order = next(
+        o
+        for o in order_facts[3:]
+        if o.client != leaving
+        and o.folio not in cancelled
+        and all(c.key != o.folio for c in feed.changes if c.minute == 4)
+    )
+    line = corrected_order.lines[0]
+    fresh = LineFact(**{**vars(line), "price": line.price + 3, "discount": Decimal("2.50")})
+    feed.post(
+        "lineas", 5, [(f"{corrected_order.folio}/1", LineCorrection(corrected_order.folio, fresh))]
+    )
+    feed.deliveries += held
     return Feed(feed.deliveries, feed.changes, expected_state(feed.changes))
 
 
@@ -622,6 +671,7 @@ def _later_changes(
 # -- the expected state: from the facts, by the ERP's own rules ---------------------------
 
 TABLES = {
+    "lineas": "order_items",
     "maestro_codigos": "codes",
     "clientes": "companies",
     "contactos": "contacts",
@@ -641,15 +691,33 @@ def expected_state(changes: list[Change]) -> Expected:
             newest[(change.table, change.key)] = change
     expected = Expected(
         live={name: {} for name in [*TABLES.values(), "order_items", "dispatches"]},
-        tombstones={name: {} for name in TABLES.values()},
+        tombstones={name: {} for name in TABLES.values() if name != "order_items"},
     )
     for (table, key), change in sorted(newest.items()):
+        if table == "lineas":
+            continue  # below, once the orders' lines are known
         name = TABLES[table]
         if change.fact is None:
             expected.tombstones[name][key] = change.at
             continue
         _expect(expected, change.fact)
+    for (table, key), change in sorted(newest.items()):
+        if table == "lineas":
+            _expect_correction(expected, change, newest[("pedidos_venta", key.split("/")[0])])
     return expected
+
+
+def _expect_correction(expected: Expected, change: Change, order: Change) -> None:
+    """A line posted on its own wins when it is newer than its order's newest version (the
+    version that last replaced the order's lines), and keeps the deliveries that version
+    gave the line; an older one changes nothing."""
+    assert isinstance(change.fact, LineCorrection)
+    if (change.minute, change.nummov) < (order.minute, order.nummov):
+        return
+    assert order.fact is not None, "the generator never corrects a line of a deleted order"
+    line_key = f"{change.fact.folio}/{change.fact.line.number}"
+    kept = expected.live["order_items"][line_key]  # the generator corrects carried lines
+    kept.update(_line_columns(change.fact.folio, change.fact.line))
 
 
 def _expect(expected: Expected, fact: Fact) -> None:
@@ -712,16 +780,7 @@ def _expect_order(expected: Expected, fact: OrderFact) -> None:
     }
     for line in fact.lines:
         line_key = f"{fact.folio}/{line.number}"
-        live["order_items"][line_key] = {
-            "order_id": fact.folio,
-            "line_number": line.number,
-            "product_id": line.article,
-            "description": line.description,
-            "quantity": line.quantity,
-            "unit_price": line.price,
-            "discount_pct": line.discount,
-            "total": line.amount,
-        }
+        live["order_items"][line_key] = _line_columns(fact.folio, line)
         for dispatch in line.dispatches:
             live["dispatches"][f"{line_key}/{dispatch.number}"] = {
                 "order_item_id": line_key,
@@ -731,3 +790,16 @@ def _expect_order(expected: Expected, fact: OrderFact) -> None:
                 "carrier": dispatch.carrier,
                 "delivered": dispatch.delivered,
             }
+
+
+def _line_columns(folio: str, line: LineFact) -> dict[str, Any]:
+    return {
+        "order_id": folio,
+        "line_number": line.number,
+        "product_id": line.article,
+        "description": line.description,
+        "quantity": line.quantity,
+        "unit_price": line.price,
+        "discount_pct": line.discount,
+        "total": line.amount,
+    }

@@ -24,6 +24,7 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +317,23 @@ def test_the_expectation_is_the_erps_not_ponte_s() -> None:
     quietly remove the hard parts."""
     expected = SMALL.expected
     tables = {body["table"] for body in SMALL.deliveries}
-    assert tables == {"maestro_codigos", "clientes", "contactos", "articulos", "pedidos_venta"}
+    assert tables == {
+        "maestro_codigos",
+        "clientes",
+        "contactos",
+        "articulos",
+        "pedidos_venta",
+        "lineas",  # lines posted on their own: one newer than its order, two older
+    }
+    corrections = [c for c in SMALL.changes if c.table == "lineas"]
+    orders = {c.key: c for c in SMALL.changes if c.table == "pedidos_venta"}  # the newest
+    newer = [
+        c
+        for c in corrections
+        if (c.minute, c.nummov) > (orders[c.key[:8]].minute, orders[c.key[:8]].nummov)
+    ]
+    assert len(corrections) == 3 and len(newer) == 1
+    assert expected.live["order_items"][newer[0].key]["discount_pct"] == Decimal("2.50")
     ids = [body["id"] for body in SMALL.deliveries]
     assert len(ids) - len(set(ids)) == 3  # repeats
     assert expected.live["codes"]["CIUDAD:MID"]["description"] == "Mérida"  # same minute

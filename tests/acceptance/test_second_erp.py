@@ -377,3 +377,46 @@ def test_any_delivery_order_ends_in_the_same_state(
     summaries = asyncio.run(deliver(onboarded, sequence, cuts))
     assert sum(s.rejected for s in summaries) == 0
     assert_expected(SMALL, asyncio.run(read_state(onboarded.settings.asyncpg_dsn)))
+
+
+# -- what an even more different ERP would need --------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="a child posted on its own names its parent by one field (parent.field), the "
+    "parent's whole key; an ERP that posts a delivery alone with its order and line in two "
+    "fields (folio, renglon) cannot say that its parent is the line 'PV-1/2'",
+)
+def test_a_third_level_row_posted_alone_names_its_parent_by_two_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PONTE_MODEL_FILE", str(HERE / "model.yaml"))
+    text = (HERE / "mapping.yaml").read_text(encoding="utf-8")
+    alone = "parent: {entity: order_item, column: order_item_id, field: [folio, renglon]}"
+    path = tmp_path / "mapping.yaml"
+    path.write_text(
+        text.replace("parent: {entity: order_item, column: order_item_id}", alone),
+        encoding="utf-8",
+    )
+    mapping = load_mapping(path)  # refused today: parent.field is one field's name
+    assert mapping.tables["entregas"].parent is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="ERP times without an offset are read as America/Sao_Paulo "
+    "(ponte.shared.events.ERP_TIMEZONE) for every source and field; a mapping cannot say "
+    "that this ERP writes Mexico City time, so the generator's ERP sends the offset (%z)",
+)
+def test_local_times_without_an_offset_in_the_erps_own_time_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PONTE_MODEL_FILE", str(HERE / "model.yaml"))
+    text = (HERE / "mapping.yaml").read_text(encoding="utf-8")
+    zoned = 'date_format: "%Y%m%d %H%M", time_zone: America/Mexico_City}'
+    path = tmp_path / "mapping.yaml"
+    path.write_text(text.replace('date_format: "%Y%m%d %H%M %z"}', zoned), encoding="utf-8")
+    assert load_mapping(path).tables["pedidos_venta"].field("fecha") is not None

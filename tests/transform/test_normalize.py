@@ -337,6 +337,22 @@ def test_a_code_table_under_any_name_takes_its_parent_as_a_key_or_a_code(
     assert "{" not in reference.target_key  # never the object's text
 
 
+def test_a_code_tables_version_sequence_is_known_not_extra(tmp_path: Path) -> None:
+    """A code table's ``version.field`` orders its rows like any table's, and is neither
+    stored in ``extra`` nor reported unmapped (it was, before: the code row's own walk
+    knew only the code table's five fields)."""
+    path = tmp_path / "erp.yaml"
+    path.write_text(
+        CODE_TABLE_UNDER_ITS_OWN_NAME + "    version: {field: nummov}\n", encoding="utf-8"
+    )
+    row = {"lista": "CIDADE", "cod": "CWB", "nome": "Curitiba", "nummov": "0x2A"}
+    record = normalize_record(
+        raw_event("Cadastros auxiliares", row, source_id="erp"), load_mapping(path)
+    )
+    assert record.version.seq == 42
+    assert record.root.extra == {} and record.unmapped == set()
+
+
 def test_a_parent_code_that_is_neither_a_key_nor_a_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "erp.yaml"
     path.write_text(CODE_TABLE_UNDER_ITS_OWN_NAME, encoding="utf-8")

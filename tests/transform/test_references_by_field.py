@@ -39,7 +39,7 @@ def shop_mapping(tmp_path: Path, erp_source: str) -> Any:
         "kind: erp\ntables:\n  Cliente:\n    entity: contact\n    key: [id]\n    fields:\n"
         "      id: code\n      email: {column: email, type: email}\n"
         f"      cnpj: {{reference: company, column: company_id, by: document, "
-        f"source: {erp_source}}}\n"
+        f"type: document, source: {erp_source}}}\n"
         "  Contato:\n    entity: contact\n    key: [id]\n    fields:\n"
         f"      empresa: {{reference: company, column: company_id, source: {erp_source}}}\n",
         encoding="utf-8",

@@ -37,10 +37,12 @@ A reference whose target has not arrived is parked
 (``on_missing: park``, the default) or creates a placeholder row (``stub``). A reference
 may name its target by another field of it, and in another source::
 
-    cnpj: {reference: company, column: company_id, by: document, source: erp-main}
+    cnpj: {reference: company, column: company_id, by: document, type: document,
+           source: erp-main}
     email: {reference: contact, column: contact_id, by: email}
 
-(read as the target column's type; resolved only when exactly one live row of that source
+(read as ``type`` says, else as the target column's model type: read it the way the
+target's own mapping stored it, a CNPJ's digits; resolved only when exactly one live row of that source
 has the value: none or several park it, with the reason). A parked reference older than
 ``parked_reference_expiry_s`` is dead-lettered with its context instead of waiting forever.
 

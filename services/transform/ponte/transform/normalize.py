@@ -368,7 +368,13 @@ class _Normalizer:
             )
         else:
             row.values["parent_id"] = None
+        # The fields the table's own rules read (its version sequence, its skip rules) are
+        # known too, as on any other table: a code table that names ``version.field`` put
+        # its sequence into every code's ``extra`` and reported it unmapped.
         known = {fields.list, fields.key, fields.description, fields.parent_key, fields.parent_list}
+        known |= table.filtered_by
+        if table.version is not None:
+            known.add(table.version.field)
         for name, value in data.items():
             if name not in known:
                 row.extra[name] = value

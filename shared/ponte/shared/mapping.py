@@ -43,8 +43,9 @@ may name its target by another field of it, and in another source::
 
 (read as ``type`` says, else as the target column's model type: read it the way the
 target's own mapping stored it, a CNPJ's digits; resolved only when exactly one live row
-of that source has the value: none or several park it, with the reason). A parked reference older than
-``parked_reference_expiry_s`` is dead-lettered with its context instead of waiting forever.
+of that source has the value: none or several park it, with the reason). A parked
+reference older than ``parked_reference_expiry_s`` is dead-lettered with its context
+instead of waiting forever.
 
 Rows a source sends but the CRM must not hold (internal customers, rows without a
 document) are filtered per table with ``skip``; a row matching any rule is skipped::

@@ -36,6 +36,9 @@ class BatchState:
     children parked waiting for them will once the parked references are resolved."""
     resolved_children: set[tuple[str, str, int]] = field(default_factory=set)
     """(child entity, parent column, parent id) of parked children resolved now."""
+    reprocess: bool = False
+    """The batch re-applies received events (``ponte reprocess``): a parent rewritten at
+    an equal version drops the children of that same version its set no longer has."""
 
     def remember(self, entity: str, source_id: str, source_key: str, row_id: int) -> None:
         self.ids[(entity, source_id, source_key)] = row_id

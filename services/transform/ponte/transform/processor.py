@@ -71,6 +71,9 @@ class _Item:
 
 @dataclass
 class BatchSummary:
+    records: int = 0
+    """Records decoded in committed transactions: applied, stale, or superseded by a
+    newer one in the same batch."""
     applied: int = 0
     stale: int = 0
     rejected: int = 0
@@ -200,6 +203,7 @@ class BatchProcessor:
             await _record_skipped(connection, items, now)
         # Counted (and handed to the relay) only once committed.
         summary.outbox += written
+        summary.records += len(records)
         summary.applied += result.applied_records
         summary.stale += result.stale_records
         summary.rejected += len(rejected)

@@ -18,7 +18,9 @@ import yaml
 from aiokafka import AIOKafkaProducer
 
 from ponte.ingest.publisher import headers_for
+from ponte.shared.crm_model import CrmModel, build_model, shipped_model_text
 from ponte.shared.events import RawEvent
+from ponte.shared.mapping import parse_mapping
 from ponte.shared.settings import Settings
 from ponte.shared.versions import Version, applies
 from ponte.transform.consumer import TransformConsumer
@@ -226,9 +228,22 @@ async def test_a_dry_run_writes_nothing(
     settings: Settings, pool: asyncpg.Pool, source_id: str, stored: list[RawEvent]
 ) -> None:
     write_mapping(settings.mappings_dir, source_id, erp_mapping())
+    # A request accepted before the topic's oldest event: out of reach, and said so.
+    await pool.execute(
+        "INSERT INTO webhook_requests (received_at, source_id, tables, outcome, status_code, "
+        "response_body, latency_ms, size_bytes) VALUES ($1, $2, '{Empresa}', 'accepted', 202, "
+        "'{}', 1, 10), ($3, $2, '{Empresa}', 'accepted', 202, '{}', 1, 10)",
+        datetime(2023, 1, 1, tzinfo=UTC),
+        source_id,
+        datetime.fromtimestamp(T0_MS / 1000, UTC),  # when the topic's events were received
+    )
     report = await reprocess(settings, Selection(source_id), dry_run=True)
     assert report.selected == 4 and report.applied == 4 and report.changes == 0
     assert "would re-apply 4 record(s)" in report.summary()
+    assert report.beyond_topic == 1
+    assert "NOT reprocessed: 1 accepted request(s)" in report.summary()
+    contacts = await reprocess(settings, Selection(source_id, table="contato"), dry_run=True)
+    assert contacts.beyond_topic == 0
     assert (await company(pool, source_id, "E1"))["trade_name"] is None
 
 
@@ -406,3 +421,26 @@ async def test_the_command_prints_progress_tables_and_the_summary(
     code, _, err = await ponte(source_id)
     assert code == 1 and "the raw topic 'ponte.raw.nowhere' does not exist" in err
     assert "Traceback" not in err
+
+
+def test_the_mapping_digest_is_the_mapping_as_applied() -> None:
+    """Stable across forms and key order; changed by a field's mapping, and by the model
+    when a column's type changes how an untyped field is read."""
+    short = "kind: erp\ntables:\n  Empresa:\n    entity: company\n    key: [codigo]\n" + (
+        "    fields: {codigo: code, limite: credit_limit}\n"
+    )
+    long = "kind: erp\ntables:\n  Empresa:\n    key: [codigo]\n    entity: company\n" + (
+        "    fields: {limite: {column: credit_limit}, codigo: {column: code}}\n"
+    )
+    as_decimal = model_with("credit_limit: {type: decimal, precision: 14, scale: 2}")
+    as_text = model_with("credit_limit: text")
+    digest = parse_mapping(short, "a.yaml", as_decimal).digest
+    assert parse_mapping(long, "b.yaml", as_decimal).digest == digest
+    assert parse_mapping(short, "a.yaml", as_text).digest != digest
+    ignored = short.replace("limite: credit_limit", "limite: {ignore: true}")
+    assert parse_mapping(ignored, "a.yaml", as_decimal).digest != digest
+
+
+def model_with(column: str) -> CrmModel:
+    extension = f"entities:\n  company:\n    columns:\n      {column}\n"
+    return build_model([("crm_model.yaml", shipped_model_text()), ("ext.yaml", extension)])

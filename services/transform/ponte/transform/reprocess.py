@@ -420,7 +420,8 @@ async def _requests_beyond(
     count = await pool.fetchval(
         "SELECT count(*) FROM webhook_requests WHERE source_id = $1 "
         "AND outcome = 'accepted' AND received_at < $2 "
-        "AND ($3::text IS NULL OR $3 = ANY(tables))",
+        "AND ($3::text IS NULL OR EXISTS "
+        "(SELECT 1 FROM unnest(tables) AS t WHERE lower(t) = lower($3)))",
         selection.source_id,
         cutoff,
         selection.table,

@@ -318,8 +318,10 @@ class _Reader:
                         self._saw_oldest(record.timestamp)
                     messages.append(record)
                     self.at[tp] = record.offset + 1
-                if records and records[-1].offset >= self.end[tp]:
-                    self.at[tp] = self.end[tp]
+            for tp in wanted:
+                # The fetch position moves past what is not a message too (a transaction's
+                # control records, compacted gaps), which no record's offset would show.
+                self.at[tp] = max(self.at[tp], await self.consumer.position(tp))
             if messages:
                 self.report.read += len(messages)
                 return messages

@@ -6,6 +6,7 @@
     ponte deliver    change events out to CRM APIs (rate limits, retries, dead letters)
     ponte ops        the operations API and page (sources, history export, replay)
     ponte replay     put every stage's dead letters back after a fix (--dry-run by default)
+    ponte reprocess  re-apply a source's current mapping to the raw events already received
     ponte migrate    bring the database schema up to date
     ponte topics     create the Kafka topics Ponte uses
     ponte sources    check a sources file, or load it into PostgreSQL
@@ -279,6 +280,54 @@ def replay(
     typer.echo(
         f"{verb} {report.replayable} dead letter(s) as {report.messages} message(s)", err=True
     )
+
+
+@app.command()
+def reprocess(
+    source_id: Annotated[str, typer.Argument(help="The source whose events are re-applied.")],
+    table: Annotated[
+        str | None,
+        typer.Option(help="Only this source table (a shop's resource, e.g. orders)."),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Only events published at or after (ISO 8601 with offset).",
+            parser=_instant("--since"),
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Read and decode only; write nothing.")
+    ] = False,
+    every: Annotated[float, typer.Option(help="Seconds between progress lines.", min=0.0)] = 5.0,
+) -> None:
+    """Re-apply the source's current mapping to the raw events already received (the raw
+    topic, within its retention), through the live transform's own path: no duplicates,
+    deletes kept, change events only for rows whose content changes; a newer event
+    still wins, and live traffic goes on meanwhile. Deploy the fixed mapping to the
+    transform first. Progress (messages done/total, rate, ETA) on stderr."""
+    from ponte.transform.reprocess import ReprocessRefused, Selection
+    from ponte.transform.reprocess import reprocess as run_reprocess
+
+    settings = cli_settings()
+    configure_logging(settings.log_level)
+    selection = Selection(source_id=source_id, table=table, since=since)
+    try:
+        report = asyncio.run(
+            run_reprocess(
+                settings,
+                selection,
+                dry_run=dry_run,
+                on_progress=lambda progress: typer.echo(progress.line(), err=True),
+                progress_every_s=every,
+            )
+        )
+    except ReprocessRefused as refused:
+        typer.echo(f"ponte reprocess: {refused}", err=True)
+        raise typer.Exit(1) from None
+    for name, count in sorted(report.by_table.items()):
+        typer.echo(f"{name}\t{count}")
+    typer.echo(report.summary(), err=True)
 
 
 @app.command()

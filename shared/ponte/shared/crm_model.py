@@ -64,6 +64,7 @@ BOOKKEEPING_COLUMNS = frozenset(
         "version_at",
         "version_event_id",
         "version_seq",
+        "mapping_digest",
         "deleted_at",
         "extra",
         "updated_at",
@@ -326,6 +327,9 @@ def _table(metadata: sa.MetaData, spec: EntitySpec, entities: dict[str, EntitySp
         sa.Column("version_event_id", sa.String),
         # The version's sequence (``ponte.shared.versions``; migration 0015).
         sa.Column("version_seq", sa.BigInteger),
+        # The digest of the mapping that wrote the row (``Mapping.digest``; migration
+        # 0016): a reprocess rewrites a row of an equal version only when it differs.
+        sa.Column("mapping_digest", sa.String),
         sa.Column("deleted_at", sa.DateTime(timezone=True)),
         sa.Column("extra", pg.JSONB, nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True)),

@@ -86,6 +86,8 @@ skip rules with an unknown operator, no operator, or an empty list.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from functools import cache, cached_property
 from importlib import resources
@@ -478,6 +480,23 @@ class Mapping(BaseModel):
         if not (info.context or {}).get("unchecked"):
             check_against_model(self, crm_model())
         return self
+
+    @cached_property
+    def digest(self) -> str:
+        """A stable hash of the mapping as the transform applies it, recorded with every
+        row it writes (``mapping_digest``), so ``ponte reprocess`` can tell a row written
+        by another mapping from one this mapping already wrote.
+
+        Read only after the model check (``parse_mapping``, or this model's validator),
+        which resolves each field's type from its column: a change in the model that
+        changes how a field is read (a column's type, hence a field's default parser)
+        changes the digest too. Short and long forms of a field (``nome: name`` and
+        ``{column: name}``) are one form by then, and key order does not count, so a
+        reformatted file keeps its digest. 16 hex digits: told apart, not secret."""
+        canonical = json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, default=str
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def record_key_fields(self) -> dict[str, list[str]]:
         """Per table, the fields that identify a record as the transform keys it (a child's

@@ -118,6 +118,17 @@ TRANSFORM_LAST_APPLIED = Gauge(
     "Unix time of the last event from each source applied to the CRM model.",
     ["source"],
 )
+REPROCESS_EVENTS = Counter(
+    "ponte_reprocess_events_total",
+    "Raw-topic messages a reprocess (ponte reprocess) has read, by source reprocessed.",
+    ["source"],
+)
+REPROCESS_PROGRESS = Gauge(
+    "ponte_reprocess_progress_ratio",
+    "How far a running reprocess has read the raw topic (0 to 1), by source. Scraped only "
+    "where the reprocess runs inside a process serving /metrics; the CLI prints it.",
+    ["source"],
+)
 TRANSFORM_OUTBOX_PUBLISHED = Counter(
     "ponte_transform_outbox_published_total", "Outbox messages published to Kafka."
 )

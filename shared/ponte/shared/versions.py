@@ -3,7 +3,8 @@
 The transform decides with it which version of a row is stored (``Version.newer_than``,
 and the same order in SQL: ``version_order``); deliver decides with it which versions a
 target already has (``version_key``), from the change events' ``version``. The rule is
-in ``Version``'s docstring and in ``docs/architecture.md`` ("Which version wins").
+in ``Version``'s docstring and in ``docs/architecture.md`` ("Which version wins");
+``applies`` adds the one exception, a reprocess (``ponte reprocess``).
 """
 
 from __future__ import annotations
@@ -82,4 +83,38 @@ def version_order(alias: str, *, at_missing: str = "-infinity") -> str:
         f"(COALESCE({alias}.version_at, '{at_missing}'), "
         f"COALESCE({alias}.version_seq, {NO_SEQUENCE}), "
         f"COALESCE({alias}.version_event_id, '') COLLATE \"C\")"
+    )
+
+
+def applies(
+    incoming: Version,
+    incoming_digest: str | None,
+    stored: Version | None,
+    stored_digest: str | None,
+    *,
+    reprocess: bool,
+) -> bool:
+    """Whether a version of a row is written over the stored one.
+
+    Live traffic: only when it is newer (``Version.newer_than``). A **reprocess**
+    (``ponte reprocess``: raw events already received, re-applied under the current
+    mapping, the record flagged ``reprocess``) also rewrites a row of an *equal* version
+    whose stored ``mapping_digest`` differs from the mapping's (``Mapping.digest``): the
+    same source version read by another mapping. An older version loses either way, so
+    a newer live event is never undone by a reprocess.
+
+    Why only a reprocess: were the digest compared on live traffic, two transform
+    replicas running different mappings during a rolling deploy would each rewrite the
+    other's rows on every re-read of the same event, forever. Live traffic never
+    rewrites an equal version, so those replicas converge by version as before (the
+    newest event wins, under whichever mapping read it), and a reprocess, an operator's
+    act that ends when it has read the topic, is run once the fixed mapping is deployed.
+    """
+    if incoming.newer_than(stored):
+        return True
+    return (
+        reprocess
+        and stored is not None
+        and incoming.sort_key() == stored.sort_key()
+        and incoming_digest != stored_digest
     )

@@ -95,7 +95,14 @@ def decode_event(event: RawEvent, mapping: Mapping, offset: int | None = None) -
     the bytes, and what ``ponte.transform.dry_run`` runs, so a dry run cannot drift from
     the real thing. ``offset``: the raw topic offset, the records' version sequence
     unless the mapping names the source's own. Raises only what the caller's
-    ``Decoder.decode`` isolates."""
+    ``Decoder.decode`` isolates. Every record carries the mapping's digest."""
+    decoded = _decode_event(event, mapping, offset)
+    for record in decoded.records:
+        record.mapping_digest = mapping.digest
+    return decoded
+
+
+def _decode_event(event: RawEvent, mapping: Mapping, offset: int | None) -> Decoded:
     try:
         body = spec_of(event.source_kind).body
         match body:

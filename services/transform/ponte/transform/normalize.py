@@ -136,6 +136,11 @@ class NormalizedRecord:
     unmapped: set[tuple[str, str]] = field(default_factory=set)
     skipped: list[SkippedRow] = field(default_factory=list)
     """Child rows skip rules left out of their parent's set."""
+    mapping_digest: str | None = None
+    """The digest of the mapping that read it (``Mapping.digest``), stored with its rows."""
+    reprocess: bool = False
+    """Re-applied by ``ponte reprocess``: an equal version rewrites a row another mapping
+    wrote (``ponte.shared.versions.applies``)."""
 
     @property
     def root(self) -> NormalizedRow:

@@ -73,6 +73,9 @@ class _Item:
 
 @dataclass
 class BatchSummary:
+    records: int = 0
+    """Records decoded in committed transactions: applied, stale, or superseded by a
+    newer one in the same batch."""
     applied: int = 0
     stale: int = 0
     rejected: int = 0
@@ -88,11 +91,19 @@ class BatchSummary:
 
 class BatchProcessor:
     def __init__(
-        self, pool: asyncpg.Pool, settings: Settings, decoder: Decoder | None = None
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        decoder: Decoder | None = None,
+        *,
+        reprocess: bool = False,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._decoder = decoder or Decoder(settings.mappings_dir)
+        self._reprocess = reprocess
+        """Every record flagged ``reprocess`` (``ponte reprocess``): an equal version
+        rewrites a row another mapping wrote (``ponte.shared.versions.applies``)."""
         self.on_commit: list[Callable[[Sequence[str]], None]] = []
         """Called after each committed batch with the entities it changed (the
         classification re-runs when orders or invoices change)."""
@@ -103,6 +114,10 @@ class BatchProcessor:
             _Item(message, self._decoder.decode(message.value, message.offset))
             for message in messages
         ]
+        if self._reprocess:
+            for item in items:
+                for record in item.decoded.records:
+                    record.reprocess = True
         summary = BatchSummary()
         await self._apply_splitting(items, summary)
         TRANSFORM_BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -190,11 +205,14 @@ class BatchProcessor:
             await self._apply(items, summary)
         except UNAVAILABLE:
             raise
-        except asyncpg.UniqueViolationError:
+        except (asyncpg.UniqueViolationError, asyncpg.TransactionRollbackError):
             if races_left == 0:
                 raise
-            # Another replica inserted the same new row meanwhile (a rebalance, or one
-            # record reaching two partitions): the retry finds it and updates it instead.
+            # Another replica inserted the same new row meanwhile (a rebalance, one
+            # record reaching two partitions, a reprocess beside the live transform): the
+            # retry finds it and updates it instead. A deadlock or serialization failure
+            # with such a writer (TransactionRollbackError) is the same race: retried
+            # whole, never split and dead-lettered as if the data were at fault.
             await asyncio.sleep(0.05)
             await self._apply_splitting(items, summary, races_left - 1)
         except Exception as error:  # the data (or a bug one payload triggers): isolate it
@@ -250,6 +268,7 @@ class BatchProcessor:
             await _record_skipped(connection, items, now)
         # Counted (and handed to the relay) only once committed.
         summary.outbox += written
+        summary.records += len(records)
         summary.applied += result.applied_records
         summary.stale += result.stale_records
         summary.rejected += len(rejected)

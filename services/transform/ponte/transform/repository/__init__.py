@@ -10,7 +10,12 @@ kind of statement and entity rather than per row. The rules, in the order they a
    the sequence: the source's own or the raw topic offset, then the event id:
    ``normalize.Version``) is newer than the stored one. A repeated or older event
    changes nothing, and a record that loses at its root loses as a whole (its children
-   are not touched).
+   are not touched). The one exception is a **reprocess** (``ponte reprocess``, records
+   flagged ``reprocess``): an event of an *equal* version rewrites a row whose
+   ``mapping_digest`` is not its mapping's, and a parent so rewritten drops the children
+   of that same version its set no longer carries. Live traffic never compares digests,
+   so replicas on different mappings during a rolling deploy cannot undo each other
+   (``ponte.shared.versions.applies``).
 2. **The newest version is the whole row** (normalize fills unmapped-but-known columns
    with NULL), so the final state does not depend on arrival order.
 3. **Deletes are tombstones** (``deleted_at`` + version), so an older upsert arriving later

@@ -12,6 +12,7 @@ import asyncpg
 from ponte.shared.crm_model import crm_model
 from ponte.shared.db import DbConnection
 from ponte.shared.events import Operation
+from ponte.shared.versions import applies
 from ponte.transform.normalize import NormalizedRecord
 from ponte.transform.repository.changes import BatchResult
 from ponte.transform.repository.child_sets import (
@@ -49,6 +50,7 @@ class BatchApplier:
     async def apply(self, records: list[NormalizedRecord]) -> BatchResult:
         # A shop's guest contact and its registered contact are one (``guests``).
         records = coalesce(await converge_guests(self.batch, records))
+        self.batch.reprocess = any(record.reprocess for record in records)
         grouped = by_entity(records)
         for entity in crm_model().entities:
             pending = grouped.get(entity)
@@ -75,7 +77,13 @@ class BatchApplier:
             if item.record.identity in self.batch.stale:
                 continue
             stored = existing.get(item.key)
-            if not item.record.version.newer_than(version_of(stored)):
+            if not applies(
+                item.record.version,
+                item.record.mapping_digest,
+                version_of(stored),
+                None if stored is None else stored["mapping_digest"],
+                reprocess=item.record.reprocess,
+            ):
                 self._not_newer(entity, item, stored)
                 continue
             if item.record.operation is Operation.DELETE and item.row.depth == 0:

@@ -69,6 +69,8 @@ _NOT_CONTENT = frozenset(
         "version_at",
         "version_seq",
         "version_event_id",
+        # A digest alone changing (a reprocess rewriting the same content) is no change.
+        "mapping_digest",
         "updated_at",
     }
 )

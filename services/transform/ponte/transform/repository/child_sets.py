@@ -148,18 +148,24 @@ async def tombstone_children(
     table = table_of(entity)
     kept = [(parent["id"], key) for parent, keys in parents for key in keys]
     cleared = "".join(f", {name} = NULL" for name in content_columns(table, keep=column))
+    # Live, a child written by the parent's own version is never dropped by it (that
+    # version is stored already, so it is not re-applied). A reprocess re-applies that
+    # very version under another mapping (a new skip rule): its children of the same
+    # version that the set no longer carries go too (``ponte.shared.versions.applies``).
+    older = "<=" if batch.reprocess else "<"
     rows = await batch.connection.fetch(
         # The tombstone is the parent's version alone: deleted when the parent's version
         # says (its time, not when this ran), its content cleared (the parent link kept),
         # so it is the same whichever versions of the child arrived before it.
         f"UPDATE {table.name} AS t SET deleted_at = COALESCE(p.version_at, $7), "  # noqa: S608
         f"updated_at = $7, extra = '{{}}'::jsonb{cleared}, version_at = p.version_at, "
-        "version_seq = p.version_seq, version_event_id = p.version_event_id "
-        "FROM unnest($1::int4[], $2::timestamptz[], $3::int8[], $4::text[]) "
-        "AS p(id, version_at, version_seq, version_event_id) "
+        "version_seq = p.version_seq, version_event_id = p.version_event_id, "
+        "mapping_digest = p.mapping_digest "
+        "FROM unnest($1::int4[], $2::timestamptz[], $3::int8[], $4::text[], $8::text[]) "
+        "AS p(id, version_at, version_seq, version_event_id, mapping_digest) "
         f"WHERE t.{column} = p.id AND t.deleted_at IS NULL "
         # A child written by a newer event of its own is not the older parent's to drop.
-        f"AND {version_order('t')} < {version_order('p', at_missing='infinity')} "
+        f"AND {version_order('t')} {older} {version_order('p', at_missing='infinity')} "
         "AND NOT EXISTS ("
         "SELECT 1 FROM unnest($5::int4[], $6::text[]) AS k(parent_id, key) "
         f"WHERE k.parent_id = t.{column} AND k.key = t.source_key) RETURNING t.*",
@@ -170,6 +176,7 @@ async def tombstone_children(
         [parent_id for parent_id, _ in kept],
         [key for _, key in kept],
         batch.now,
+        [parent.get("mapping_digest") for parent, _ in parents],
     )
     await _forget_tombstoned(batch, entity, rows)
     # Their own children go with them, at any depth (an order's items' deliveries).

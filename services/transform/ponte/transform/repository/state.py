@@ -39,6 +39,9 @@ class BatchState:
     waiting_because: dict[RowIdentity, str] = field(default_factory=dict)
     """Why a reference could not be resolved, when it is not simply absent (``target``
     keys of ``normalize.Reference``): shown with the parked reference."""
+    reprocess: bool = False
+    """The batch re-applies received events (``ponte reprocess``): a parent rewritten at
+    an equal version drops the children of that same version its set no longer has."""
 
     def remember(self, entity: str, source_id: str, source_key: str, row_id: int) -> None:
         self.ids[(entity, source_id, source_key)] = row_id

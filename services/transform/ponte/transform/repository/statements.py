@@ -16,10 +16,15 @@ from ponte.transform.repository.tables import RowKey, array_type
 async def fetch_existing(
     connection: DbConnection, table: sa.Table, keys: list[RowKey]
 ) -> dict[RowKey, asyncpg.Record]:
-    """The stored rows of these keys, locked for the rest of the transaction."""
+    """The stored rows of these keys, locked for the rest of the transaction, in key
+    order: two transactions writing the same rows (two replicas after a rebalance, a
+    reprocess beside the live transform) then take their locks in one order and wait
+    for each other instead of deadlocking. (Entities are written in the model's order
+    by every batch, so across tables the order is one too.)"""
     rows = await connection.fetch(
         f"SELECT * FROM {table.name} WHERE (source_id, source_key) IN "  # noqa: S608 - table names come from the model
-        "(SELECT * FROM unnest($1::text[], $2::text[])) FOR UPDATE",
+        "(SELECT * FROM unnest($1::text[], $2::text[])) "
+        'ORDER BY source_id COLLATE "C", source_key COLLATE "C" FOR UPDATE',
         [k[0] for k in keys],
         [k[1] for k in keys],
     )

@@ -111,6 +111,7 @@ def _row_values(
         version_at=item.record.version.at,
         version_seq=item.record.version.seq,
         version_event_id=item.record.version.event_id,
+        mapping_digest=item.record.mapping_digest,
         deleted_at=None,
         extra=item.row.extra,
         updated_at=batch.now,

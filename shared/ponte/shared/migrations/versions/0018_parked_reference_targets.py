@@ -4,7 +4,7 @@ field, e.g. a CNPJ or an e-mail, instead of the ERP's key), and a reason a perso
 (``ponte.transform.repository.parking``).
 
 Revision ID: 0018
-Revises: 0016
+Revises: 0017
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 

@@ -23,7 +23,7 @@ import asyncio
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -411,3 +411,75 @@ def test_local_times_without_an_offset_in_the_erps_own_time_zone(
     path = tmp_path / "mapping.yaml"
     path.write_text(text.replace('date_format: "%Y%m%d %H%M %z"}', zoned), encoding="utf-8")
     assert load_mapping(path).tables["pedidos_venta"].field("fecha") is not None
+
+
+# -- a mapping mistake found after go-live, fixed, and reprocessed ------------------------
+
+
+async def publish(settings: Settings, events: list[RawEvent]) -> list[RawMessage]:
+    """The events onto the raw topic as ingest's publisher writes them, then read back
+    as the transform's consumer receives them (real partitions and offsets)."""
+    from aiokafka import AIOKafkaProducer
+
+    from ponte.ingest.publisher import encode_event, headers_for
+    from ponte.shared import kafka
+    from tests.conftest import read_topic
+
+    await kafka.ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(
+                settings.raw_topic,
+                key=event.partition_key,
+                value=encode_event(event),
+                headers=headers_for(event, "application/json"),
+            )
+    finally:
+        await producer.stop()
+    return list(await read_topic(settings.kafka_bootstrap, settings.raw_topic, expect=len(events)))
+
+
+async def store(onboarded: Onboarded, messages: list[RawMessage]) -> None:
+    """What the live transform does with the topic's messages, in one batch."""
+    pool = await db.create_pool(onboarded.settings)
+    try:
+        processor = BatchProcessor(pool, onboarded.settings, Decoder(onboarded.mappings_dir))
+        assert (await processor.process(messages)).rejected == 0
+    finally:
+        await pool.close()
+
+
+def test_a_mapping_fix_then_reprocess_corrects_the_rows_already_stored(
+    onboarded: Onboarded,
+) -> None:
+    import uuid
+
+    from ponte.transform.reprocess import Selection, reprocess
+
+    own = onboarded.mappings_dir / f"{SOURCE_ID}.yaml"
+    right = own.read_text(encoding="utf-8")
+    line = "      limite_credito: {column: credit_limit, number_format: us}\n"
+    assert line in right
+    own.write_text(right.replace(line, ""), encoding="utf-8")  # the mistake: left out
+    config = onboarded.settings.model_copy(
+        update={"raw_topic": f"ponte.raw.{uuid.uuid4().hex[:10]}", "mappings_dir": own.parent}
+    )
+    events = raw_events(LARGE, onboarded.mappings_dir)
+    messages = asyncio.run(publish(config, events))
+    asyncio.run(store(onboarded, messages))
+    before = asyncio.run(read_state(onboarded.settings.asyncpg_dsn))
+    assert before.counts["rows with extra"] > 0  # the credit limits landed in extra
+
+    own.write_text(right, encoding="utf-8")  # the fix, then the reprocess
+    report = asyncio.run(reprocess(config, Selection(SOURCE_ID), progress_every_s=60))
+    assert report.rejected == 0 and report.changes > 0
+    after = asyncio.run(read_state(onboarded.settings.asyncpg_dsn))
+    # What the mistaken mapping left out stays listed (GET /unmapped-fields is a log of
+    # what arrived unplaced, with first and last seen); everything else is as if the
+    # mapping had been right from the start.
+    assert after.counts["unmapped_fields"] == before.counts["unmapped_fields"] > 0
+    assert_expected(LARGE, replace(after, counts={**after.counts, "unmapped_fields": 0}))
+    again = asyncio.run(reprocess(config, Selection(SOURCE_ID), progress_every_s=60))
+    assert again.changes == 0  # nothing left to correct

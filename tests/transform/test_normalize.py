@@ -498,3 +498,14 @@ def test_a_computed_column_also_mapped_from_a_field_is_refused(tmp_path: Path) -
     )
     with pytest.raises(ValueError, match="computed 'name': the column is also mapped"):
         load_mapping(path)
+
+
+def test_an_object_where_a_value_is_expected_is_refused_naming_table_field_and_value() -> None:
+    from ponte.transform.normalize import RecordRejected
+
+    event = raw_event("Empresa", {"codigo": "E1", "razao_social": {"nome": "Acme"}},
+                      source_id="erp")  # fmt: skip
+    with pytest.raises(RecordRejected) as caught:
+        normalize_record(event, ERP)
+    assert caught.value.field == "Empresa.razao_social"
+    assert "expected text, got a JSON dict {'nome': 'Acme'}" in caught.value.reason

@@ -39,7 +39,10 @@ def _blank(value: Any) -> bool:
 
 def _scalar(value: Any, kind: str) -> Any:
     if isinstance(value, dict | list):
-        raise ParseError(f"expected {kind}, got a JSON {type(value).__name__}")
+        # The value named (cut), so the person sees what was sent, never stringified into
+        # the column.
+        shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:77]}..."
+        raise ParseError(f"expected {kind}, got a JSON {type(value).__name__} {shown}")
     return value
 
 

@@ -175,6 +175,13 @@ async def test_a_mapping_fix_reprocessed_corrects_stored_rows_once(
     assert [(c["source_key"], c["operation"]) for c in new] == [("E1", "upsert")]
     assert new[0]["changed"] == ["extra", "trade_name"]
     assert new[0]["row"]["trade_name"] == "Acme Shop"
+    # Deliver skips a version a target already has: the correction must sort after the
+    # change that first stored E1, or it would never reach the CRM.
+    from ponte.deliver.changes import change_from
+
+    [first] = [c for c in company_changes(changes_before, source_id) if c["source_key"] == "E1"]
+    at = {"topic": settings.changes_topic, "partition": 0, "offset": 0, "published_at": None}
+    assert change_from(new[0], **at).version_key() > change_from(first, **at).version_key()
     # The other source was read past, not written.
     assert (await company(pool, f"{source_id}-other", "E9"))["mapping_digest"] == other_digest
     assert progress[-1].done == progress[-1].total == 5 and progress[-1].ratio == 1.0

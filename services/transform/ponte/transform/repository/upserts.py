@@ -11,6 +11,7 @@ import asyncpg
 import sqlalchemy as sa
 
 from ponte.shared.crm_model import crm_model
+from ponte.shared.versions import Version
 from ponte.transform.normalize import Reference
 from ponte.transform.repository.changes import ChangeEvent, changed_columns
 from ponte.transform.repository.child_sets import replace_children
@@ -19,7 +20,7 @@ from ponte.transform.repository.parking import park
 from ponte.transform.repository.references import resolve_references
 from ponte.transform.repository.state import BatchState
 from ponte.transform.repository.statements import insert_rows, update_rows
-from ponte.transform.repository.tables import RowIdentity, RowKey
+from ponte.transform.repository.tables import RowIdentity, RowKey, version_of
 
 _KEY_COLUMNS = "id, source_id, source_key"
 _T_KEY_COLUMNS = "t.id, t.source_id, t.source_key"
@@ -168,5 +169,17 @@ def _record_written(
         changed = changed_columns(row, stored)
         if changed:
             batch.result.changes.append(
-                ChangeEvent.of(entity, row, "upsert", item.record.version, changed)
+                ChangeEvent.of(entity, row, "upsert", _change_version(batch, item, stored), changed)
             )
+
+
+def _change_version(batch: BatchState, item: Pending, stored: asyncpg.Record | None) -> Version:
+    """The version a change event carries: the record's own, except when a reprocess
+    rewrote the row at the version already stored (another mapping). Deliver skips a
+    version a target already has, so that correction would never reach the CRM: it goes
+    as the same version corrected now, sorting right after it (as a resolved parked
+    reference does, ``parking.resolution_version``)."""
+    version = item.record.version
+    if stored is None or version_of(stored) != version:
+        return version
+    return Version(version.at, version.seq, f"{version.event_id}~{batch.now.isoformat()}")

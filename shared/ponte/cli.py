@@ -379,9 +379,13 @@ def migrate(
 ) -> None:
     """Bring PostgreSQL up to date (PONTE_DATABASE_URL): Ponte's own tables, then the CRM
     tables to the model (the shipped one extended by PONTE_MODEL_FILE), additively: a
-    change that would lose data is refused, naming the entity and column, and nothing is
-    applied."""
+    change that would lose data is refused, naming the entity and column, and nothing of
+    the model's half is applied (Ponte's own tables are migrated first, each Alembic
+    revision in its transaction). --dry-run plans the model's half only, against the
+    tables as they are (run it after Ponte's own migrations are at head)."""
     import asyncio
+
+    from sqlalchemy.exc import DBAPIError
 
     from ponte.shared.crm_model import crm_model
     from ponte.shared.crm_schema import SchemaFailed, SchemaRefused, apply_model
@@ -397,7 +401,7 @@ def migrate(
                 typer.echo(f"would {line}" if planned.applied else line)
             return
         applied = run_migrations(settings, revision)
-    except (SchemaRefused, SchemaFailed, ValueError) as error:
+    except (SchemaRefused, SchemaFailed, ValueError, DBAPIError) as error:
         typer.echo(f"ponte migrate: {error}", err=True)
         raise typer.Exit(1) from None
     for line in applied:

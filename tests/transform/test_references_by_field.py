@@ -193,8 +193,14 @@ async def test_an_old_parked_reference_is_dead_lettered_with_its_context(
 @pytest.mark.parametrize(
     ("field", "message"),
     [
-        ("{reference: company, column: company_id, by: salesperson_id}", "is not a plain column"),
-        ("{reference: company, column: company_id, by: nope}", "'nope' is not a plain column"),
+        ("{reference: company, column: company_id, by: salesperson_id}", "is not a text,"),
+        ("{reference: company, column: company_id, by: nope}", "'nope' is not a text,"),
+        # A boolean compares as 'True' in Python and 'true' in PostgreSQL: never matched.
+        ("{reference: company, column: company_id, by: active}", "'active' is not a text,"),
+        (
+            "{reference: company, column: company_id, source: erp-main, on_missing: stub}",
+            "cannot create a placeholder there",
+        ),
         ("{column: name, by: email}", "by and source are for references"),
         (
             "{reference: company, column: company_id, by: document, on_missing: stub}",

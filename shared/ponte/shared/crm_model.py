@@ -282,12 +282,15 @@ class CrmModel:
     def digest(self) -> str:
         """A short hash of the resolved model: recorded by ``ponte migrate`` with the
         schema it applied, so a process started on another model is told so."""
-        return hashlib.sha256(
-            orjson.dumps(self.describe(), option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()[:16]
+        # The schema only: a description edited is not another model.
+        schema = {
+            name: {key: value for key, value in spec.items() if key != "description"}
+            for name, spec in self.describe().items()
+        }
+        return hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
-        """The model as plain data (the read API's ``GET /model/entities``)."""
+        """The model as plain data (the transform's ``GET /model``)."""
         return {
             spec.name: {
                 "table": spec.table,

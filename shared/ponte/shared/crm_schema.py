@@ -330,6 +330,8 @@ async def _build_indexes(engine: Any, indexes: list[sa.Index]) -> None:
 
 
 def _recorded_tables(connection: Connection) -> dict[str, str]:
+    if not sa.inspect(connection).has_table("crm_model_state"):
+        return {}  # Ponte's own migrations are not at 0013 yet: nothing was recorded
     row = connection.execute(
         sa.text("SELECT model FROM crm_model_state ORDER BY applied_at DESC LIMIT 1")
     ).first()

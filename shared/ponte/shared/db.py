@@ -69,8 +69,8 @@ def migrate(settings: Settings, revision: str = "heads") -> list[str]:
     from ponte.shared.crm_schema import apply_model_sync
 
     command.upgrade(alembic_config(settings), revision)
-    if revision != "heads":
-        return []
+    if revision not in ("head", "heads"):
+        return []  # an older revision of Ponte's tables: the model is the newest's
     return apply_model_sync(settings.database_url, crm_model()).applied
 
 

@@ -234,6 +234,11 @@ class FieldMapping(BaseModel):
             raise ValueError("values and default are for plain columns, not references or codes")
         if (self.by is not None or self.source is not None) and self.reference is None:
             raise ValueError("by and source are for references (reference: <entity>)")
+        if self.source is not None and self.on_missing == "stub":
+            raise ValueError(
+                "a reference into another source cannot create a placeholder there "
+                "(on_missing: stub): that source's rows are its own to write"
+            )
         if self.by is not None and self.on_missing == "stub":
             raise ValueError(
                 "a reference by another field cannot create a placeholder (on_missing: stub): "
@@ -635,17 +640,22 @@ def _check_same_sequence(
             )
 
 
+_BY_TYPES = frozenset({"text", "document", "email", "integer", "bigint"})
+"""Columns a reference may match by: their values compare as the same text in Python and
+PostgreSQL (a decimal's ``1.5`` is ``1.5000`` there, a boolean ``True`` is ``true``)."""
+
+
 def _check_by(where: tuple[str, ...], spec: FieldMapping, target: EntitySpec) -> None:
     """``by`` names a plain column of the target; the value is read as that column's type
     so it compares equal to what the target's own mapping stored (digits of a CNPJ)."""
     assert spec.by is not None
     by = target.columns.get(spec.by)
-    if by is None or by.is_reference:
-        plain = sorted(c.name for c in target.columns.values() if not c.is_reference)
+    if by is None or by.type not in _BY_TYPES:
+        fit = sorted(c.name for c in target.columns.values() if c.type in _BY_TYPES)
         raise MappingMismatch(
             where,
-            f"by: {spec.by!r} is not a plain column of {target.name!r} "
-            f"(its plain columns: {', '.join(plain)})",
+            f"by: {spec.by!r} is not a text, document, e-mail or integer column of "
+            f"{target.name!r} (those it has: {', '.join(fit)})",
         )
     spec.type = _value_type(where, spec.type, by)
 

@@ -130,24 +130,25 @@ class BatchProcessor:
         async with self._pool.acquire() as connection, connection.transaction():
             result = await BatchApplier(connection).sweep_parked()
             await self.queue_changes(connection, result.changes)
-            await self._expire_parked(connection)
-        return result.resolved
-
-    async def _expire_parked(self, connection: DbConnection) -> None:
-        """A reference whose target was refused or never sent would wait forever: after
-        ``parked_reference_expiry_s`` it becomes a dead letter naming the row, the
-        reference and why it waited (the row stays stored, the column NULL; sending the
-        target and then the row again, or ``ponte reprocess``, completes it)."""
-        expiry = self._settings.parked_reference_expiry_s
-        if expiry <= 0:
-            return
-        now = datetime.now(UTC)
-        expired = await expire_parked(connection, now - timedelta(seconds=expiry))
-        await add_messages(connection, [self._expired_letter(row, now) for row in expired])
-        for row in expired:
+            expired = await self._expire_parked(connection)
+        for row in expired:  # counted once committed
             TRANSFORM_PARKED_EXPIRED.labels(row["source_id"]).inc()
         if expired:
             log.warning("parked references expired", extra={"count": len(expired)})
+        return result.resolved
+
+    async def _expire_parked(self, connection: DbConnection) -> list[dict[str, Any]]:
+        """A reference whose target was refused or never sent would wait forever: after
+        ``parked_reference_expiry_s`` it becomes a dead letter naming the row, the
+        reference and why it waited (the row stays stored, the column NULL; sending the
+        target and then the row again completes it)."""
+        expiry = self._settings.parked_reference_expiry_s
+        if expiry <= 0:
+            return []
+        now = datetime.now(UTC)
+        expired = await expire_parked(connection, now - timedelta(seconds=expiry))
+        await add_messages(connection, [self._expired_letter(row, now) for row in expired])
+        return expired
 
     def _expired_letter(self, row: dict[str, Any], now: datetime) -> OutboxEntry:
         age_days = (now - row["parked_at"]).total_seconds() / 86400

@@ -14,7 +14,9 @@ line total: it is ``price * quantity - total_discount`` here. WooCommerce's ``pr
 what it says (the line total over the quantity); its discount is ``subtotal - total``.
 
 **Refunds** are their own entity, children of the order: the ``refunds`` inside an order
-(the order's set: a refund no longer listed is tombstoned), a Shopify ``refunds/create``
+(the order's set: a refund no longer listed, while another still is, is tombstoned; an
+order listing none any more leaves the stored ones, as the mapping reads only a non-empty
+list as child rows), a Shopify ``refunds/create``
 sent on its own (linked by ``order_id``), with Shopify's refund lines pointing at the
 order lines they return. A refund's amount is positive: Shopify's successful ``refund``
 transactions summed; WooCommerce's negative ``total`` negated. WooCommerce lists only

@@ -5,7 +5,11 @@ Three stages write dead letters, and each goes back to the topic its stage reads
 - **transform** (``transform_dead_letter_topic``): the original raw event, onto the raw
   topic, keyed ``source/resource/record-key`` as ingest keys it, so one record's events
   keep their partition and order. The transform applies a record only if its version
-  (occurred_at, event id) is newer than the stored one, so a second replay is stale.
+  (time, sequence, event id: ``ponte.shared.versions``) is newer than the stored one. A
+  source that names its own sequence keeps it in the event, so a second replay is stale;
+  without one the sequence is the raw topic offset, and a replayed event (a new, larger
+  offset) wins against a stored version of the *same* time: replay a dead letter before
+  newer events of that record in the same minute, or give the source a sequence field.
 - **deliver** (``deliver_dead_letter_topic``): the change, onto the changes topic, keyed
   ``entity/source/key``. The deliver engine skips a version a target already has.
 - **status** (``status_dead_letter_topic``): the CRM's event, onto the status topic, keyed

@@ -65,6 +65,13 @@ def _raw_event(value: bytes) -> tuple[RawEvent, bytes] | str:
         return "the dead letter is not JSON"
     if not isinstance(letter, dict):
         return "the dead letter is not a JSON object"
+    error = letter.get("error")
+    if isinstance(error, dict) and error.get("code") == "reference_expired":
+        # Not a failed event: a stored row whose reference waited too long.
+        return (
+            "a reference that expired waiting for its target (the row is stored, the "
+            "column empty): send the target, then the row again"
+        )
     if isinstance(letter.get("event"), dict):
         try:
             event = RawEvent.model_validate(letter["event"])

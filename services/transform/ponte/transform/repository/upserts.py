@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 
-from ponte.shared.crm_model import crm_model
+from ponte.shared.crm_model import CODE_ENTITY, crm_model
 from ponte.shared.versions import Version
 from ponte.transform.normalize import Reference
 from ponte.transform.repository.changes import ChangeEvent, changed_columns
@@ -81,7 +81,9 @@ async def _descriptions(
     if not ids:
         return {}
     rows = await batch.connection.fetch(
-        "SELECT id, description FROM codes WHERE id = ANY($1::int4[])", list(ids)
+        f"SELECT id, description FROM {crm_model().table_name(CODE_ENTITY)} "  # noqa: S608
+        "WHERE id = ANY($1::int4[])",
+        list(ids),
     )
     return {row["id"]: row["description"] for row in rows}
 

@@ -279,3 +279,23 @@ def test_a_model_file_path_loads(tmp_path: Path) -> None:
     assert model.parent_of("visit_note") == ("visit", "visit_id")
     assert model.entity("company").columns["credit_limit"].describe() == "decimal(14,2)"
     assert model.files == ("ponte/shared/crm_model.yaml", str(path))
+
+
+async def test_two_new_entities_referring_to_each_other_are_created(database: str) -> None:
+    cycle = (
+        "entities:\n  region:\n    columns:\n      manager_id: {reference: agent}\n"
+        "  agent:\n    columns:\n      region_id: {reference: region}\n"
+    )
+    result = await apply_model(database, model_with(cycle))
+    assert {"create entity region (table regions)", "create entity agent (table agents)"} <= set(
+        result.applied
+    )
+    connection = await asyncpg.connect(database.replace("+asyncpg", ""))
+    try:
+        keys = await connection.fetchval(
+            "SELECT count(*) FROM information_schema.table_constraints "
+            "WHERE constraint_type = 'FOREIGN KEY' AND table_name IN ('regions', 'agents')"
+        )
+    finally:
+        await connection.close()
+    assert keys == 2

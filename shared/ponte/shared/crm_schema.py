@@ -26,6 +26,7 @@ digest and its description.
 from __future__ import annotations
 
 import asyncio
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -111,7 +112,12 @@ def plan_changes(
     )
     plan = SchemaPlan()
     new_tables: set[str] = set()
-    for diff in _flatten(compare_metadata(context, model.metadata)):
+    with warnings.catch_warnings():
+        # Entities that refer to each other cannot be sorted by their foreign keys;
+        # ``_apply_transactional`` adds those keys after every table exists.
+        warnings.filterwarnings("ignore", "Cannot correctly sort tables", sa.exc.SAWarning)
+        diffs = _flatten(compare_metadata(context, model.metadata))
+    for diff in diffs:
         _classify(diff, model, known_tables, plan, new_tables)
     return plan
 
@@ -214,26 +220,47 @@ def _apply_transactional(connection: Connection, plan: SchemaPlan) -> None:
     operations = Operations(MigrationContext.configure(connection))
     connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
     for table in plan.tables:
-        operations.create_table(table.name, *_plain_columns(table), *_constraints(table))
+        operations.create_table(table.name, *_plain_columns(table), *_unique_keys(table))
         for index in table.indexes:
             columns = [c.name for c in index.columns]
             operations.create_index(str(index.name), table.name, columns)
     for table_name, column in plan.columns:
         operations.add_column(table_name, sa.Column(column.name, column.type, nullable=True))
-        for key in column.foreign_keys:
-            operations.create_foreign_key(
-                None, table_name, key.column.table.name, [column.name], [key.column.name]
-            )
-    for constraint in plan.foreign_keys:
-        operations.create_foreign_key(
-            None,
+    # Foreign keys once every table and column exists: two new entities may refer to
+    # each other (the model allows reference cycles).
+    for table_name, referred, columns, referred_columns in _new_foreign_keys(plan):
+        operations.create_foreign_key(None, table_name, referred, columns, referred_columns)
+    for table_name, column_name, _, new in plan.widened:
+        operations.alter_column(table_name, column_name, type_=new)
+
+
+ForeignKey = tuple[str, str, list[str], list[str]]
+"""(table, referred table, columns, referred columns)"""
+
+
+def _new_foreign_keys(plan: SchemaPlan) -> list[ForeignKey]:
+    """The foreign keys of the plan's new tables, new columns and existing columns."""
+    constraints = [
+        constraint
+        for table in plan.tables
+        for constraint in table.constraints
+        if isinstance(constraint, sa.ForeignKeyConstraint)
+    ]
+    found: list[ForeignKey] = [
+        (
             constraint.parent.name,
             constraint.referred_table.name,
             list(constraint.column_keys),
             [element.column.name for element in constraint.elements],
         )
-    for table_name, column_name, _, new in plan.widened:
-        operations.alter_column(table_name, column_name, type_=new)
+        for constraint in [*constraints, *plan.foreign_keys]
+    ]
+    found += [
+        (table_name, key.column.table.name, [column.name], [key.column.name])
+        for table_name, column in plan.columns
+        for key in column.foreign_keys
+    ]
+    return found
 
 
 def _plain_columns(table: sa.Table) -> list[sa.Column[Any]]:
@@ -245,19 +272,13 @@ def _plain_columns(table: sa.Table) -> list[sa.Column[Any]]:
     ]
 
 
-def _constraints(table: sa.Table) -> list[Any]:
-    found: list[Any] = []
-    for constraint in table.constraints:
-        if isinstance(constraint, sa.UniqueConstraint):
-            found.append(sa.UniqueConstraint(*constraint.columns.keys(), name=constraint.name))
-        elif isinstance(constraint, sa.ForeignKeyConstraint):
-            found.append(
-                sa.ForeignKeyConstraint(
-                    list(constraint.column_keys),
-                    [element.target_fullname for element in constraint.elements],
-                )
-            )
-    return found
+def _unique_keys(table: sa.Table) -> list[sa.UniqueConstraint]:
+    """The table's natural key (and any other unique constraint), created with it."""
+    return [
+        sa.UniqueConstraint(*constraint.columns.keys(), name=constraint.name)
+        for constraint in table.constraints
+        if isinstance(constraint, sa.UniqueConstraint)
+    ]
 
 
 @dataclass

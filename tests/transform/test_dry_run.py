@@ -190,6 +190,48 @@ async def test_references_are_looked_up_found_parked_or_stubbed(
     assert report.references_checked
 
 
+@pytest.mark.integration
+async def test_references_by_another_field_and_source_are_checked_as_they_resolve(
+    pool: asyncpg.Pool, source_id: str, tmp_path: Path
+) -> None:
+    from ponte.shared.mapping import load_mapping
+    from ponte.transform.normalize import normalize_record
+    from ponte.transform.repository.applier import BatchApplier
+    from tests.transform.conftest import raw_event
+
+    erp = f"{source_id}-erp"
+    companies = [
+        raw_event("Empresa", {"codigo": code, "cnpj": cnpj}, source_id=erp)
+        for code, cnpj in (("E1", "11222333000181"), ("E2", "11444777000161"),
+                           ("E3", "11444777000161"))
+    ]  # fmt: skip
+    async with pool.acquire() as connection, connection.transaction():
+        await BatchApplier(connection).apply([normalize_record(e, ERP) for e in companies])
+    path = tmp_path / "shop.yaml"
+    path.write_text(
+        "kind: erp\ntables:\n  Cliente:\n    entity: contact\n    key: [id]\n    fields:\n"
+        f"      cnpj: {{reference: company, column: company_id, by: document, type: document, "
+        f"source: {erp}}}\n",
+        encoding="utf-8",
+    )
+    shop = load_mapping(path)
+    samples = envelope(
+        "Cliente",
+        {"id": "K1", "cnpj": "11.222.333/0001-81"},
+        {"id": "K2", "cnpj": "11.444.777/0001-61"},
+        {"id": "K3", "cnpj": "11.444.777/0002-42"},
+    )
+    report = run(samples, shop, source_id)
+    async with pool.acquire() as connection:
+        await check_references(connection, report)
+    outcomes = {row.key: row.references[0].outcome for row in report.written}
+    assert outcomes["K1"] == "found"  # in the ERP's source, by its CNPJ's digits
+    assert outcomes["K2"].startswith("would park: 2 rows have it")
+    assert outcomes["K3"] == "would park"
+    target = report.written[0].references[0].target()
+    assert target == f"company document '11222333000181' of source '{erp}'"
+
+
 async def add_source(pool: asyncpg.Pool, source_id: str) -> None:
     await pool.execute(
         "INSERT INTO sources (id, kind, active, display_name, secrets, allowed_cidrs, tables, "

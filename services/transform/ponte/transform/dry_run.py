@@ -69,6 +69,17 @@ class ReferenceCheck:
     outcome: str = NOT_CHECKED
     """``found``, ``in sample`` (written by the same samples), ``would park``, ``would
     create a placeholder`` (``stub``), or ``not checked: no database``."""
+    target_source: str | None = None
+    """The target's source when the mapping names another (``source:``)."""
+    by: str | None = None
+    """The target's column matched instead of its key (``by:``)."""
+
+    def target(self) -> str:
+        """The target as a person reads it: ``company 'E1'``, ``company document '...'
+        of source 'erp-main'``."""
+        how = f"{self.by} " if self.by else ""
+        where = f" of source {self.target_source!r}" if self.target_source else ""
+        return f"{self.target_entity} {how}{self.target_key!r}{where}"
 
 
 @dataclass
@@ -322,7 +333,15 @@ def _written(record: NormalizedRecord, row: NormalizedRow) -> WrittenRow:
         types={column: type(value).__name__ for column, value in sorted(row.values.items())},
         extra=row.extra,
         references=[
-            ReferenceCheck(r.column, r.field, r.target_entity, r.target_key, r.on_missing)
+            ReferenceCheck(
+                r.column,
+                r.field,
+                r.target_entity,
+                r.target_key,
+                r.on_missing,
+                target_source=r.target_source,
+                by=r.by,
+            )
             for r in row.references
         ],
     )
@@ -342,7 +361,13 @@ def _resolve_within_samples(report: DryRunReport) -> None:
     written = {(row.entity, row.key) for row in report.written}
     for row in report.written:
         for reference in row.references:
-            if (reference.target_entity, reference.target_key) in written:
+            same_source = reference.target_source in (None, report.source_id)
+            by_key = reference.by is None
+            if (
+                same_source
+                and by_key
+                and (reference.target_entity, reference.target_key) in written
+            ):
                 reference.outcome = "in sample"
 
 
@@ -356,27 +381,57 @@ def _missing_outcome(reference: ReferenceCheck) -> str:
 async def check_references(connection: Any, report: DryRunReport) -> None:
     """Look the references' targets up, read-only, one query per target entity; the
     report then says which would be found, and which would park or create a placeholder."""
-    pending: dict[str, set[str]] = {}
+    # (entity, source, column matched: None for the key) -> the values looked for
+    pending: dict[tuple[str, str, str | None], set[str]] = {}
     for row in report.written:
         for reference in row.references:
             if reference.outcome == NOT_CHECKED:
-                pending.setdefault(reference.target_entity, set()).add(reference.target_key)
-    found: set[tuple[str, str]] = set()
-    for entity, keys in pending.items():
-        table = table_of(entity).name
-        rows = await connection.fetch(
-            f"SELECT source_key FROM {table} "  # noqa: S608 - a name from the model
-            "WHERE source_id = $1 AND source_key = ANY($2::text[])",
-            report.source_id,
-            sorted(keys),
-        )
-        found |= {(entity, row["source_key"]) for row in rows}
+                group = (reference.target_entity, _source_of(reference, report), reference.by)
+                pending.setdefault(group, set()).add(reference.target_key)
+    matches: dict[tuple[str, str, str | None, str], int] = {}
+    for (entity, source, by), values in pending.items():
+        for value, count in await _matches(connection, entity, source, by, values):
+            matches[(entity, source, by, value)] = count
     for row in report.written:
         for reference in row.references:
             if reference.outcome == NOT_CHECKED:
-                target = (reference.target_entity, reference.target_key)
-                reference.outcome = "found" if target in found else _missing_outcome(reference)
+                group = (reference.target_entity, _source_of(reference, report), reference.by)
+                reference.outcome = _outcome(
+                    reference, matches.get((*group, reference.target_key), 0)
+                )
     report.references_checked = True
+
+
+def _source_of(reference: ReferenceCheck, report: DryRunReport) -> str:
+    return reference.target_source or report.source_id
+
+
+async def _matches(
+    connection: Any, entity: str, source: str, by: str | None, values: set[str]
+) -> list[tuple[str, int]]:
+    """How many live rows of ``entity`` in ``source`` have each value (by key, or by the
+    column ``by``), as ``references`` resolves them."""
+    table = table_of(entity)
+    column = "source_key" if by is None else by
+    assert column in table.c, f"{column} is not a column of {entity}"  # checked at load
+    # By key a stored row is the target even if deleted (as ``references._look_up``);
+    # by another field only live rows count (``references._look_up_by``).
+    live = "" if by is None else "deleted_at IS NULL AND "
+    rows = await connection.fetch(
+        f"SELECT {column}::text AS value, count(*) AS n FROM {table.name} "  # noqa: S608
+        f"WHERE source_id = $1 AND {live}{column}::text = ANY($2::text[]) GROUP BY 1",
+        source,
+        sorted(values),
+    )
+    return [(row["value"], int(row["n"])) for row in rows]
+
+
+def _outcome(reference: ReferenceCheck, count: int) -> str:
+    if count == 1 or (count and reference.by is None):
+        return "found"
+    if count > 1:
+        return f"would park: {count} rows have it, Ponte does not guess between them"
+    return _missing_outcome(reference)
 
 
 # -- as text ---------------------------------------------------------------------------------
@@ -423,8 +478,8 @@ def _table_lines(report: DryRunReport, table: str) -> list[str]:
             lines.append(f"    empty (NULL): {', '.join(empty)}")
         for reference in row.references:
             lines.append(
-                f"    {reference.column} -> {reference.target_entity} "
-                f"{reference.target_key!r} (from {reference.field}): {reference.outcome}"
+                f"    {reference.column} -> {reference.target()} "
+                f"(from {reference.field}): {reference.outcome}"
             )
     for refused in (r for r in report.refused if r.table == table):
         lines.append(

@@ -188,8 +188,6 @@ class EntitySql:
             f"WITH src AS (SELECT DISTINCT ON (s.source_id, s.source_key) s.* FROM {self.stage} "
             f"s WHERE {self.wins('s')} ORDER BY s.source_id, s.source_key, {vo('s')} DESC), "
             f"res AS (SELECT src.*{ref_ids} FROM src{joins}), "
-            f"old AS (SELECT t.* FROM {self.table} t JOIN src ON t.source_id = src.source_id "
-            "AND t.source_key = src.source_key), "
             f"merged AS (INSERT INTO {self.table} AS t ({', '.join(written)}, updated_at) "
             f"SELECT {select} FROM res ON CONFLICT (source_id, source_key) DO UPDATE SET "
             f"{assign} WHERE {vo('t')} < {vo('excluded')} RETURNING t.*)"
@@ -272,11 +270,12 @@ without the row image (``row``), as if the relay read the row when publishing.""
 
 
 def _outbox(entity: str, rows: str, topic: str, now: str, *, kind: str, columns: list[str]) -> str:
+    table = crm_model().table_name(entity)
     """An ``out`` CTE: a change message per row of ``rows`` into the outbox, shaped as
     ``BatchProcessor.change_message`` shapes it. ``kind`` says which rows and which
     ``changed``: ``merge`` (new rows: the non-empty columns; stored ones: those distinct
-    from ``old``; a delete: ``deleted_at`` when it was live), ``stub``, ``dropped``,
-    ``resolved`` (``columns`` changed, the resolution's version)."""
+    from the row before the statement; a delete: ``deleted_at`` when it was live),
+    ``stub``, ``dropped``, ``resolved`` (``columns`` changed, the resolution's version)."""
     m = "m"
     version_id = f"{m}.version_event_id"
     where = "TRUE"
@@ -296,7 +295,9 @@ def _outbox(entity: str, rows: str, topic: str, now: str, *, kind: str, columns:
                 f"WHEN o.id IS NULL THEN {changed} "
                 f"ELSE array_remove(ARRAY[{distinct}]::text[], NULL) END"
             )
-            join = f" LEFT JOIN old o ON o.id = {m}.id"
+            # The statement's snapshot: ``o`` is the row as it was before this statement
+            # (data-modifying CTEs do not see each other's writes), found by its id.
+            join = f" LEFT JOIN {table} o ON o.id = {m}.id"
             row_m = ", ".join(f"{m}.{c}" for c in columns)
             row_o = ", ".join(f"o.{c}" for c in columns)
             where = (

@@ -45,6 +45,7 @@ from ponte.shared.crm_model import crm_model  # noqa: E402
 from ponte.shared.events import Operation, RawEvent  # noqa: E402
 from ponte.shared.mapping import Mapping, TableMapping, mapping_for  # noqa: E402
 from ponte.shared.parsers import ParseError  # noqa: E402
+from ponte.transform.app import tune_garbage_collector  # noqa: E402
 from ponte.transform.normalize import _code_object, normalize_record, version_id  # noqa: E402
 
 Out = dict[str, list[tuple[Any, ...]]]
@@ -306,6 +307,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20241114)
     parser.add_argument("--show-source", help="Print the generated function of this table.")
     args = parser.parse_args()
+    # The collector tuned as the service tunes it (start-up heap frozen, young threshold
+    # 100,000), so that neither path pays for collections the service does not make.
+    tune_garbage_collector()
     dataset = generate(args.events, args.seed)
     events = dataset.events
     mapping = mapping_for(events[0].source_kind, events[0].source_id, None)

@@ -71,6 +71,7 @@ from ponte.shared.crm_model import crm_model  # noqa: E402
 from ponte.shared.embedded import EmbeddedPostgres  # noqa: E402
 from ponte.shared.events import Operation, RawEvent  # noqa: E402
 from ponte.shared.settings import Settings  # noqa: E402
+from ponte.transform.app import tune_garbage_collector  # noqa: E402
 from ponte.transform.decode import Decoder  # noqa: E402
 from ponte.transform.normalize import NormalizedRecord  # noqa: E402
 from ponte.transform.outbox import add_messages  # noqa: E402
@@ -636,6 +637,9 @@ def main() -> int:
         "its transaction) instead of the planner's choice on never-analysed tables.",
     )
     args = parser.parse_args()
+    # The collector tuned as the service tunes it (start-up heap frozen, young threshold
+    # 100,000), so that neither path pays for collections the service does not make.
+    tune_garbage_collector()
     globals()["PLAN_CACHE_MODE"] = args.plan_cache_mode
     globals()["INDEX_PROBES"] = args.index_probes
     set_sql.LEAN_OUTBOX = args.lean_outbox

@@ -86,7 +86,6 @@ from ponte.shared.http_policy import (
     slowest,
     transport_failed,
 )
-from ponte.shared.validation_errors import every_problem
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +310,7 @@ class RestObject(ObjectMapping):
                 try:
                     computed[path] = PropertyExpression.model_validate(written)
                 except ValidationError as error:
-                    raise ValueError(f"properties.{path}: {every_problem(error)}") from None
+                    raise ValueError(_expression_problems(f"properties.{path}", error)) from None
         return {**data, "properties": plain, "expressions": computed}
 
     def values_for(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -422,6 +421,16 @@ class RestTarget(Target):
                 )
             seen[mapping.object_type] = entity
         return objects
+
+
+def _expression_problems(where: str, error: ValidationError) -> str:
+    """``properties.phone: phone: set region ...``: each problem under the property's own
+    path, without pydantic's "Value error, " prefix (never the input: it is not echoed)."""
+    problems = []
+    for item in error.errors(include_input=False):
+        at = ".".join([where, *(str(step) for step in item["loc"])])
+        problems.append(f"{at}: {str(item['msg']).removeprefix('Value error, ')}")
+    return "; ".join(problems)
 
 
 def _check_expression_columns(entity: str, mapping: RestObject) -> None:

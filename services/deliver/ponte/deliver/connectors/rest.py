@@ -14,6 +14,11 @@ Templating is deliberately tiny, so a config reads the same everywhere:
   on the property side, to build nested JSON (``custom_fields.cnpj`` ->
   ``{"custom_fields": {"cnpj": ...}}``).
 
+A property may also be computed from the row (``properties: {first_name: {template:
+"{legal_name}", split: first}}``, a phone in E.164, a country's ISO code, a value map,
+``required``) and null properties left out (``omit_null``): ``ponte.deliver.expressions``,
+applied by ``RestObject.values_for`` before the record reaches this connector.
+
 How a record is written (``RestConnector._upsert_one``):
 1. a known CRM id (``Outgoing.crm_id`` from ``deliveries``, or one learned earlier in this
    process) goes straight to update; a 404 there means someone deleted it in the CRM, so

@@ -122,6 +122,7 @@ from ponte.shared.parsers import (
     parse_with_format,
 )
 from ponte.shared.source_kinds import SourceKind, spec_of
+from ponte.shared.value_rules import fill_template, map_value
 
 ValueType = Literal[
     "text",
@@ -136,10 +137,6 @@ ValueType = Literal[
     "document",
     "email",
 ]
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 class FieldMapping(BaseModel):
@@ -195,14 +192,8 @@ class FieldMapping(BaseModel):
         """The column's value from what the ERP sent: the value map, the case, then the
         column's type read in the field's own number or date format. Raises
         ``ParseError`` naming what is wrong (the caller adds table and field)."""
-        if self.values is not None and not _blank(value):
-            text = str(value).strip()
-            if text in self.values:
-                value = self.values[text]
-            elif self.unknown == "refuse":
-                raise ParseError(f"{text!r} is not one of the mapped values {sorted(self.values)}")
-            elif self.unknown == "default":
-                value = self.default
+        if self.values is not None:
+            value = map_value(value, self.values, self.unknown, self.default)
         if self.case is not None and isinstance(value, str):
             value = value.upper() if self.case == "upper" else value.lower()
         if self.number_format is not None:
@@ -325,15 +316,7 @@ class Computed(BaseModel):
             text = "" if value is None or isinstance(value, dict | list) else str(value).strip()
             return PARSERS[self.type or "boolean"](text in self.true_when.in_)
         assert self.template is not None
-
-        def part(match: re.Match[str]) -> str:
-            value = data.get(match.group(1))
-            if value is None or isinstance(value, dict | list):
-                return ""
-            return str(value).strip()
-
-        text = " ".join(_PLACEHOLDER.sub(part, self.template).split())
-        return PARSERS[self.type or "text"](text or None)
+        return PARSERS[self.type or "text"](fill_template(self.template, data))
 
 
 SKIP_OPERATORS = ("in", "not_in", "empty")

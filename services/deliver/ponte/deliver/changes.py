@@ -127,5 +127,4 @@ def latest_per_record(target: Target, changes: list[Change]) -> list[Change]:
 
 def properties_for(target: Target, change: Change) -> dict[str, Any]:
     """The target's properties from the row's columns (text for times and decimals)."""
-    mapping = target.objects[change.entity].properties
-    return {prop: change.row.get(column) for column, prop in mapping.items()}
+    return target.objects[change.entity].values_for(change.row)

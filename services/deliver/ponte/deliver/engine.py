@@ -44,6 +44,7 @@ from ponte.deliver import associations, references
 from ponte.deliver.associations import Link, LinkFailure
 from ponte.deliver.changes import Change, event_body, latest_per_record, properties_for
 from ponte.deliver.connectors.base import BatchOutcome, Connector, Outgoing, PairsRefused
+from ponte.deliver.expressions import PropertyRefused
 from ponte.deliver.targets import Target
 from ponte.shared.http_policy import RetryableError, TerminalError, tenacity_wait
 from ponte.shared.settings import Settings
@@ -87,6 +88,29 @@ class _Item:
     crm_id: str | None
     crm_key: str | None = None
     references: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+    """The record's own properties (``ObjectMapping.values_for``), computed before sending
+    so a property that cannot be computed refuses just this record."""
+
+
+def _with_properties(target: Target, items: list[_Item], result: TargetResult) -> list[_Item]:
+    """Upserts with their properties computed; one whose property expression refuses the
+    row (a required value missing, a phone that is no number: ``ponte.deliver.expressions``)
+    is refused, terminally: the same row fails the same way on every retry, so it goes to
+    the dead letters with the property and the reason, and is never sent."""
+    ready = []
+    for item in items:
+        if item.change.operation == "delete":
+            ready.append(item)
+            continue
+        try:
+            item.properties = properties_for(target, item.change)
+        except PropertyRefused as error:
+            where = f"objects.{item.change.entity}"
+            result.failed.append(Failure(item.change, f"refused: {where}.{error}"))
+            continue
+        ready.append(item)
+    return ready
 
 
 class Deliverer:
@@ -197,6 +221,7 @@ class Deliverer:
                 continue
             items.append(_Item(change, crm_id, state["crm_key"] if state is not None else None))
         items = await self._with_references(target, items, result)
+        items = _with_properties(target, items, result)
         chunks: dict[tuple[str, str], list[_Item]] = defaultdict(list)
         for item in items:
             chunks[(item.change.entity, item.change.operation)].append(item)
@@ -261,7 +286,7 @@ class Deliverer:
                     [
                         Outgoing(
                             item.change.external_id,
-                            {**properties_for(target, item.change), **item.references},
+                            {**item.properties, **item.references},
                             item.crm_id,
                             item.crm_key,
                         )

@@ -71,6 +71,12 @@ class ObjectMapping(BaseModel):
             }
         return value
 
+    def values_for(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The target's properties from a change's row. Kinds with property expressions
+        (``kind: rest``) override this; their refusal is a ``ValueError`` naming the
+        property, which deliver turns into a refused (dead-lettered) record."""
+        return {prop: row.get(column) for column, prop in self.properties.items()}
+
     def sent_properties(self) -> set[str]:
         """Every target property this mapping writes (plain and reference)."""
         return set(self.properties.values()) | {ref.to for ref in self.references.values()}

@@ -14,6 +14,11 @@ Templating is deliberately tiny, so a config reads the same everywhere:
   on the property side, to build nested JSON (``custom_fields.cnpj`` ->
   ``{"custom_fields": {"cnpj": ...}}``).
 
+A property may also be computed from the row (``properties: {first_name: {template:
+"{legal_name}", split: first}}``, a phone in E.164, a country's ISO code, a value map,
+``required``) and null properties left out (``omit_null``): ``ponte.deliver.expressions``,
+applied by ``RestObject.values_for`` before the record reaches this connector.
+
 How a record is written (``RestConnector._upsert_one``):
 1. a known CRM id (``Outgoing.crm_id`` from ``deliveries``, or one learned earlier in this
    process) goes straight to update; a 404 there means someone deleted it in the CRM, so
@@ -54,7 +59,14 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ponte.deliver.connectors.base import (
     BatchOutcome,
@@ -65,9 +77,11 @@ from ponte.deliver.connectors.base import (
     normalise_key,
     same_key,
 )
+from ponte.deliver.expressions import PropertyExpression
 from ponte.deliver.keylock import KeyLocks
 from ponte.deliver.ratelimit import TokenBucket
 from ponte.deliver.targets import ObjectMapping, Target
+from ponte.shared.crm_model import crm_model
 from ponte.shared.http_policy import (
     RetryableError,
     TerminalError,
@@ -277,6 +291,46 @@ class RestObject(ObjectMapping):
     (``check_same_record``): one more call per such update, in exchange for never
     overwriting a record that is not this one. Needs ``natural_key`` and ``read``."""
 
+    expressions: dict[str, PropertyExpression] = Field(default_factory=dict)
+    """Target path -> an expression over the row's columns (``ponte.deliver.expressions``).
+    Written in YAML inside ``properties`` (``first_name: {template: "{name}", split:
+    first}``): a text value there is ``column: property`` as always, an object value is
+    ``property: expression``; ``_expressions_from_properties`` moves the latter here."""
+    omit_null: bool = False
+    """Leave null properties out of the body instead of sending ``null`` (many CRMs
+    refuse explicit nulls, or erase the value they hold)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expressions_from_properties(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("properties"), dict):
+            return data
+        if "expressions" in data:
+            raise ValueError("expressions: write them inside properties (property: {...})")
+        plain = {k: v for k, v in data["properties"].items() if not isinstance(v, dict)}
+        computed: dict[str, PropertyExpression] = {}
+        for path, written in data["properties"].items():
+            if isinstance(written, dict):
+                # Validated here so the error names properties.<path>, where it is written.
+                try:
+                    computed[path] = PropertyExpression.model_validate(written)
+                except ValidationError as error:
+                    raise ValueError(_expression_problems(f"properties.{path}", error)) from None
+        return {**data, "properties": plain, "expressions": computed}
+
+    def values_for(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Plain columns, then expressions; raises ``PropertyRefused`` naming the property
+        when one cannot be computed (the record is refused, see ``expressions``)."""
+        values = super().values_for(row)
+        for path, expression in self.expressions.items():
+            values[path] = expression.evaluate(row, f"properties.{path}")
+        if self.omit_null:
+            values = {path: value for path, value in values.items() if value is not None}
+        return values
+
+    def sent_properties(self) -> set[str]:
+        return super().sent_properties() | set(self.expressions)
+
     @field_validator("update", "delete", "read")
     @classmethod
     def _uses_crm_id(cls, call: Call | None) -> Call | None:
@@ -295,6 +349,16 @@ class RestObject(ObjectMapping):
     @model_validator(mode="after")
     def _consistent(self) -> RestObject:
         if self.natural_key is not None:
+            computed = [p for p, e in self.expressions.items() if self.natural_key in e.columns()]
+            if self.natural_key not in self.properties and computed:
+                # Decided: the natural key is searched, compared and locked on as the column
+                # holds it; a computed key would need the same expression applied to what
+                # the CRM returns, so it is refused rather than half-supported.
+                raise ValueError(
+                    f"natural_key: {self.natural_key!r} is only sent through an expression "
+                    f"(properties.{computed[0]}); map it plainly too "
+                    f"({self.natural_key}: <property>), the key is searched as the column holds it"
+                )
             if self.natural_key not in self.properties:
                 raise ValueError(
                     f"natural_key: {self.natural_key!r} must be one of the mapped properties' "
@@ -316,6 +380,9 @@ class RestObject(ObjectMapping):
         for rule in ("create_error_may_have_saved", "create_returns_no_id"):
             if getattr(self, rule) and self.natural_key is None:
                 raise ValueError(f"{rule}: needs natural_key and search to find the record")
+        plain = super().sent_properties()
+        for path in sorted(set(self.expressions) & plain):
+            raise ValueError(f"properties.{path}: {path!r} is also mapped from a column")
         overlap = set(self.constants) & self.sent_properties()
         if overlap:
             raise ValueError(f"constants: {sorted(overlap)} also mapped from a column")
@@ -351,6 +418,7 @@ class RestTarget(Target):
     def _one_entity_per_object_type(cls, objects: dict[str, RestObject]) -> dict[str, RestObject]:
         seen: dict[str, str] = {}
         for entity, mapping in objects.items():
+            _check_expression_columns(entity, mapping)
             if mapping.object_type in seen:
                 raise ValueError(
                     f"objects.{entity}.object_type: {mapping.object_type!r} is already used "
@@ -358,6 +426,38 @@ class RestTarget(Target):
                 )
             seen[mapping.object_type] = entity
         return objects
+
+
+def _expression_problems(where: str, error: ValidationError) -> str:
+    """``properties.phone: phone: set region ...``: each problem under the property's own
+    path, without pydantic's "Value error, " prefix (never the input: it is not echoed)."""
+    problems = []
+    for item in error.errors(include_input=False):
+        at = ".".join([where, *(str(step) for step in item["loc"])])
+        problems.append(f"{at}: {str(item['msg']).removeprefix('Value error, ')}")
+    return "; ".join(problems)
+
+
+def _check_expression_columns(entity: str, mapping: RestObject) -> None:
+    """What ``Target`` checks of plain properties, for the columns expressions read: they
+    exist, and are neither ``id`` nor a reference column (Ponte's own row ids)."""
+    model = crm_model()
+    if entity not in model:
+        return  # Target's own validator names the unknown entity
+    columns = set(model.entity(entity).all_columns)
+    references = model.references_of(entity)
+    for path, expression in mapping.expressions.items():
+        where = f"objects.{entity}.properties.{path}"
+        for column in expression.columns():
+            if column not in columns:
+                raise ValueError(f"{where}: {column!r} is not a column of {entity}")
+            if column == "id":
+                raise ValueError(f"{where}: 'id' is Ponte's own row id, meaningless to the CRM")
+            if column in references:
+                raise ValueError(
+                    f"{where}: {column!r} holds Ponte's own row id of a {references[column]}, "
+                    f"not its id in the CRM; send it with 'references: {{{column}: {path}}}'"
+                )
 
 
 # --- the connector ------------------------------------------------------------------------

@@ -56,6 +56,11 @@ CROSS_FIELD_RULES: dict[str, set[str]] = {
     # responses. schemathesis' own advice for such rules (`st explain ST202`).
     # since and until at most PONTE_HISTORY_MAX_DAYS apart, since before until.
     "ops": {"GET /ops/history/export"},
+    # A sample's shape depends on the source's kind (an ERP envelope, a raw event, a
+    # shop's topic and body), known only once the source is found: the samples are
+    # objects in the schema, each read by the sample parser the CLI uses, and one that is
+    # none of those is a 422 naming the field (``ponte.transform.dry_run.parse_samples``).
+    "transform": {"POST /sources/{source_id}/mapping/check"},
 }
 POSITIVE_DATA_STATUSES = '["2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "422"]'
 """schemathesis' default statuses for a schema-valid request, plus 422."""

@@ -60,6 +60,13 @@ class Version:
     def newer_than(self, other: Version | None) -> bool:
         return other is None or self.sort_key() > other.sort_key()
 
+    def changed_at(self, now: datetime) -> Version:
+        """This version as changed again at ``now`` without a new event (a parked
+        reference resolved, a reprocess correcting the row): same time and sequence, the
+        event id extended so it sorts right after this one and after earlier such
+        changes. Consumers that skip a version they have (deliver) still take it."""
+        return Version(self.at, self.seq, f"{self.event_id}~{now.isoformat()}")
+
 
 def version_key(
     at: datetime | None, seq: int | None, event_id: str | None

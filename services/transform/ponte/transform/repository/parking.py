@@ -110,8 +110,17 @@ async def resolve_parked(batch: BatchState, *, sweep: bool = False) -> None:
     at any target that exists now: catches a target committed by another replica
     while this one was parking a reference to it)."""
     entities = list(crm_model().entities) if sweep else list(batch.arrived)
+    if not entities:
+        return
+    # One look for the fields references wait by (rare), not one per entity and batch.
+    by_fields: dict[str, list[str]] = defaultdict(list)
+    for row in await batch.connection.fetch(
+        "SELECT DISTINCT target_entity, target_field FROM parked_references "
+        "WHERE target_field IS NOT NULL"
+    ):
+        by_fields[row["target_entity"]].append(row["target_field"])
     for target_entity in entities:
-        waiting = await _release(batch, target_entity, sweep=sweep)
+        waiting = await _release(batch, target_entity, by_fields[target_entity], sweep=sweep)
         groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
         for row in waiting:
             groups[(row["entity"], row["column_name"])].append(row)
@@ -120,9 +129,11 @@ async def resolve_parked(batch: BatchState, *, sweep: bool = False) -> None:
             await _point_at_targets(batch, entity, column, rows)
 
 
-async def _release(batch: BatchState, target_entity: str, *, sweep: bool) -> list[asyncpg.Record]:
+async def _release(
+    batch: BatchState, target_entity: str, fields: list[str], *, sweep: bool
+) -> list[asyncpg.Record]:
     """The parked references to ``target_entity`` whose target now exists, deleted, with
-    the target's id: by key, and by each other field references name it by."""
+    the target's id: by key, and by each of ``fields`` references name it by."""
     target = table_of(target_entity)
     keys = batch.arrived.get(target_entity, set())
     released = list(
@@ -139,16 +150,10 @@ async def _release(batch: BatchState, target_entity: str, *, sweep: bool) -> lis
             sweep,
         )
     )
-    fields = await batch.connection.fetch(
-        "SELECT DISTINCT target_field FROM parked_references "
-        "WHERE target_entity = $1 AND target_field IS NOT NULL",
-        target_entity,
-    )
-    written = [i for (e, _, _), i in batch.ids.items() if e == target_entity]
-    for row in fields:
-        if row["target_field"] in target.c:  # never a name the model does not have
-            released += await _release_by(batch, target, target_entity, row["target_field"],
-                                          written, sweep)  # fmt: skip
+    written = [i for (e, _, _), i in batch.ids.items() if e == target_entity] if fields else []
+    for field in fields:
+        if field in target.c:  # never a name the model does not have
+            released += await _release_by(batch, target, target_entity, field, written, sweep)
     return released
 
 
@@ -205,9 +210,5 @@ def resolution_version(row: asyncpg.Record, batch: BatchState) -> Version:
     version, then when it was resolved, so it sorts after the change that stored the
     row without the reference. Consumers that skip versions they have (deliver) would
     otherwise drop it, and the CRM would never learn the order's company."""
-    # Same time and sequence; the event id extended, so it sorts right after the row's.
-    return Version(
-        row["version_at"],
-        row["version_seq"],
-        f"{row['version_event_id'] or ''}~{batch.now.isoformat()}",
-    )
+    stored = Version(row["version_at"], row["version_seq"], row["version_event_id"] or "")
+    return stored.changed_at(batch.now)

@@ -180,8 +180,8 @@ def _change_version(batch: BatchState, item: Pending, stored: asyncpg.Record | N
     rewrote the row at the version already stored (another mapping). Deliver skips a
     version a target already has, so that correction would never reach the CRM: it goes
     as the same version corrected now, sorting right after it (as a resolved parked
-    reference does, ``parking.resolution_version``)."""
+    reference does, ``Version.changed_at``)."""
     version = item.record.version
     if stored is None or version_of(stored) != version:
         return version
-    return Version(version.at, version.seq, f"{version.event_id}~{batch.now.isoformat()}")
+    return version.changed_at(batch.now)

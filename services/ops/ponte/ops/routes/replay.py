@@ -3,6 +3,7 @@ The same selection and the same code (``ponte.shared.replay.run``), every stage.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -103,18 +104,10 @@ class ReplayResult(BaseModel):
 
 
 def _item(item: Item) -> ReplayedDeadLetter:
-    return ReplayedDeadLetter(
-        stage=item.stage,
-        source=item.source,
-        table=item.table,
-        external_id=item.key,
-        target=item.target,
-        event_id=item.event_id,
-        reason=item.reason,
-        failed_at=item.failed_at,
-        dead_letter=item.dead_letter,
-        not_replayable=item.not_replayable,
-    )
+    """The listing as the API names it: the dead letter's key is its ``external_id``."""
+    fields = asdict(item)
+    fields["external_id"] = fields.pop("key")
+    return ReplayedDeadLetter(**fields)
 
 
 def _result(report: Report) -> ReplayResult:
